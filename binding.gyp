@@ -1,0 +1,37 @@
+{
+  "variables": {
+    # DLHOST_SANITIZE=address|thread|none picks a sanitizer build (npm run test:asan).
+    "dlhost_sanitize%": "<!(node -p \"process.env.DLHOST_SANITIZE || 'none'\")"
+  },
+  "targets": [
+    {
+      "target_name": "dlhost",
+      "sources": [
+        "csrc/addon.cc",
+        "csrc/library.cc",
+        "csrc/runtime.cc",
+        "csrc/host_abi.cc"
+      ],
+      "include_dirs": [
+        "<!(node -p \"require('node-addon-api').include_dir\")",
+        "csrc/include"
+      ],
+      "defines": [
+        "NAPI_VERSION=8",
+        "NODE_ADDON_API_DISABLE_DEPRECATED",
+        "NAPI_CPP_EXCEPTIONS"
+      ],
+      "cflags!": ["-fno-exceptions"],
+      "cflags_cc!": ["-fno-exceptions", "-fno-rtti", "-std=gnu++17", "-std=gnu++20"],
+      "cflags": ["-fvisibility=hidden", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+      "cflags_cc": ["-std=c++17", "-fexceptions", "-fvisibility=hidden", "-fno-gnu-unique", "-O2"],
+      "libraries": ["-ldl", "-lpthread"],
+      "conditions": [
+        ["dlhost_sanitize=='address'", {
+          "cflags": ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g"],
+          "ldflags": ["-fsanitize=address,undefined"]
+        }]
+      ]
+    }
+  ]
+}

@@ -1,0 +1,127 @@
+/*
+ * dlhost.h — the plugin ABI of dlhost (https://www.npmjs.com/package/dlhost).
+ *
+ * A plugin is a shared library that dlhost loads as a *runtime*. Three flavours
+ * exist; dlhost picks one by the entry symbol it finds (or by `entry` in
+ * load()'s options), in this order: dlhost_init, dlhost_handle, libffi_init.
+ *
+ *  1. Host-driven: export dlhost_handle (and optionally dlhost_open and
+ *     dlhost_close). dlhost's own poll thread calls the handler, one task at a
+ *     time per runtime. No threads in the plugin.
+ *  2. Plugin-driven: export dlhost_init. It starts the plugin's own thread(s),
+ *     which take tasks with dlhost_task_poll / dlhost_task_poll_batch and answer
+ *     each with dlhost_task_respond.
+ *  3. lua-resty-ffi compatible: export libffi_init and use the
+ *     ngx_http_lua_ffi_* functions below, exactly as under lua-resty-ffi.
+ *
+ * The host functions are resolved by name at load time: the dlhost addon makes
+ * them globally visible before it loads any plugin, so a plugin links with
+ * `-shared` and no import library.
+ */
+#ifndef DLHOST_H
+#define DLHOST_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Bumped on any incompatible change of the functions or rules below. */
+#define DLHOST_ABI_VERSION 1
+
+#if defined(__GNUC__)
+#define DLHOST_EXPORT __attribute__((visibility("default")))
+#else
+#define DLHOST_EXPORT
+#endif
+
+/* Opaque: one runtime's request queue. Owned by the host. */
+typedef struct dlhost_queue dlhost_queue;
+/* Opaque: one call. Owned by the host; valid from poll until respond. */
+typedef struct dlhost_task dlhost_task;
+
+/* ---------------------------------------------------------------- host ABI */
+
+/* The ABI version of the loaded host (DLHOST_ABI_VERSION it was built with).
+ * Any thread. */
+DLHOST_EXPORT unsigned dlhost_abi_version(void);
+
+/* Takes the next task, blocking (spin briefly, then park) until there is one.
+ * Returns NULL once the runtime is unloading and every task queued before the
+ * unload has been taken: from then on every poll by every thread returns
+ * NULL. After NULL the plugin must clean up and never touch `q` again.
+ * Any plugin thread; any number of threads may poll one queue at once. */
+DLHOST_EXPORT dlhost_task *dlhost_task_poll(dlhost_queue *q);
+
+/* Like dlhost_task_poll but takes up to `max` ready tasks at once into `out`
+ * (blocking until at least one). Returns how many; 0 means unload, as NULL
+ * does above. */
+DLHOST_EXPORT size_t dlhost_task_poll_batch(dlhost_queue *q, dlhost_task **out,
+                                            size_t max);
+
+/* The request of a task. The bytes are owned by the host and stay valid until
+ * the task is answered; they are followed by a NUL byte that is not counted
+ * in *len (so a text request can be used as a C string). `len` may be NULL. */
+DLHOST_EXPORT const void *dlhost_task_request(dlhost_task *t, size_t *len);
+
+/* Answers a task, exactly once. rc == 0 resolves the caller's promise with the
+ * response; any other rc rejects it with ERR_PLUGIN carrying rc and the
+ * response as detail. `rsp` must come from malloc (or be NULL for an empty
+ * response); the host takes ownership and frees it. After this call `t` is
+ * gone. Answering a task twice or after its runtime went away is detected:
+ * the second answer is ignored and counted (stats.misuse), never a crash. */
+DLHOST_EXPORT void dlhost_task_respond(dlhost_task *t, int rc, void *rsp,
+                                       size_t len);
+
+/* ------------------------------------------------- host-driven plugin side */
+
+/* Optional. Called once per runtime on dlhost's poll thread, before any task.
+ * `cfg` is the runtime's configuration (NUL-terminated, not counted in len),
+ * owned by the host and valid only during the call. Returns the state passed
+ * to dlhost_handle and dlhost_close. Returning NULL fails load() with
+ * ERR_INIT_FAILED (a plugin that needs no state does not export it). */
+typedef void *(*dlhost_open_fn)(const char *cfg, size_t len);
+
+/* Required. Called on dlhost's poll thread, one task at a time per runtime.
+ * `req` is owned by the host, valid for the call only (NUL follows it).
+ * Set *rsp to a malloc'd buffer (host frees it) and *rsp_len to its length,
+ * or leave *rsp NULL for an empty answer. Return 0 for success. */
+typedef int (*dlhost_handle_fn)(void *state, const void *req, size_t len,
+                                void **rsp, size_t *rsp_len);
+
+/* Optional. Called once on the poll thread after the last task of an
+ * unloading runtime. */
+typedef void (*dlhost_close_fn)(void *state);
+
+/* --------------------------------------------- plugin-driven plugin side */
+
+/* Called once per runtime on the JS thread. `cfg` (NUL-terminated, not
+ * counted in cfg_len) is valid only during the call. Start thread(s) that
+ * poll `q`, and return 0; any other value fails load() with ERR_INIT_FAILED
+ * and the plugin must not touch `q` afterwards. */
+typedef int (*dlhost_init_fn)(const char *cfg, size_t cfg_len, dlhost_queue *q);
+
+/* -------------------------------------------- lua-resty-ffi compatibility */
+
+/* A lua-resty-ffi plugin exports `int libffi_init(char *cfg, void *tq)`.
+ * cfg is a NUL-terminated copy the plugin may modify (strsep); it is freed
+ * after libffi_init returns. Return 0 on success. */
+typedef int (*libffi_init_fn)(char *cfg, void *tq);
+
+/* As dlhost_task_poll: NULL means the runtime was unloaded. */
+DLHOST_EXPORT void *ngx_http_lua_ffi_task_poll(void *tq);
+
+/* The request (NUL-terminated; *len excludes the NUL). Owned by the host. */
+DLHOST_EXPORT char *ngx_http_lua_ffi_get_req(void *tsk, int *len);
+
+/* Answers a task. `rsp` is malloc'd by the plugin and freed by the host, or
+ * NULL for no body. rsp_len == 0 with rsp != NULL means rsp is a C string. */
+DLHOST_EXPORT void ngx_http_lua_ffi_respond(void *tsk, int rc, char *rsp,
+                                            int rsp_len);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* DLHOST_H */
