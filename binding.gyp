@@ -9,6 +9,7 @@
       "sources": [
         "csrc/addon.cc",
         "csrc/library.cc",
+        "csrc/library_wrap.cc",
         "csrc/runtime.cc",
         "csrc/host_abi.cc"
       ],

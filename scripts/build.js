@@ -12,12 +12,20 @@ const bin = (name) => path.join(root, 'node_modules', '.bin', name)
 const run = (cmd, args, opts = {}) =>
   execFileSync(cmd, args, { stdio: 'inherit', cwd: root, ...opts })
 
+// Use the headers installed beside this node when there are some: node-gyp
+// would otherwise download them, and this machine may have no network.
+function nodedirArgs () {
+  if (process.env.npm_config_nodedir) return ['--nodedir', process.env.npm_config_nodedir]
+  const prefix = path.resolve(path.dirname(process.execPath), '..')
+  return fs.existsSync(path.join(prefix, 'include', 'node', 'node_api.h')) ? ['--nodedir', prefix] : []
+}
+
 function buildNative () {
   const flavour = process.env.DLHOST_SANITIZE || 'none'
   const marker = path.join(root, 'build', 'dlhost-flavour')
   const configured = fs.existsSync(path.join(root, 'build', 'Makefile')) &&
     fs.existsSync(marker) && fs.readFileSync(marker, 'utf8') === flavour
-  if (!configured) run(bin('node-gyp'), ['configure'])
+  if (!configured) run(bin('node-gyp'), ['configure', ...nodedirArgs()])
   run(bin('node-gyp'), ['build', '--jobs', 'max'])
   fs.writeFileSync(marker, flavour)
 }

@@ -1,0 +1,59 @@
+// The host ABI exported to plugins (dlhost.h). Called on plugin threads.
+// These are the only symbols the addon exports (-fvisibility=hidden).
+#include <climits>
+#include <cstring>
+
+#include "include/dlhost.h"
+#include "runtime.h"
+
+using dlhost::Task;
+
+extern "C" {
+
+DLHOST_EXPORT unsigned dlhost_abi_version(void) { return DLHOST_ABI_VERSION; }
+
+DLHOST_EXPORT dlhost_task *dlhost_task_poll(dlhost_queue *q) {
+  if (!q) return nullptr;
+  return reinterpret_cast<dlhost_task *>(q->core->Poll());
+}
+
+DLHOST_EXPORT size_t dlhost_task_poll_batch(dlhost_queue *q, dlhost_task **out, size_t max) {
+  if (!q) return 0;
+  return q->core->PollBatch(reinterpret_cast<Task **>(out), max);
+}
+
+DLHOST_EXPORT const void *dlhost_task_request(dlhost_task *t, size_t *len) {
+  auto *task = reinterpret_cast<Task *>(t);
+  if (!task || task->magic != Task::kMagic) {
+    if (len) *len = 0;
+    return nullptr;
+  }
+  if (len) *len = task->req_len;
+  return task->req;
+}
+
+DLHOST_EXPORT void dlhost_task_respond(dlhost_task *t, int rc, void *rsp, size_t len) {
+  dlhost::RuntimeCore::Respond(reinterpret_cast<Task *>(t), rc, rsp, len);
+}
+
+DLHOST_EXPORT void *ngx_http_lua_ffi_task_poll(void *tq) {
+  if (!tq) return nullptr;
+  return static_cast<dlhost_queue *>(tq)->core->Poll();
+}
+
+DLHOST_EXPORT char *ngx_http_lua_ffi_get_req(void *tsk, int *len) {
+  auto *task = static_cast<Task *>(tsk);
+  if (!task || task->magic != Task::kMagic) {
+    if (len) *len = 0;
+    return nullptr;
+  }
+  if (len) *len = task->req_len > size_t(INT_MAX) ? INT_MAX : int(task->req_len);
+  return task->req;
+}
+
+DLHOST_EXPORT void ngx_http_lua_ffi_respond(void *tsk, int rc, char *rsp, int rsp_len) {
+  size_t len = rsp_len > 0 ? size_t(rsp_len) : (rsp ? strlen(rsp) : 0);
+  dlhost::RuntimeCore::Respond(static_cast<Task *>(tsk), rc, rsp, len);
+}
+
+}  // extern "C"

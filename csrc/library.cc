@@ -1,0 +1,244 @@
+// Level 1: refcounted dlopen/dlclose. Runs on any thread (JS threads of any
+// environment, poll threads when runtimes leave); everything under mu_.
+#include "library.h"
+
+#include <cerrno>
+#include <climits>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <link.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <unordered_set>
+
+namespace dlhost {
+
+namespace {
+
+LoadError ErrnoError(const char *what, const std::string &path, int err) {
+  std::string code = err == ENOENT || err == ENOTDIR ? "ERR_NOT_FOUND"
+                     : err == EACCES || err == EPERM ? "ERR_ACCESS"
+                                                     : "ERR_DLOPEN";
+  return {code, std::string(what) + " '" + path + "': " + strerror(err),
+          strerror(err)};
+}
+
+struct MappedQuery {
+  const std::string *path;
+  bool found;
+};
+
+int FindByName(struct dl_phdr_info *info, size_t, void *data) {
+  auto *q = static_cast<MappedQuery *>(data);
+  if (info->dlpi_name && *q->path == info->dlpi_name) {
+    q->found = true;
+    return 1;
+  }
+  return 0;
+}
+
+int CollectNames(struct dl_phdr_info *info, size_t, void *data) {
+  auto *names = static_cast<std::unordered_set<std::string> *>(data);
+  if (info->dlpi_name && *info->dlpi_name) names->insert(info->dlpi_name);
+  return 0;
+}
+
+// True when a mapping of `path` in /proc/self/maps is the inode we stat'ed.
+// Used only when the path is already loaded, to tell "the same file" from "a
+// file that replaced it" (glibc would hand back the old code for the latter).
+bool MapsShowInode(const std::string &path, ino_t ino) {
+  FILE *f = fopen("/proc/self/maps", "re");
+  if (!f) return true;  // can't tell: don't invent a failure
+  char *line = nullptr;
+  size_t cap = 0;
+  bool match = false;
+  while (getline(&line, &cap, f) > 0) {
+    char *p = strchr(line, '/');
+    if (!p) continue;
+    size_t n = strcspn(p, "\n");
+    std::string name(p, n);
+    const std::string deleted = " (deleted)";
+    if (name.size() > deleted.size() &&
+        name.compare(name.size() - deleted.size(), deleted.size(), deleted) == 0)
+      name.resize(name.size() - deleted.size());
+    if (name != path) continue;
+    unsigned long long start, end, off, inode;
+    char perms[8], dev[16];
+    if (sscanf(line, "%llx-%llx %7s %llx %15s %llu", &start, &end, perms, &off,
+               dev, &inode) == 6 &&
+        inode == (unsigned long long)ino) {
+      match = true;
+      break;
+    }
+  }
+  free(line);
+  fclose(f);
+  return match;
+}
+
+}  // namespace
+
+std::string Identity::Key() const {
+  return real_path + '\0' + std::to_string(dev) + ':' + std::to_string(ino) +
+         ':' + std::to_string(size) + ':' + std::to_string(mtime_ns);
+}
+
+Registry &Registry::Get() {
+  // Leaked on purpose: poll threads may still release references while the
+  // process exits, after static destructors would have run.
+  static Registry *r = new Registry();
+  return *r;
+}
+
+bool Registry::IsMapped(const std::string &path) {
+  MappedQuery q{&path, false};
+  dl_iterate_phdr(FindByName, &q);
+  return q.found;
+}
+
+EntryPtr Registry::Open(const std::string &path, uint32_t flags) {
+  char resolved[PATH_MAX];
+  if (!realpath(path.c_str(), resolved)) throw ErrnoError("cannot resolve", path, errno);
+  Identity id;
+  id.real_path = resolved;
+  struct stat st;
+  if (stat(resolved, &st) != 0) throw ErrnoError("cannot stat", path, errno);
+  if (S_ISDIR(st.st_mode))
+    throw LoadError{"ERR_IS_DIRECTORY", "'" + path + "' is a directory", ""};
+  if (!S_ISREG(st.st_mode))
+    throw LoadError{"ERR_NOT_ELF", "'" + path + "' is not a regular file", ""};
+  // Readability is checked with open(), not access(): access() answers for
+  // the real uid, open() for what dlopen will actually be allowed to do.
+  int fd = ::open(resolved, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw ErrnoError("cannot open", path, errno);
+  ::close(fd);
+  id.dev = st.st_dev;
+  id.ino = st.st_ino;
+  id.size = st.st_size;
+  id.mtime_ns = int64_t(st.st_mtim.tv_sec) * 1000000000LL + st.st_mtim.tv_nsec;
+  const std::string key = id.Key();
+
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = by_key_.find(key);
+  EntryPtr e = it == by_key_.end() ? nullptr : it->second;
+  if (e && e->handle) {
+    e->refs++;
+    if (flags & kPin) e->pinned = true;
+    if ((flags & kGlobal) && !e->global) {
+      // Promote to RTLD_GLOBAL in place; drop the extra loader reference.
+      if (void *h = dlopen(resolved, RTLD_NOLOAD | RTLD_NOW | RTLD_GLOBAL)) {
+        dlclose(h);
+        e->global = true;
+      }
+    }
+    return e;
+  }
+  // The path is loaded but not as this identity: the file was replaced while
+  // the old object is still mapped, and glibc would return the old code.
+  if (IsMapped(id.real_path) && !MapsShowInode(id.real_path, id.ino))
+    throw LoadError{"ERR_STALE_PATH",
+                    "'" + path + "' was replaced while the previous version is "
+                    "still loaded; glibc would return the old code (release it "
+                    "first, or use reloadable(), which loads private copies)",
+                    ""};
+  int mode = (flags & kLazy ? RTLD_LAZY : RTLD_NOW) |
+             (flags & kGlobal ? RTLD_GLOBAL : RTLD_LOCAL);
+  dlerror();
+  void *h = dlopen(resolved, mode);
+  if (!h) {
+    const char *msg = dlerror();
+    std::string lm = msg ? msg : "unknown dlopen error";
+    throw LoadError{"ERR_DLOPEN", "dlopen '" + path + "' failed: " + lm, lm};
+  }
+  if (!e) {
+    e = std::make_shared<LibEntry>();
+    e->serial = next_serial_++;
+    e->id = id;
+    by_key_[key] = e;
+  }
+  // A stuck entry (dlclose'd but still mapped) comes back to life here.
+  e->handle = h;
+  e->dlclosed = false;
+  e->refs = 1;
+  e->pinned = e->pinned || (flags & kPin);
+  e->global = flags & kGlobal;
+  return e;
+}
+
+ReleaseResult Registry::MaybeClose(const EntryPtr &e) {
+  ReleaseResult r;
+  if (e->refs || e->runtimes || e->pinned || !e->handle) {
+    r.mapped = IsMapped(e->id.real_path);
+    return r;
+  }
+  dlclose(e->handle);
+  e->handle = nullptr;
+  e->dlclosed = true;
+  r.dlclosed = true;
+  r.mapped = IsMapped(e->id.real_path);
+  // Gone for real: forget it. Still mapped: keep it as a stuck row.
+  if (!r.mapped) {
+    auto it = by_key_.find(e->id.Key());
+    if (it != by_key_.end() && it->second == e) by_key_.erase(it);
+  }
+  return r;
+}
+
+ReleaseResult Registry::Release(const EntryPtr &e) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (e->refs) e->refs--;
+  return MaybeClose(e);
+}
+
+void Registry::AcquireRuntime(const EntryPtr &e) {
+  std::lock_guard<std::mutex> lock(mu_);
+  e->runtimes++;
+}
+
+ReleaseResult Registry::ReleaseRuntime(const EntryPtr &e) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (e->runtimes) e->runtimes--;
+  return MaybeClose(e);
+}
+
+void *Registry::Symbol(const EntryPtr &e, const char *name) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!e->handle) return nullptr;
+  dlerror();
+  return dlsym(e->handle, name);
+}
+
+void Registry::Pin(const EntryPtr &e) {
+  std::lock_guard<std::mutex> lock(mu_);
+  e->pinned = true;
+}
+
+Row Registry::RowOf(const EntryPtr &e) {
+  std::lock_guard<std::mutex> lock(mu_);
+  bool mapped = IsMapped(e->id.real_path);
+  return Row{e->serial, e->id, e->refs, e->runtimes, e->pinned, mapped, e->dlclosed};
+}
+
+std::vector<Row> Registry::Snapshot() {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::unordered_set<std::string> names;
+  dl_iterate_phdr(CollectNames, &names);
+  std::vector<Row> rows;
+  for (auto it = by_key_.begin(); it != by_key_.end();) {
+    const EntryPtr &e = it->second;
+    bool mapped = names.count(e->id.real_path) > 0;
+    // A stuck entry that has since left (its blocking thread exited) is dropped.
+    if (!mapped && !e->handle) {
+      it = by_key_.erase(it);
+      continue;
+    }
+    rows.push_back(Row{e->serial, e->id, e->refs, e->runtimes, e->pinned, mapped, e->dlclosed});
+    ++it;
+  }
+  return rows;
+}
+
+}  // namespace dlhost

@@ -1,0 +1,507 @@
+// queue.h — the lock-free queues of dlhost (header-only, C++17, Linux).
+//
+//   MpmcRing<T>         bounded multi-producer multi-consumer ring of T*.
+//   Parker              event count on a 32-bit futex word: spin, then park;
+//                       producers pay no syscall unless someone is parked.
+//   TaskQueue<T>        one runtime's request queue: ring + parker + the
+//                       closing sentinel (unload).
+//   CompletionQueue<T>  unbounded intrusive MPSC (poll threads -> JS thread)
+//                       with a coalesced doorbell.
+//
+// None of these own the T objects: they carry pointers. Whoever pushes gives
+// the pointer to whoever pops; a queue destroyed with items still in it just
+// forgets them (the owner drains first).
+#ifndef DLHOST_QUEUE_H
+#define DLHOST_QUEUE_H
+
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <climits>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <new>
+
+namespace dlhost {
+
+// 64 on x86-64 and most ARM; 128 would also cover the adjacent-line
+// prefetcher, but doubles the size for little measured gain.
+constexpr size_t kCacheLine = 64;
+
+inline void cpu_relax() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield" ::: "memory");
+#else
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+#endif
+}
+
+// A full memory fence (the seq_cst fence of the Dekker pairs below).
+inline void full_fence() noexcept {
+#if defined(__SANITIZE_THREAD__) && (defined(__x86_64__) || defined(__i386__))
+  // TSan does not model atomic_thread_fence (GCC warns). The same hardware
+  // fence, invisible to TSan, so it neither warns nor invents a
+  // happens-before edge that could hide a real race.
+  asm volatile("mfence" ::: "memory");
+#else
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+#endif
+}
+
+inline uint64_t monotonic_ns() noexcept {
+  return static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(
+          std::chrono::steady_clock::now().time_since_epoch())
+          .count());
+}
+
+// ------------------------------------------------------------------ MpmcRing
+//
+// Dmitry Vyukov's bounded MPMC queue. Each cell carries a sequence number:
+// seq == pos means "free for the producer of position pos", seq == pos + 1
+// means "full, for the consumer of position pos". A thread claims a position
+// with a CAS on head/tail, then publishes with a release store of seq, so the
+// payload is handed over by that store alone. No locks, no syscalls.
+//
+// Not strictly lock-free: a producer preempted between its CAS and its
+// publish makes consumers see "empty" at that slot until it resumes (later
+// slots wait too). Callers that park must therefore rely on the producer's
+// own notify after publish, which TaskQueue does.
+template <typename T>
+class MpmcRing {
+ public:
+  // capacity is rounded up to a power of two, at least 2 (with 1 cell the
+  // "full" and "free for next lap" sequence numbers would coincide).
+  explicit MpmcRing(size_t capacity)
+      : cap_(round_up(capacity)), mask_(cap_ - 1), cells_(new Cell[cap_]) {
+    for (size_t i = 0; i < cap_; ++i)
+      cells_[i].seq.store(i, std::memory_order_relaxed);
+  }
+  MpmcRing(const MpmcRing&) = delete;
+  MpmcRing& operator=(const MpmcRing&) = delete;
+
+  // Any thread. False when full; the caller keeps ownership of v then.
+  bool try_push(T* v) noexcept {
+    size_t pos = tail_.load(std::memory_order_relaxed);
+    for (;;) {
+      Cell& c = cells_[pos & mask_];
+      // acquire: pairs with the consumer's release that freed the cell, so
+      // our payload write cannot race its payload read of the previous lap.
+      size_t seq = c.seq.load(std::memory_order_acquire);
+      intptr_t diff = static_cast<intptr_t>(seq) - static_cast<intptr_t>(pos);
+      if (diff == 0) {
+        // relaxed CAS: it only arbitrates the position; the hand-over is the
+        // seq store below.
+        if (tail_.compare_exchange_weak(pos, pos + 1,
+                                        std::memory_order_relaxed))
+          break;  // pos reloaded by the failed CAS otherwise
+      } else if (diff < 0) {
+        return false;  // the cell of the previous lap is not consumed: full
+      } else {
+        pos = tail_.load(std::memory_order_relaxed);  // lost a race
+      }
+    }
+    Cell& c = cells_[pos & mask_];
+    c.data = v;
+    c.seq.store(pos + 1, std::memory_order_release);  // publish to consumer
+    return true;
+  }
+
+  // Any thread. False when empty (or when the next slot is claimed by a
+  // producer that has not published yet). On true, out is the caller's.
+  bool try_pop(T*& out) noexcept {
+    size_t pos = head_.load(std::memory_order_relaxed);
+    for (;;) {
+      Cell& c = cells_[pos & mask_];
+      // acquire: pairs with the producer's publish; makes c.data and
+      // everything the producer wrote before it visible.
+      size_t seq = c.seq.load(std::memory_order_acquire);
+      intptr_t diff =
+          static_cast<intptr_t>(seq) - static_cast<intptr_t>(pos + 1);
+      if (diff == 0) {
+        if (head_.compare_exchange_weak(pos, pos + 1,
+                                        std::memory_order_relaxed))
+          break;
+      } else if (diff < 0) {
+        return false;
+      } else {
+        pos = head_.load(std::memory_order_relaxed);
+      }
+    }
+    Cell& c = cells_[pos & mask_];
+    out = c.data;
+    // release: our read of data happens before the next lap's write.
+    c.seq.store(pos + mask_ + 1, std::memory_order_release);
+    return true;
+  }
+
+  // Any thread; a snapshot that may be stale by the time it returns.
+  size_t size_approx() const noexcept {
+    size_t h = head_.load(std::memory_order_relaxed);
+    size_t t = tail_.load(std::memory_order_relaxed);
+    return t > h ? t - h : 0;  // h read first, so t >= h unless racing pops
+  }
+  size_t capacity() const noexcept { return cap_; }
+
+ private:
+  struct Cell {
+    std::atomic<size_t> seq;
+    T* data;
+  };
+  static size_t round_up(size_t n) noexcept {
+    size_t c = 2;
+    while (c < n && c <= (SIZE_MAX >> 2)) c <<= 1;
+    return c;
+  }
+
+  const size_t cap_;
+  const size_t mask_;
+  const std::unique_ptr<Cell[]> cells_;
+  // Producers hammer tail_, consumers head_: separate lines, and away from
+  // the read-only fields above.
+  alignas(kCacheLine) std::atomic<size_t> tail_{0};
+  alignas(kCacheLine) std::atomic<size_t> head_{0};
+  // (alignas also rounds sizeof up: nothing else lands on head_'s line.)
+};
+
+// -------------------------------------------------------------------- Parker
+//
+// An event count. A consumer that found nothing does
+//
+//     uint32_t key = p.prepare_wait();
+//     if (<re-check the condition>) { p.cancel_wait(); ...use it... }
+//     else p.commit_wait(key);            // sleeps unless notified since key
+//
+// and a producer makes the condition true, then calls notify_one/notify_all.
+// No wake-up is lost: prepare_wait (waiters++ ; fence) and notify (fence ;
+// read waiters) form a Dekker pair with the condition's own store and load,
+// so either the consumer's re-check sees the producer's store, or the
+// producer sees the waiter and bumps the epoch — and then the futex wait
+// either finds the epoch changed (returns at once) or is woken by the wake.
+// With no waiter, notify is one fence and one load: no syscall.
+//
+// The epoch is 32 bits: a waiter would miss a notify only if exactly 2^32
+// notifies happened between its prepare_wait and commit_wait.
+class Parker {
+ public:
+  Parker() = default;
+  Parker(const Parker&) = delete;
+  Parker& operator=(const Parker&) = delete;
+
+  // Consumer thread. Registers as a waiter; returns the key for commit_wait.
+  // Must be followed by exactly one cancel_wait or commit_wait.
+  uint32_t prepare_wait() noexcept {
+    waiters_.fetch_add(1, std::memory_order_seq_cst);
+    // Orders our waiters_ store before the caller's re-check of its
+    // condition (Dekker with notify's fence). The RMW already is a full
+    // barrier on x86; the fence makes it so by the language rules.
+    full_fence();
+    return epoch_.load(std::memory_order_acquire);
+  }
+
+  // Consumer thread: the re-check succeeded; unregister.
+  void cancel_wait() noexcept {
+    waiters_.fetch_sub(1, std::memory_order_relaxed);
+  }
+
+  // Consumer thread: sleep (futex, 0% CPU) until a notify after key; returns
+  // at once if one already happened. The caller re-checks its condition.
+  void commit_wait(uint32_t key) noexcept {
+    // Loops over EINTR and spurious returns; EAGAIN (word != key) exits.
+    while (epoch_.load(std::memory_order_acquire) == key)
+      futex(&epoch_, FUTEX_WAIT_PRIVATE, key);
+    waiters_.fetch_sub(1, std::memory_order_relaxed);
+  }
+
+  // Producer, any thread, after making the condition true. Wakes one parked
+  // waiter (others that prepared since will not sleep on the old key).
+  void notify_one() noexcept { notify(1); }
+  // Producer, any thread: wakes every parked waiter (close, shutdown).
+  void notify_all() noexcept { notify(INT_MAX); }
+
+  // Any thread; cheap hint (relaxed): is anyone registered as a waiter?
+  bool has_waiters() const noexcept {
+    return waiters_.load(std::memory_order_relaxed) != 0;
+  }
+  // For tests: the epoch only moves (and the futex is only called) when
+  // a notify found a waiter.
+  uint32_t epoch() const noexcept {
+    return epoch_.load(std::memory_order_relaxed);
+  }
+
+ private:
+  void notify(int n) noexcept {
+    // Orders the caller's store of the condition before our read of
+    // waiters_ (the other half of the Dekker pair in prepare_wait).
+    full_fence();
+    if (waiters_.load(std::memory_order_relaxed) == 0) return;
+    // release: a waiter that sees the new epoch also sees the condition.
+    epoch_.fetch_add(1, std::memory_order_release);
+    futex(&epoch_, FUTEX_WAKE_PRIVATE, static_cast<uint32_t>(n));
+  }
+  static long futex(std::atomic<uint32_t>* word, int op, uint32_t val) {
+    static_assert(sizeof(std::atomic<uint32_t>) == sizeof(uint32_t),
+                  "futex word must be a plain 32-bit integer");
+    return syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), op, val,
+                   nullptr, nullptr, 0);
+  }
+
+  // Own line: waiters_/epoch_ are written only when someone parks, so the
+  // producers' hot read of waiters_ stays a shared-cache hit.
+  alignas(kCacheLine) std::atomic<uint32_t> epoch_{0};
+  std::atomic<uint32_t> waiters_{0};
+};
+
+// ----------------------------------------------------------------- TaskQueue
+//
+// One runtime's request queue: many producers (the JS thread, workers), many
+// consumers (the host's poll thread or the plugin's own threads).
+//
+// Closing is a "null sentinel" without a slot: close() sets a CLOSED bit in
+// state_, whose low bits count pushes in progress. A push enters (fetch_add),
+// gives up with Closed if the bit was set, else pushes and leaves
+// (fetch_sub). A consumer returns nullptr only after it saw CLOSED with no
+// push in progress and then found the ring empty: from then on no push can
+// succeed, so the answer is final — and every push that returned Ok had
+// published its task before leaving, so no Ok task is ever lost.
+template <typename T>
+class TaskQueue {
+ public:
+  enum class Push { Ok, Full, Closed };
+
+  // Spin budget of a consumer before it parks. A futex wake-up costs 25-50
+  // us on the target VMs while a spinning consumer takes a task in ~2 us;
+  // spinning about as long as a wake-up costs bounds the loss of either
+  // choice to 2x (the classic spin-then-block rule).
+  static constexpr uint64_t kDefaultSpinNs = 50000;
+
+  // max_queue: tasks queued at most (>= 1). The ring is max_queue rounded up
+  // to a power of two; when max_queue is not one, the bound is checked from
+  // size_approx() and may be exceeded by the number of concurrent producers
+  // (never beyond the ring). spin_ns: see set_spin_ns.
+  explicit TaskQueue(size_t max_queue, uint64_t spin_ns = kDefaultSpinNs)
+      : max_(max_queue ? max_queue : 1), ring_(max_), spin_ns_(spin_ns) {}
+  TaskQueue(const TaskQueue&) = delete;
+  TaskQueue& operator=(const TaskQueue&) = delete;
+
+  // Any thread, never blocks. Ok: the queue owns t until a consumer pops it.
+  // Full/Closed: t stays the caller's. No syscall unless a consumer is
+  // parked.
+  Push push(T* t) noexcept {
+    // seq_cst: totally ordered with close()'s fetch_or, so either we see
+    // CLOSED or close()'s consumers will see our count.
+    uint64_t s = state_.fetch_add(1, std::memory_order_seq_cst);
+    if (s & kClosed) {
+      leave();
+      return Push::Closed;
+    }
+    bool ok = (max_ == ring_.capacity() || ring_.size_approx() < max_) &&
+              ring_.try_push(t);
+    if (!leave() && ok) parker_.notify_one();
+    return ok ? Push::Ok : Push::Full;
+  }
+
+  // Any thread; idempotent. Tasks pushed before stay deliverable; once they
+  // are all taken, every pop returns nullptr. Wakes every parked consumer.
+  void close() noexcept {
+    if (closed_.load(std::memory_order_relaxed)) return;
+    state_.fetch_or(kClosed, std::memory_order_seq_cst);
+    // release: a consumer that sees closed_ also sees the CLOSED bit.
+    closed_.store(true, std::memory_order_release);
+    parker_.notify_all();
+  }
+
+  // Consumer, any thread; blocks (spin, then park) until a task or the end.
+  // Returns the task (now the caller's), or nullptr after close + drain.
+  T* pop() noexcept {
+    T* v;
+    if (poll(v)) return v;
+    if (spin(v)) return v;
+    for (;;) {
+      uint32_t key = parker_.prepare_wait();
+      if (poll(v)) {
+        parker_.cancel_wait();
+        return v;
+      }
+      parker_.commit_wait(key);
+      // Woken (or spurious): spin again, since wake-ups come in bursts.
+      if (poll(v) || spin(v)) return v;
+    }
+  }
+
+  // Consumer, any thread; blocks until at least one task, then takes up to
+  // max ready ones into out[0..n). Returns n; 0 after close + drain (and for
+  // max == 0, which is the caller's error).
+  size_t pop_batch(T** out, size_t max) noexcept {
+    if (max == 0) return 0;
+    T* first = pop();
+    if (!first) return 0;
+    out[0] = first;
+    size_t n = 1;
+    while (n < max && ring_.try_pop(out[n])) ++n;
+    return n;
+  }
+
+  // Consumer, any thread; never blocks. False when nothing is ready (also
+  // after close + drain; use closed() to tell).
+  bool try_pop(T*& out) noexcept {
+    T* v;
+    if (ring_.try_pop(v)) {
+      out = v;
+      chain();
+      return true;
+    }
+    return false;
+  }
+
+  size_t size_approx() const noexcept { return ring_.size_approx(); }
+  bool closed() const noexcept {
+    return closed_.load(std::memory_order_acquire);
+  }
+  size_t max_queue() const noexcept { return max_; }
+
+  // Any thread; consumers read it at the start of each spin.
+  void set_spin_ns(uint64_t ns) noexcept {
+    spin_ns_.store(ns, std::memory_order_relaxed);
+  }
+  uint64_t spin_ns() const noexcept {
+    return spin_ns_.load(std::memory_order_relaxed);
+  }
+
+ private:
+  static constexpr uint64_t kClosed = uint64_t{1} << 63;
+
+  // Ends a push; returns true when the queue was closed meanwhile, having
+  // then woken everyone: a consumer may be parked waiting for the count of
+  // pushes in progress to reach zero.
+  bool leave() noexcept {
+    // seq_cst (release is the part that matters): our ring write happens
+    // before a consumer's acquire load that sees the lowered count.
+    uint64_t s = state_.fetch_sub(1, std::memory_order_seq_cst);
+    if (s & kClosed) {
+      parker_.notify_all();
+      return true;
+    }
+    return false;
+  }
+
+  // True when v is a task, or nullptr for the end; false: nothing yet.
+  bool poll(T*& v) noexcept {
+    if (ring_.try_pop(v)) {
+      chain();
+      return true;
+    }
+    if (!closed_.load(std::memory_order_acquire)) return false;
+    if (drained_.load(std::memory_order_acquire)) {
+      v = nullptr;
+      return true;
+    }
+    // seq_cst: pairs with leave()'s fetch_sub (Dekker with the parker).
+    if (state_.load(std::memory_order_seq_cst) != kClosed) return false;
+    // Closed and no push in progress: the ring holds all there will ever be.
+    if (ring_.try_pop(v)) {
+      chain();
+      return true;
+    }
+    drained_.store(true, std::memory_order_release);  // final, so cache it
+    v = nullptr;
+    return true;
+  }
+
+  // Spin up to spin_ns; the clock is read every 16 pauses (~1 us on x86).
+  bool spin(T*& v) noexcept {
+    uint64_t budget = spin_ns_.load(std::memory_order_relaxed);
+    if (budget == 0) return false;
+    uint64_t start = monotonic_ns();
+    for (unsigned i = 1;; ++i) {
+      cpu_relax();
+      if (poll(v)) return true;
+      if ((i & 15) == 0 && monotonic_ns() - start >= budget) return false;
+    }
+  }
+
+  // After a take, if more is queued and someone is parked, pass the baton:
+  // a consumer may have parked after seeing a not-yet-published slot while
+  // later slots were ready. Relaxed hint; correctness never depends on it.
+  void chain() noexcept {
+    if (parker_.has_waiters() && ring_.size_approx() != 0)
+      parker_.notify_one();
+  }
+
+  const size_t max_;
+  MpmcRing<T> ring_;
+  Parker parker_;
+  // Written by every push: its own line.
+  alignas(kCacheLine) std::atomic<uint64_t> state_{0};
+  // Read-mostly flags and settings, on a line producers do not write.
+  alignas(kCacheLine) std::atomic<bool> closed_{false};
+  std::atomic<bool> drained_{false};
+  std::atomic<uint64_t> spin_ns_;
+};
+
+// ----------------------------------------------------------- CompletionQueue
+//
+// Unbounded intrusive MPSC: many poll threads push finished tasks, the one JS
+// thread takes them all at once. T must have `std::atomic<T*> cq_next`.
+//
+// A Treiber stack: push CASes itself onto the head; pop_all exchanges the
+// head with nullptr and reverses the list into push order. The doorbell falls
+// out for free: a push that finds the stack empty is the first of a drain
+// cycle and must ring (uv_async_send); later pushes of the cycle do not. The
+// consumer's pop_all takes everything, so every item rides on one ring.
+template <typename T>
+class CompletionQueue {
+ public:
+  CompletionQueue() = default;
+  CompletionQueue(const CompletionQueue&) = delete;
+  CompletionQueue& operator=(const CompletionQueue&) = delete;
+
+  // Any thread. The queue owns t until pop_all hands it to the consumer.
+  // Returns true when the consumer must be woken: exactly one push per drain
+  // cycle (the one that found the queue empty) returns true.
+  bool push(T* t) noexcept {
+    T* head = head_.load(std::memory_order_relaxed);
+    do {
+      // relaxed: published by the release CAS below.
+      t->cq_next.store(head, std::memory_order_relaxed);
+      // release: the consumer's acquire exchange sees t's fields and link.
+    } while (!head_.compare_exchange_weak(head, t, std::memory_order_release,
+                                          std::memory_order_relaxed));
+    return head == nullptr;
+  }
+
+  // Consumer thread only. Takes every pushed item and returns them oldest
+  // first, linked by cq_next (nullptr-terminated; nullptr when empty). The
+  // items are the caller's. Re-arms the doorbell: the next push rings.
+  T* pop_all() noexcept {
+    // acquire: pairs with the pushes' release CAS (a release sequence, so
+    // all older items of the stack are covered too).
+    T* node = head_.exchange(nullptr, std::memory_order_acquire);
+    T* fifo = nullptr;
+    while (node) {  // reverse: the stack is newest first
+      T* next = node->cq_next.load(std::memory_order_relaxed);
+      node->cq_next.store(fifo, std::memory_order_relaxed);
+      fifo = node;
+      node = next;
+    }
+    return fifo;
+  }
+
+  // Any thread; a hint.
+  bool empty_approx() const noexcept {
+    return head_.load(std::memory_order_relaxed) == nullptr;
+  }
+
+ private:
+  alignas(kCacheLine) std::atomic<T*> head_{nullptr};
+};
+
+}  // namespace dlhost
+
+#endif  // DLHOST_QUEUE_H

@@ -1,0 +1,675 @@
+// Level 2 runtimes. Thread map:
+//   JS thread      : RuntimeWrap (submit, drain completions, lifecycle events)
+//   host poll      : one detached std::thread per host-driven runtime
+//   plugin threads : the plugin's own (dlhost_task_poll & co, host_abi.cc)
+//   reaper         : one detached std::thread per unloading plugin-driven
+//                    runtime; waits for the plugin's pollers to exit, then
+//                    drops the runtime's library reference (maybe dlclose).
+#include "runtime.h"
+
+#include <cerrno>
+#include <chrono>
+#include <climits>
+#include <cstdlib>
+#include <cstring>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "addon.h"
+#include "library_wrap.h"
+
+namespace dlhost {
+
+namespace {
+
+// Responses at least this big are handed to JS without a copy (external
+// buffer freed by its finalizer); smaller ones are packed into one
+// ArrayBuffer per batch, which costs one allocation for the whole batch.
+constexpr size_t kBigResponse = 64 * 1024;
+constexpr int32_t kAbortedLen = -1;
+constexpr int32_t kBigOffset = -2;
+
+std::atomic<uint64_t> next_core_serial{1};
+std::atomic<uint64_t> orphan_misuse{0};
+
+uint64_t NowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+bool ThreadAlive(pid_t tid) {
+  // Signal 0 checks existence only. ESRCH once the kernel has reaped the
+  // thread: from then on it can't be executing anything of the plugin.
+  return syscall(SYS_tgkill, getpid(), tid, 0) == 0 || errno != ESRCH;
+}
+
+}  // namespace
+
+thread_local uint64_t tls_last_core = 0;
+
+RuntimeCore::RuntimeCore(EntryPtr e, Abi a, size_t mq, uint64_t spin_ns)
+    : entry(std::move(e)), abi(a), serial(next_core_serial++), max_queue(mq), requests(mq, spin_ns) {}
+
+RuntimeCore::~RuntimeCore() {
+  for (auto &chunk : chunks)
+    for (uint32_t i = 0; i < kChunkSize; i++) {
+      Task &t = chunk[i];
+      if (t.req && t.req != t.inline_buf) free(t.req);
+      if (t.state.load() == Task::kDone) free(t.rsp);
+    }
+}
+
+Task *RuntimeCore::AllocTask() {
+  if (in_flight >= max_queue) return nullptr;
+  if (free_ids.empty()) {
+    std::unique_ptr<Task[]> chunk(new Task[kChunkSize]);
+    uint32_t base = uint32_t(chunks.size()) << kChunkBits;
+    for (uint32_t i = 0; i < kChunkSize; i++) {
+      chunk[i].id = base + i;
+      chunk[i].core = this;
+      free_ids.push_back(base + i);
+    }
+    chunks.push_back(std::move(chunk));
+  }
+  uint32_t id = free_ids.front();
+  free_ids.pop_front();
+  in_flight++;
+  Task *t = Slot(id);
+  t->rc = 0;
+  t->rsp = nullptr;
+  t->rsp_len = 0;
+  return t;
+}
+
+void RuntimeCore::FreeTask(Task *t) {
+  if (t->req && t->req != t->inline_buf) free(t->req);
+  t->req = nullptr;
+  t->req_len = 0;
+  t->state.store(Task::kFree, std::memory_order_release);
+  free_ids.push_back(t->id);
+  in_flight--;
+}
+
+int RuntimeCore::Submit(Task *t) {
+  t->state.store(Task::kQueued, std::memory_order_relaxed);
+  switch (requests.push(t)) {
+    case TaskQueue<Task>::Push::Ok: return 0;
+    case TaskQueue<Task>::Push::Full: return -1;
+    default: return -2;
+  }
+}
+
+Task *RuntimeCore::TakeCompletions() { return completions.pop_all(); }
+
+void RuntimeCore::Ring() {
+  std::lock_guard<std::mutex> lock(bell_mu);
+  if (bell) uv_async_send(bell);
+}
+
+void RuntimeCore::Complete(Task *t) {
+  // The JS thread re-checks the queue after it stops spinning (seq_cst on
+  // both sides), so skipping the syscall while it spins loses no wake-up.
+  if (completions.push(t) && !js_spinning.load(std::memory_order_seq_cst)) Ring();
+}
+
+void RuntimeCore::Respond(Task *t, int rc, void *rsp, size_t len) {
+  if (!t || t->magic != Task::kMagic) {
+    orphan_misuse.fetch_add(1);  // not a task of ours: no core to count it on
+    free(rsp);
+    return;
+  }
+  uint32_t expect = Task::kTaken;
+  if (!t->state.compare_exchange_strong(expect, Task::kDone, std::memory_order_acq_rel)) {
+    // Answered twice, answered after the host gave up on it, or never taken.
+    t->core->misuse.fetch_add(1);
+    free(rsp);
+    return;
+  }
+  t->rc = rc;
+  t->rsp = rsp;
+  t->rsp_len = rsp ? len : 0;
+  t->core->Complete(t);
+}
+
+void RuntimeCore::RecordPoller() {
+  if (tls_last_core == serial) return;
+  tls_last_core = serial;
+  pid_t tid = pid_t(syscall(SYS_gettid));
+  std::lock_guard<std::mutex> lock(tids_mu);
+  for (pid_t x : tids)
+    if (x == tid) return;
+  tids.push_back(tid);
+}
+
+Task *RuntimeCore::Poll() {
+  RecordPoller();
+  Task *t = requests.pop();
+  if (t) t->state.store(Task::kTaken, std::memory_order_release);
+  return t;
+}
+
+size_t RuntimeCore::PollBatch(Task **out, size_t max) {
+  RecordPoller();
+  if (!out || max == 0) return 0;
+  size_t n = requests.pop_batch(out, max);
+  for (size_t i = 0; i < n; i++) out[i]->state.store(Task::kTaken, std::memory_order_release);
+  return n;
+}
+
+// Settles every call that will never be answered: queued ones nobody took,
+// and taken ones whose plugin thread is gone. CAS makes a late answer lose.
+static void AbortLeftovers(RuntimeCore &core) {
+  Task *t;
+  while (core.requests.try_pop(t)) t->state.store(Task::kTaken);
+  for (auto &chunk : core.chunks)
+    for (uint32_t i = 0; i < RuntimeCore::kChunkSize; i++) {
+      Task &x = chunk[i];
+      uint32_t expect = Task::kTaken;
+      if (x.state.compare_exchange_strong(expect, Task::kDone)) {
+        x.rc = 0;
+        x.rsp = nullptr;
+        x.rsp_len = SIZE_MAX;  // marks "aborted" for the JS side
+        core.aborted.fetch_add(1);
+        core.Complete(&x);
+      }
+    }
+}
+
+static void FinishUnload(const std::shared_ptr<RuntimeCore> &core, bool release) {
+  if (release) {
+    ReleaseResult r = Registry::Get().ReleaseRuntime(core->entry);
+    core->dlclosed = r.dlclosed;
+    core->mapped = r.mapped;
+  }
+  core->unload_state.store(2);
+  core->Ring();
+}
+
+// Host-driven: dlhost's own poll thread.
+static void HostLoop(std::shared_ptr<RuntimeCore> core, std::string cfg) {
+  bool ok = true;
+  if (core->open_fn) {
+    core->state = core->open_fn(cfg.c_str(), cfg.size());
+    ok = core->state != nullptr;
+  }
+  core->init_rc = ok ? 0 : -1;
+  core->init_state.store(ok ? 1 : 2);
+  core->Ring();
+  if (ok) {
+    Task *batch[64];
+    for (;;) {
+      size_t n = core->requests.pop_batch(batch, 64);
+      if (n == 0) break;
+      for (size_t i = 0; i < n; i++) {
+        Task *t = batch[i];
+        t->state.store(Task::kTaken, std::memory_order_relaxed);
+        void *rsp = nullptr;
+        size_t len = 0;
+        int rc = core->handle_fn(core->state, t->req, t->req_len, &rsp, &len);
+        core->Respond(t, rc, rsp, len);
+      }
+    }
+    if (core->close_fn) core->close_fn(core->state);
+  } else {
+    core->requests.close();
+    AbortLeftovers(*core);
+  }
+  FinishUnload(core, true);
+}
+
+// Plugin-driven: wait (bounded) for every thread that polled to exit.
+static void Reap(std::shared_ptr<RuntimeCore> core) {
+  const uint64_t deadline = NowNs() + core->unload_timeout_ms * 1000000ull;
+  uint64_t nap_us = 50;
+  bool stuck = false;
+  for (;;) {
+    std::vector<pid_t> tids;
+    {
+      std::lock_guard<std::mutex> lock(core->tids_mu);
+      tids = core->tids;
+    }
+    bool alive = false;
+    for (pid_t tid : tids)
+      if (ThreadAlive(tid)) alive = true;
+    if (!alive) break;
+    if (NowNs() > deadline) {
+      stuck = true;
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(nap_us));
+    nap_us = std::min<uint64_t>(nap_us * 2, 10000);
+  }
+  AbortLeftovers(*core);
+  if (stuck) {
+    // Never unmap under a running thread: keep the library and the core
+    // (the plugin's threads may still call into it).
+    core->threads_stuck = true;
+    core->mapped = true;
+    new std::shared_ptr<RuntimeCore>(core);  // deliberate leak
+    FinishUnload(core, false);
+    return;
+  }
+  FinishUnload(core, true);
+}
+
+// ------------------------------------------------------------------ wrap
+
+Napi::Function RuntimeWrap::Init(Napi::Env env) {
+  return DefineClass(env, "Runtime",
+                     {InstanceMethod<&RuntimeWrap::Start>("start"),
+                      InstanceMethod<&RuntimeWrap::Submit>("submit"),
+                      InstanceMethod<&RuntimeWrap::CallSync>("callSync"),
+                      InstanceMethod<&RuntimeWrap::Unload>("unload"),
+                      InstanceMethod<&RuntimeWrap::Stats>("stats"),
+                      InstanceMethod<&RuntimeWrap::SetSpin>("setSpin")});
+}
+
+// new Runtime(library, abi, maxQueue, onComplete, onEvent, unloadTimeoutMs)
+RuntimeWrap::RuntimeWrap(const Napi::CallbackInfo &info)
+    : Napi::ObjectWrap<RuntimeWrap>(info), env_(info.Env()), addon_(Addon::Of(info.Env())) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsObject() || !info[1].IsNumber() || !info[2].IsNumber() ||
+      !info[3].IsFunction() || !info[4].IsFunction() || !info[5].IsNumber())
+    throw Napi::TypeError::New(env, "Runtime(library, abi, maxQueue, onComplete, onEvent, unloadTimeoutMs)");
+  LibraryWrap *lib = LibraryWrap::Unwrap(info[0].As<Napi::Object>());
+  if (!lib || lib->released()) ThrowCoded(env, "ERR_RELEASED", "the library was released");
+  Abi abi = Abi(info[1].As<Napi::Number>().Int32Value());
+  size_t max_queue = info[2].As<Napi::Number>().Uint32Value();
+  core_ = std::make_shared<RuntimeCore>(lib->entry(), abi, max_queue, 50000);
+  core_->unload_timeout_ms = info[5].As<Napi::Number>().Int64Value();
+  Registry &reg = Registry::Get();
+  auto sym = [&](const char *n) { return reg.Symbol(core_->entry, n); };
+  core_->open_fn = reinterpret_cast<dlhost_open_fn>(sym("dlhost_open"));
+  core_->handle_fn = reinterpret_cast<dlhost_handle_fn>(sym("dlhost_handle"));
+  core_->close_fn = reinterpret_cast<dlhost_close_fn>(sym("dlhost_close"));
+  core_->init_fn = reinterpret_cast<dlhost_init_fn>(sym("dlhost_init"));
+  core_->lua_init_fn = reinterpret_cast<libffi_init_fn>(sym("libffi_init"));
+  bool have = abi == Abi::kHost ? core_->handle_fn != nullptr
+              : abi == Abi::kNative ? core_->init_fn != nullptr
+                                    : core_->lua_init_fn != nullptr;
+  if (!have) ThrowCoded(env, "ERR_SYMBOL_MISSING", "the library has no entry symbol for this ABI");
+  reg.AcquireRuntime(core_->entry);
+  on_complete_ = Napi::Persistent(info[3].As<Napi::Function>());
+  on_event_ = Napi::Persistent(info[4].As<Napi::Function>());
+  async_ctx_ = std::make_unique<Napi::AsyncContext>(env, "dlhost:runtime");
+  js_thread_ = std::this_thread::get_id();
+
+  uv_loop_t *loop = nullptr;
+  napi_get_uv_event_loop(env, &loop);
+  bell_ = new uv_async_t;
+  uv_async_init(loop, bell_, &RuntimeWrap::OnBell);
+  bell_->data = this;
+  uv_unref(reinterpret_cast<uv_handle_t *>(bell_));
+  idle_ = new uv_idle_t;
+  uv_idle_init(loop, idle_);
+  idle_->data = this;
+  uv_unref(reinterpret_cast<uv_handle_t *>(idle_));
+  {
+    std::lock_guard<std::mutex> lock(core_->bell_mu);
+    core_->bell = bell_;
+  }
+  addon_->runtimes.insert(this);
+}
+
+RuntimeWrap::~RuntimeWrap() {
+  // The finalizer is a safety net: TS keeps live runtimes strongly referenced.
+  if (!env_gone_) {
+    TeardownFromEnv();
+    addon_->runtimes.erase(this);
+  }
+}
+
+// start(cfg: Buffer) -> null (host-driven: init result comes as an event) | rc
+Napi::Value RuntimeWrap::Start(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsBuffer()) throw Napi::TypeError::New(env, "start(cfg: Buffer)");
+  auto buf = info[0].As<Napi::Buffer<char>>();
+  std::string cfg(buf.Data(), buf.Length());
+  referenced_ = false;
+  if (core_->abi == Abi::kHost) {
+    std::thread(HostLoop, core_, std::move(cfg)).detach();
+    UpdateLoopRef();
+    return env.Null();
+  }
+  int rc;
+  if (core_->abi == Abi::kNative) {
+    rc = core_->init_fn(cfg.c_str(), cfg.size(), &core_->q);
+  } else {
+    // lua-resty-ffi: a mutable NUL-terminated copy, freed after init returns.
+    char *copy = static_cast<char *>(malloc(cfg.size() + 1));
+    memcpy(copy, cfg.data(), cfg.size());
+    copy[cfg.size()] = 0;
+    rc = core_->lua_init_fn(copy, &core_->q);
+    free(copy);
+  }
+  core_->init_rc = rc;
+  core_->init_state.store(rc == 0 ? 1 : 2);
+  init_reported_ = true;
+  if (rc != 0) {
+    unloading_ = true;
+    core_->requests.close();
+    std::thread(Reap, core_).detach();
+    UpdateLoopRef();
+  }
+  return Napi::Number::New(env, rc);
+}
+
+// submit(req: string | TypedArray) -> slot id >= 0, -1 full, -2 closed
+Napi::Value RuntimeWrap::Submit(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (unloading_) return Napi::Number::New(env, -2);
+  napi_value v = info[0];
+  napi_valuetype type;
+  napi_typeof(env, v, &type);
+  const char *data = nullptr;
+  size_t len = 0;
+  bool is_string = type == napi_string;
+  if (is_string) {
+    napi_get_value_string_utf8(env, v, nullptr, 0, &len);
+  } else {
+    bool is_ta = false;
+    napi_is_typedarray(env, v, &is_ta);
+    if (!is_ta) throw Napi::TypeError::New(env, "request must be a string or a Uint8Array");
+    napi_typedarray_type tt;
+    size_t n;
+    void *p;
+    napi_value ab;
+    size_t off;
+    napi_get_typedarray_info(env, v, &tt, &n, &p, &ab, &off);
+    size_t elem = (tt == napi_int8_array || tt == napi_uint8_array || tt == napi_uint8_clamped_array) ? 1
+                  : (tt == napi_int16_array || tt == napi_uint16_array) ? 2
+                  : (tt == napi_float64_array || tt == napi_bigint64_array || tt == napi_biguint64_array) ? 8 : 4;
+    data = static_cast<const char *>(p);
+    len = n * elem;
+  }
+  Task *t = core_->AllocTask();
+  if (!t) return Napi::Number::New(env, -1);
+  t->req = len <= Task::kInline ? t->inline_buf : static_cast<char *>(malloc(len + 1));
+  if (!t->req) {
+    core_->FreeTask(t);
+    throw Napi::Error::New(env, "out of memory");
+  }
+  if (is_string) {
+    size_t copied = 0;
+    napi_get_value_string_utf8(env, v, t->req, len + 1, &copied);
+  } else if (len) {
+    memcpy(t->req, data, len);
+  }
+  t->req[len] = 0;
+  t->req_len = len;
+  int rc = core_->Submit(t);
+  if (rc < 0) {
+    core_->FreeTask(t);
+    return Napi::Number::New(env, rc);
+  }
+  StartSpin();
+  UpdateLoopRef();
+  return Napi::Number::New(env, t->id);
+}
+
+Napi::Value RuntimeWrap::CallSync(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (core_->abi != Abi::kHost)
+    ThrowCoded(env, "ERR_NOT_SYNC", "callSync needs a host-driven plugin (dlhost_handle)");
+  if (unloading_ || core_->init_state.load() != 1)
+    ThrowCoded(env, "ERR_RUNTIME_UNLOADED", "the runtime is not running");
+  napi_value v = info[0];
+  char small[512];
+  std::unique_ptr<char[]> big;
+  char *req;
+  size_t len = 0;
+  napi_valuetype type;
+  napi_typeof(env, v, &type);
+  if (type == napi_string) {
+    napi_get_value_string_utf8(env, v, nullptr, 0, &len);
+    req = len < sizeof small ? small : (big.reset(new char[len + 1]), big.get());
+    napi_get_value_string_utf8(env, v, req, len + 1, &len);
+  } else {
+    bool is_ta = false;
+    napi_is_typedarray(env, v, &is_ta);
+    if (!is_ta) throw Napi::TypeError::New(env, "request must be a string or a Uint8Array");
+    napi_typedarray_type tt;
+    size_t n;
+    void *p;
+    napi_value ab;
+    size_t off;
+    napi_get_typedarray_info(env, v, &tt, &n, &p, &ab, &off);
+    if (tt != napi_uint8_array && tt != napi_int8_array && tt != napi_uint8_clamped_array)
+      throw Napi::TypeError::New(env, "request must be a string or a Uint8Array");
+    len = n;
+    // The ABI promises a NUL after the request: copy into room for it.
+    req = len < sizeof small ? small : (big.reset(new char[len + 1]), big.get());
+    if (len) memcpy(req, p, len);
+  }
+  req[len] = 0;
+  void *rsp = nullptr;
+  size_t rsp_len = 0;
+  int rc = core_->handle_fn(core_->state, req, len, &rsp, &rsp_len);
+  napi_value out;
+  if (!rsp || rsp_len == 0) {
+    napi_create_buffer(env, 0, nullptr, &out);
+  } else {
+    void *dst;
+    napi_create_buffer_copy(env, rsp_len, rsp, &dst, &out);
+  }
+  free(rsp);
+  if (rc != 0) {
+    Napi::Error err = Napi::Error::New(env, "plugin returned rc " + std::to_string(rc));
+    err.Set("code", "ERR_PLUGIN");
+    err.Set("rc", Napi::Number::New(env, rc));
+    err.Set("detail", Napi::Value(env, out));
+    throw err;
+  }
+  return Napi::Value(env, out);
+}
+
+Napi::Value RuntimeWrap::Unload(const Napi::CallbackInfo &info) {
+  if (!unloading_) {
+    unloading_ = true;
+    core_->unload_state.store(1);
+    core_->requests.close();
+    // Host-driven: the poll thread finishes the queue and drops the library.
+    if (core_->abi != Abi::kHost) std::thread(Reap, core_).detach();
+    UpdateLoopRef();
+  }
+  return info.Env().Undefined();
+}
+
+Napi::Value RuntimeWrap::Stats(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("queued", double(core_->requests.size_approx()));
+  o.Set("inFlight", double(core_->in_flight));
+  o.Set("misuse", double(core_->misuse.load()));
+  o.Set("aborted", double(core_->aborted.load()));
+  size_t pollers;
+  {
+    std::lock_guard<std::mutex> lock(core_->tids_mu);
+    pollers = core_->tids.size();
+  }
+  o.Set("pollers", double(pollers));
+  return o;
+}
+
+// setSpin(jsSpinNs, pollerSpinNs): the spin-then-park budgets.
+Napi::Value RuntimeWrap::SetSpin(const Napi::CallbackInfo &info) {
+  if (info[0].IsNumber()) spin_ns_ = info[0].As<Napi::Number>().Int64Value();
+  if (info[1].IsNumber()) core_->requests.set_spin_ns(info[1].As<Napi::Number>().Int64Value());
+  return info.Env().Undefined();
+}
+
+void RuntimeWrap::StartSpin() {
+  last_activity_ = uv_hrtime();
+  if (idle_active_ || spin_ns_ == 0 || !idle_) return;
+  core_->js_spinning.store(true, std::memory_order_seq_cst);
+  uv_idle_start(idle_, &RuntimeWrap::OnIdle);
+  idle_active_ = true;
+}
+
+void RuntimeWrap::OnIdle(uv_idle_t *h) {
+  auto *self = static_cast<RuntimeWrap *>(h->data);
+  self->Drain();
+  if (self->env_gone_ || !self->idle_active_) return;
+  if (self->core_->in_flight == 0 || uv_hrtime() - self->last_activity_ > self->spin_ns_) {
+    self->core_->js_spinning.store(false, std::memory_order_seq_cst);
+    uv_idle_stop(self->idle_);
+    self->idle_active_ = false;
+    self->Drain();  // anything pushed while producers thought we spin
+  }
+}
+
+void RuntimeWrap::OnBell(uv_async_t *h) {
+  static_cast<RuntimeWrap *>(h->data)->Drain();
+}
+
+void RuntimeWrap::UpdateLoopRef() {
+  if (!bell_) return;
+  bool want = core_->in_flight > 0 || (unloading_ && !unload_reported_) ||
+              (!init_reported_ && core_->abi == Abi::kHost);
+  if (want == referenced_) return;
+  referenced_ = want;
+  if (want) uv_ref(reinterpret_cast<uv_handle_t *>(bell_));
+  else uv_unref(reinterpret_cast<uv_handle_t *>(bell_));
+}
+
+void RuntimeWrap::Drain() {
+  if (env_gone_) return;
+  Task *list = core_->TakeCompletions();
+  Napi::Env env(env_);
+  if (list) {
+    Napi::HandleScope scope(env);
+    size_t count = 0, small_total = 0;
+    bool any_big = false;
+    for (Task *t = list; t; t = t->cq_next.load(std::memory_order_relaxed)) {
+      count++;
+      if (t->rsp_len == SIZE_MAX) continue;
+      if (t->rsp_len >= kBigResponse) any_big = true;
+      else small_total += t->rsp_len;
+    }
+    if (meta_cap_ < count * 4) {
+      size_t cap = std::max<size_t>(count * 4, 1024);
+      Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, cap * sizeof(int32_t));
+      Napi::Int32Array ta = Napi::Int32Array::New(env, cap, ab, 0);
+      meta_ref_ = Napi::Persistent(Napi::Object(ta));
+      meta_ = static_cast<int32_t *>(ab.Data());
+      meta_cap_ = cap;
+    }
+    Napi::Value bodies = env.Undefined();
+    char *dst = nullptr;
+    if (small_total) {
+      Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, small_total);
+      dst = static_cast<char *>(ab.Data());
+      bodies = ab;
+    }
+    Napi::Array bigs;
+    if (any_big) bigs = Napi::Array::New(env);
+    size_t i = 0, off = 0;
+    for (Task *t = list; t;) {
+      Task *next = t->cq_next.load(std::memory_order_relaxed);
+      int32_t *m = meta_ + i * 4;
+      m[0] = int32_t(t->id);
+      m[1] = t->rc;
+      if (t->rsp_len == SIZE_MAX) {
+        m[2] = 0;
+        m[3] = kAbortedLen;
+      } else if (t->rsp_len >= kBigResponse) {
+        // Zero copy: the plugin's malloc'd buffer becomes the Buffer.
+        bigs.Set(uint32_t(i), Napi::Buffer<char>::New(
+                                  env, static_cast<char *>(t->rsp), t->rsp_len,
+                                  [](Napi::Env, char *p) { free(p); }));
+        t->rsp = nullptr;
+        m[2] = kBigOffset;
+        m[3] = int32_t(t->rsp_len);
+      } else {
+        if (t->rsp_len) memcpy(dst + off, t->rsp, t->rsp_len);
+        m[2] = int32_t(off);
+        m[3] = int32_t(t->rsp_len);
+        off += t->rsp_len;
+      }
+      free(t->rsp);
+      t->rsp = nullptr;
+      t->cq_next.store(nullptr, std::memory_order_relaxed);
+      core_->FreeTask(t);
+      t = next;
+      i++;
+    }
+    last_activity_ = uv_hrtime();
+    try {
+      on_complete_.MakeCallback(Value(), {Napi::Number::New(env, double(count)), meta_ref_.Value(),
+                                          bodies, any_big ? Napi::Value(bigs) : env.Undefined()},
+                                *async_ctx_);
+    } catch (const Napi::Error &e) {
+      napi_fatal_exception(env_, e.Value());
+    }
+  }
+  DeliverLifecycle();
+  UpdateLoopRef();
+}
+
+void RuntimeWrap::DeliverLifecycle() {
+  if (env_gone_) return;
+  Napi::Env env(env_);
+  if (!init_reported_ && core_->init_state.load() != 0) {
+    init_reported_ = true;
+    Napi::HandleScope scope(env);
+    try {
+      on_event_.MakeCallback(Value(), {Napi::String::New(env, "init"),
+                                       Napi::Number::New(env, core_->init_rc.load())},
+                             *async_ctx_);
+    } catch (const Napi::Error &e) {
+      napi_fatal_exception(env_, e.Value());
+    }
+    if (core_->init_state.load() == 2) unloading_ = true;
+  }
+  if (!unload_reported_ && core_->unload_state.load() == 2 && core_->in_flight == 0) {
+    unload_reported_ = true;
+    Napi::HandleScope scope(env);
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("dlclosed", core_->dlclosed.load());
+    o.Set("mapped", core_->mapped.load());
+    o.Set("threadsStuck", core_->threads_stuck.load());
+    o.Set("misuse", double(core_->misuse.load()));
+    o.Set("aborted", double(core_->aborted.load()));
+    StopHandles();
+    try {
+      on_event_.MakeCallback(Value(), {Napi::String::New(env, "unloaded"), o}, *async_ctx_);
+    } catch (const Napi::Error &e) {
+      napi_fatal_exception(env_, e.Value());
+    }
+  }
+}
+
+void RuntimeWrap::StopHandles() {
+  {
+    std::lock_guard<std::mutex> lock(core_->bell_mu);
+    core_->bell = nullptr;  // worker threads never touch the handle again
+  }
+  core_->js_spinning.store(false);
+  if (bell_) {
+    uv_close(reinterpret_cast<uv_handle_t *>(bell_),
+             [](uv_handle_t *h) { delete reinterpret_cast<uv_async_t *>(h); });
+    bell_ = nullptr;
+  }
+  if (idle_) {
+    uv_close(reinterpret_cast<uv_handle_t *>(idle_),
+             [](uv_handle_t *h) { delete reinterpret_cast<uv_idle_t *>(h); });
+    idle_ = nullptr;
+    idle_active_ = false;
+  }
+}
+
+void RuntimeWrap::TeardownFromEnv() {
+  if (env_gone_) return;
+  env_gone_ = true;
+  if (!unloading_) {
+    unloading_ = true;
+    core_->unload_state.store(1);
+    core_->requests.close();
+    if (core_->abi != Abi::kHost) std::thread(Reap, core_).detach();
+  }
+  StopHandles();
+}
+
+}  // namespace dlhost
