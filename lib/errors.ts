@@ -73,15 +73,10 @@ export function rangeError (message: string): RangeError & { code: 'ERR_OUT_OF_R
 
 /** Native code throws plain Errors with `code` and `loaderMessage`; this makes them DlhostErrors. */
 export function fromNative (err: unknown, path?: string): unknown {
-  if (err instanceof DlhostError) return err
-  if (err instanceof Error && typeof (err as { code?: unknown }).code === 'string') {
-    const code = (err as { code: string }).code
-    if (code in codes) {
-      const e = err as Error & { loaderMessage?: string, rc?: number }
-      return new DlhostError(code as DlhostErrorCode, err.message, {
-        path, loaderMessage: e.loaderMessage, rc: e.rc
-      })
-    }
-  }
-  return err
+  if (err instanceof DlhostError || !(err instanceof Error)) return err
+  const e = err as Error & { code?: unknown, loaderMessage?: string, rc?: number, detail?: Buffer }
+  if (typeof e.code !== 'string' || !(e.code in codes)) return err
+  return new DlhostError(e.code as DlhostErrorCode, err.message, {
+    path, loaderMessage: e.loaderMessage, rc: e.rc, detail: e.detail
+  })
 }

@@ -1,0 +1,100 @@
+/**
+ * The native binding, typed by hand. Loaded with node-gyp-build from the
+ * package root: prebuilds/<platform>-<arch>/ first, then build/Release.
+ * Every function here runs on the calling JS thread.
+ */
+import path from 'path'
+import nodeGypBuild from 'node-gyp-build'
+
+/** The registry's row for one library identity (process-wide counts). */
+export interface NativeRow {
+  serial: number
+  realPath: string
+  dev: number
+  ino: number
+  size: number
+  mtimeMs: number
+  /** `${dev}:${ino}:${size}:${mtimeNs}`: with realPath, the identity. */
+  key: string
+  refs: number
+  runtimes: number
+  pinned: boolean
+  /** Measured with dl_iterate_phdr by path. */
+  mapped: boolean
+  /** dlclose ran (a row that is dlclosed and mapped is stuck). */
+  dlclosed: boolean
+}
+
+export interface NativeReleaseResult {
+  dlclosed: boolean
+  mapped: boolean
+}
+
+/** One open() reference. Its finalizer releases it if release() never ran. */
+export interface NativeLibrary {
+  readonly realPath: string
+  readonly dev: number
+  readonly ino: number
+  readonly size: number
+  readonly mtimeMs: number
+  readonly key: string
+  readonly serial: number
+  state (): NativeRow
+  has (symbol: string): boolean
+  /** null when this reference was already released. */
+  release (): NativeReleaseResult | null
+  pin (): void
+}
+
+export const OPEN_PIN = 1
+export const OPEN_GLOBAL = 2
+export const OPEN_LAZY = 4
+
+export const ABI_HOST = 0
+export const ABI_NATIVE = 1
+export const ABI_LUA = 2
+
+/** Completed calls of one batch: meta holds [id, rc, offset, length] per call. */
+export type CompleteCallback = (count: number, meta: Int32Array, bodies: ArrayBuffer | undefined, bigs: Array<Buffer | undefined> | undefined) => void
+
+export interface NativeUnloadInfo {
+  dlclosed: boolean
+  mapped: boolean
+  threadsStuck: boolean
+  misuse: number
+  aborted: number
+}
+
+export type EventCallback = ((kind: 'init', rc: number) => void) & ((kind: 'unloaded', info: NativeUnloadInfo) => void)
+
+export interface NativeStats {
+  queued: number
+  inFlight: number
+  misuse: number
+  aborted: number
+  pollers: number
+}
+
+/** One runtime: request queue, poll thread(s), completion doorbell. */
+export interface NativeRuntime {
+  /** null: host-driven, init result arrives as an 'init' event; else init's rc. */
+  start (cfg: Buffer): number | null
+  /** A slot id (>= 0), or -1 queue full, -2 closed. Copies the request once. */
+  submit (req: string | Uint8Array): number
+  callSync (req: string | Uint8Array): Buffer
+  unload (): void
+  stats (): NativeStats
+  setSpin (jsSpinNs?: number, pollerSpinNs?: number): void
+}
+
+export interface NativeBinding {
+  abiVersion: number
+  Library: new (path: string, flags: number) => NativeLibrary
+  Runtime: new (library: NativeLibrary, abi: number, maxQueue: number,
+    onComplete: CompleteCallback, onEvent: (kind: string, info: number | NativeUnloadInfo) => void,
+    unloadTimeoutMs: number) => NativeRuntime
+  libraries (): NativeRow[]
+  isMapped (path: string): boolean
+}
+
+export const binding: NativeBinding = nodeGypBuild(path.join(__dirname, '..')) as NativeBinding

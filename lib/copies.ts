@@ -1,0 +1,441 @@
+/**
+ * Private copies of library versions.
+ *
+ * glibc's dlopen() hands back the handle it already has for a path (or for a
+ * dev/inode it already mapped), even after the file was replaced, and
+ * overwriting a mapped `.so` in place (`cp`, `fs.writeFile`) makes the process
+ * die of SIGBUS/SIGSEGV the next time it touches a page of it. So every
+ * version of a reloadable library is loaded from a private copy, never from
+ * the user's file: the user may then rewrite their file any way they like.
+ *
+ * A `CopyStore` is a directory of the process's own (0700, owned by us, made
+ * with mkdtemp under a parent that nobody else can tamper with). Each copy has
+ * an unpredictable name, is created with O_EXCL|O_NOFOLLOW, is fsync'ed, and
+ * is verified by hash after it is written. Stores still open when the process
+ * exits are removed synchronously by one shared `process.on('exit')` listener.
+ */
+import * as crypto from 'crypto'
+import * as fs from 'fs'
+import * as os from 'os'
+import * as path from 'path'
+import { debuglog } from 'util'
+import { DlhostError, rangeError, typeError } from './errors'
+
+const debug = debuglog('dlhost')
+
+/** What `snapshot()` made: the copy's path and the bytes it holds. */
+export interface Snapshot {
+  /** Absolute path of the private copy (inside `store.dir`). */
+  path: string
+  /** Hex sha256 of the content (of what was read, verified on what was written). */
+  sha256: string
+  /** Size in bytes. */
+  size: number
+  /** The content, as read once from the source. */
+  bytes: Buffer
+  /**
+   * fstat() of the source file taken on the descriptor the bytes were read
+   * from: pass it to `LibraryWatcher.markCurrent()` to say "this is loaded".
+   */
+  sourceStat: fs.Stats
+}
+
+export interface CopyStoreOptions {
+  /** Parent directory of the store (default `os.tmpdir()`). */
+  dir?: string
+  /**
+   * @internal Name generator for copies (tests). Must return a plain file
+   * name. Default: 16 random bytes as hex + `.so`.
+   */
+  randomName?: () => string
+}
+
+const O_NOFOLLOW = fs.constants.O_NOFOLLOW ?? 0
+const O_DIRECTORY = fs.constants.O_DIRECTORY ?? 0
+const O_NONBLOCK = fs.constants.O_NONBLOCK ?? 0
+
+function uid (): number | undefined {
+  return typeof process.getuid === 'function' ? process.getuid() : undefined
+}
+
+function errCode (err: unknown): string | undefined {
+  const c = (err as { code?: unknown } | null)?.code
+  return typeof c === 'string' ? c : undefined
+}
+
+function errMessage (err: unknown): string {
+  return err instanceof Error ? err.message : String(err)
+}
+
+function sha256 (buf: Buffer): string {
+  return crypto.createHash('sha256').update(buf).digest('hex')
+}
+
+function defaultName (): string {
+  return crypto.randomBytes(16).toString('hex') + '.so'
+}
+
+/** Errors met while reading the user's file, mapped to stable codes. */
+function sourceError (err: unknown, srcPath: string): DlhostError {
+  const code = errCode(err)
+  const msg = errMessage(err)
+  const opts = { path: srcPath, loaderMessage: msg, cause: err }
+  switch (code) {
+    case 'ENOENT':
+    case 'ENOTDIR':
+      return new DlhostError('ERR_NOT_FOUND', `no such file: ${srcPath}`, opts)
+    case 'EACCES':
+    case 'EPERM':
+      return new DlhostError('ERR_ACCESS', `permission denied reading ${srcPath}`, opts)
+    case 'EISDIR':
+      return new DlhostError('ERR_IS_DIRECTORY', `${srcPath} is a directory`, opts)
+    default:
+      return new DlhostError('ERR_COPY', `cannot read ${srcPath}: ${msg}`, opts)
+  }
+}
+
+/**
+ * The parent of a store must be a real directory that nobody but us (or
+ * root) can rename entries in: otherwise someone could move our fresh store
+ * away and put a directory of theirs (or a symlink) in its place, and the
+ * library we dlopen would be theirs. Checked on the resolved path and every
+ * ancestor of it, as sshd's StrictModes does: each must be owned by us or
+ * root, and if group/other may write to it, it must be sticky.
+ */
+function checkParentChain (realParent: string, me: number): void {
+  let p = realParent
+  for (;;) {
+    const st = fs.lstatSync(p)
+    if (st.isSymbolicLink()) {
+      throw new DlhostError('ERR_COPY', `refusing to create a copy store: ${p} is a symbolic link`, { path: realParent })
+    }
+    if (!st.isDirectory()) {
+      throw new DlhostError('ERR_COPY', `refusing to create a copy store: ${p} is not a directory`, { path: realParent })
+    }
+    if (st.uid !== me && st.uid !== 0) {
+      throw new DlhostError('ERR_COPY',
+        `refusing to create a copy store under ${realParent}: ${p} is owned by uid ${st.uid}, not by us (${me}) or root`,
+        { path: realParent })
+    }
+    if ((st.mode & 0o022) !== 0 && (st.mode & 0o1000) === 0) {
+      throw new DlhostError('ERR_COPY',
+        `refusing to create a copy store under ${realParent}: ${p} is writable by others and not sticky (mode ${(st.mode & 0o7777).toString(8)})`,
+        { path: realParent })
+    }
+    const up = path.dirname(p)
+    if (up === p) return
+    p = up
+  }
+}
+
+// ─── process-exit cleanup: one listener for every open store ──────────────
+
+const openStores = new Set<CopyStore>()
+let exitListening = false
+
+function onExit (): void {
+  for (const store of [...openStores]) store.closeSync()
+}
+
+function register (store: CopyStore): void {
+  openStores.add(store)
+  if (!exitListening) {
+    process.on('exit', onExit)
+    exitListening = true
+  }
+}
+
+function unregister (store: CopyStore): void {
+  openStores.delete(store)
+  if (openStores.size === 0 && exitListening) {
+    process.removeListener('exit', onExit)
+    exitListening = false
+  }
+}
+
+/** @internal For tests: how many stores the exit listener would remove. */
+export function openStoreCount (): number {
+  return openStores.size
+}
+
+/** A private 0700 directory holding copies of library versions. */
+export class CopyStore {
+  readonly #dir: string
+  readonly #name: () => string
+  readonly #copies = new Set<string>()
+  readonly #pending = new Set<Promise<unknown>>()
+  #closed = false
+  #closing: Promise<void> | null = null
+
+  private constructor (dir: string, name: () => string) {
+    this.#dir = dir
+    this.#name = name
+    register(this)
+  }
+
+  /**
+   * Make a new store: `mkdtemp(<parent>/dlhost-XXXXXX)`, chmod 0700 on the
+   * opened directory, and verify (on the descriptor and on the path) that it
+   * is a real directory owned by us with mode 0700. ERR_COPY when the parent
+   * is a trap (a symlink or a directory others could tamper with) or the
+   * result is not what we made; ERR_NOT_FOUND / ERR_ACCESS when the parent is
+   * missing / not writable.
+   */
+  static async create (opts: CopyStoreOptions = {}): Promise<CopyStore> {
+    if (opts === null || typeof opts !== 'object') throw typeError('CopyStore.create(opts): opts must be an object')
+    if (opts.dir !== undefined && (typeof opts.dir !== 'string' || opts.dir === '')) {
+      throw typeError('CopyStore.create(opts): opts.dir must be a non-empty string')
+    }
+    if (opts.randomName !== undefined && typeof opts.randomName !== 'function') {
+      throw typeError('CopyStore.create(opts): opts.randomName must be a function')
+    }
+    const parent = path.resolve(opts.dir ?? os.tmpdir())
+    const me = uid()
+
+    let realParent: string
+    try {
+      // A symlinked parent (macOS /tmp, a symlinked $TMPDIR) is resolved once;
+      // from here on only the resolved path is used, and it is checked.
+      realParent = await fs.promises.realpath(parent)
+    } catch (err) {
+      const code = errCode(err)
+      const e = { path: parent, loaderMessage: errMessage(err), cause: err }
+      if (code === 'ENOENT' || code === 'ENOTDIR') throw new DlhostError('ERR_NOT_FOUND', `copy store parent ${parent} does not exist`, e)
+      if (code === 'EACCES' || code === 'EPERM') throw new DlhostError('ERR_ACCESS', `copy store parent ${parent} is not accessible`, e)
+      throw new DlhostError('ERR_COPY', `cannot resolve copy store parent ${parent}: ${errMessage(err)}`, e)
+    }
+    if (parent !== realParent) {
+      // The symlink itself must be ours or root's (the kernel's
+      // protected_symlinks rule): a link planted by someone else is a trap.
+      const lst = await fs.promises.lstat(parent)
+      if (me !== undefined && lst.isSymbolicLink() && lst.uid !== me && lst.uid !== 0) {
+        throw new DlhostError('ERR_COPY',
+          `refusing to create a copy store: ${parent} is a symbolic link owned by uid ${lst.uid}`, { path: parent })
+      }
+    }
+    if (me !== undefined) checkParentChain(realParent, me)
+
+    let dir: string
+    try {
+      dir = await fs.promises.mkdtemp(path.join(realParent, 'dlhost-'))
+    } catch (err) {
+      const code = errCode(err)
+      const e = { path: realParent, loaderMessage: errMessage(err), cause: err }
+      if (code === 'EACCES' || code === 'EPERM' || code === 'EROFS') {
+        throw new DlhostError('ERR_ACCESS', `cannot create a copy store in ${realParent}: ${errMessage(err)}`, e)
+      }
+      throw new DlhostError('ERR_COPY', `cannot create a copy store in ${realParent}: ${errMessage(err)}`, e)
+    }
+
+    try {
+      const fh = await fs.promises.open(dir, fs.constants.O_RDONLY | O_DIRECTORY | O_NOFOLLOW)
+      try {
+        await fh.chmod(0o700)
+        const st = await fh.stat()
+        const lst = await fs.promises.lstat(dir)
+        if (!st.isDirectory() || lst.isSymbolicLink() || st.ino !== lst.ino || st.dev !== lst.dev) {
+          throw new DlhostError('ERR_COPY', `copy store ${dir} was replaced while it was being created`, { path: dir })
+        }
+        if (me !== undefined && st.uid !== me) {
+          throw new DlhostError('ERR_COPY', `copy store ${dir} is owned by uid ${st.uid}, not by us (${me})`, { path: dir })
+        }
+        if ((st.mode & 0o7777) !== 0o700) {
+          throw new DlhostError('ERR_COPY', `copy store ${dir} has mode ${(st.mode & 0o7777).toString(8)}, not 700`, { path: dir })
+        }
+      } finally {
+        await fh.close()
+      }
+    } catch (err) {
+      // Only rmdir: if it is not the empty directory we made, leave it alone.
+      await fs.promises.rmdir(dir).catch(() => {})
+      if (err instanceof DlhostError) throw err
+      throw new DlhostError('ERR_COPY', `cannot secure copy store ${dir}: ${errMessage(err)}`,
+        { path: dir, loaderMessage: errMessage(err), cause: err })
+    }
+    debug('copy store %s created', dir)
+    return new CopyStore(dir, opts.randomName ?? defaultName)
+  }
+
+  /** Absolute path of the store's directory. */
+  get dir (): string {
+    return this.#dir
+  }
+
+  /** Has the store been closed (its directory removed)? */
+  get closed (): boolean {
+    return this.#closed
+  }
+
+  /** The copies this store made and has not removed, oldest first. */
+  list (): string[] {
+    return [...this.#copies]
+  }
+
+  /**
+   * Copy `srcPath` into the store. The source is read once; the hash is of
+   * those bytes, they are written to a new file (random name, O_EXCL,
+   * O_NOFOLLOW, mode 0700), fsync'ed, and the copy is read back and verified.
+   */
+  async snapshot (srcPath: string): Promise<Snapshot> {
+    if (typeof srcPath !== 'string') throw typeError('snapshot(path): path must be a string')
+    if (srcPath === '' || srcPath.includes('\0')) throw rangeError('snapshot(path): path must be a non-empty string without NUL bytes')
+    this.#assertOpen(srcPath)
+    const p = this.#snapshot(path.resolve(srcPath))
+    this.#pending.add(p)
+    try {
+      return await p
+    } finally {
+      this.#pending.delete(p)
+    }
+  }
+
+  async #snapshot (srcPath: string): Promise<Snapshot> {
+    // ── read the source once ──
+    let bytes: Buffer
+    let sourceStat: fs.Stats
+    let src: fs.promises.FileHandle
+    try {
+      // O_NONBLOCK so that a FIFO does not hang the open; it is rejected below.
+      src = await fs.promises.open(srcPath, fs.constants.O_RDONLY | O_NONBLOCK)
+    } catch (err) {
+      throw sourceError(err, srcPath)
+    }
+    try {
+      const before = await src.stat()
+      if (before.isDirectory()) {
+        throw new DlhostError('ERR_IS_DIRECTORY', `${srcPath} is a directory`, { path: srcPath })
+      }
+      if (!before.isFile()) {
+        throw new DlhostError('ERR_COPY', `${srcPath} is not a regular file`, { path: srcPath })
+      }
+      bytes = await src.readFile()
+      sourceStat = await src.stat()
+      if (sourceStat.size !== bytes.length || sourceStat.mtimeMs !== before.mtimeMs || sourceStat.size !== before.size) {
+        throw new DlhostError('ERR_COPY', `${srcPath} changed while it was being read`,
+          { path: srcPath, reason: 'source changed while being read' })
+      }
+    } catch (err) {
+      if (err instanceof DlhostError) throw err
+      throw sourceError(err, srcPath)
+    } finally {
+      await src.close().catch(() => {})
+    }
+    const digest = sha256(bytes)
+
+    // ── write the copy ──
+    const name = this.#name()
+    if (typeof name !== 'string' || name === '' || name === '.' || name === '..' || name.includes('/') || name.includes('\0')) {
+      throw new DlhostError('ERR_COPY', `invalid copy name ${JSON.stringify(name)}`, { path: srcPath })
+    }
+    this.#assertOpen(srcPath)
+    const copyPath = path.join(this.#dir, name)
+    let created = false
+    try {
+      const out = await fs.promises.open(copyPath,
+        fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | O_NOFOLLOW, 0o700)
+      created = true
+      this.#copies.add(copyPath)
+      try {
+        await out.chmod(0o700) // whatever the umask; dlopen needs read
+        await out.writeFile(bytes)
+        await out.sync()
+      } finally {
+        await out.close()
+      }
+      // ── verify what landed on disk ──
+      const back = await fs.promises.readFile(copyPath, { flag: fs.constants.O_RDONLY | O_NOFOLLOW })
+      const got = sha256(back)
+      if (got !== digest || back.length !== bytes.length) {
+        throw new DlhostError('ERR_COPY',
+          `copy of ${srcPath} does not match what was read (sha256 ${got} != ${digest})`,
+          { path: srcPath, reason: 'verification failed' })
+      }
+    } catch (err) {
+      if (created) {
+        this.#copies.delete(copyPath)
+        await fs.promises.unlink(copyPath).catch(() => {})
+      }
+      if (err instanceof DlhostError) throw err
+      const code = errCode(err)
+      const why = code === 'EEXIST' ? `a file named ${name} already exists in the store` : errMessage(err)
+      if (this.#closed) throw this.#closedError(srcPath)
+      throw new DlhostError('ERR_COPY', `cannot copy ${srcPath} to ${copyPath}: ${why}`,
+        { path: srcPath, loaderMessage: errMessage(err), cause: err })
+    }
+    if (this.#closed) {
+      this.#copies.delete(copyPath)
+      await fs.promises.unlink(copyPath).catch(() => {})
+      throw this.#closedError(srcPath)
+    }
+    debug('copied %s -> %s (%d bytes, sha256 %s)', srcPath, copyPath, bytes.length, digest)
+    return { path: copyPath, sha256: digest, size: bytes.length, bytes, sourceStat }
+  }
+
+  /**
+   * Delete one copy. Only files directly inside the store are accepted (a
+   * RangeError otherwise). Idempotent: a copy already gone is fine, and so is
+   * any call after `close()`.
+   */
+  async remove (copyPath: string): Promise<void> {
+    if (typeof copyPath !== 'string') throw typeError('remove(path): path must be a string')
+    const abs = path.resolve(copyPath)
+    if (path.dirname(abs) !== this.#dir || path.basename(abs) === '' || copyPath.includes('\0')) {
+      throw rangeError(`remove(path): ${copyPath} is not a copy in this store (${this.#dir})`)
+    }
+    this.#copies.delete(abs)
+    if (this.#closed) return
+    try {
+      await fs.promises.unlink(abs)
+    } catch (err) {
+      const code = errCode(err)
+      if (code === 'ENOENT') return
+      throw new DlhostError('ERR_COPY', `cannot remove copy ${abs}: ${errMessage(err)}`,
+        { path: abs, loaderMessage: errMessage(err), cause: err })
+    }
+  }
+
+  /** Remove the store's directory and everything in it. Idempotent. */
+  async close (): Promise<void> {
+    if (this.#closing !== null) return await this.#closing
+    this.#closed = true
+    this.#closing = (async () => {
+      // Let snapshots in flight finish (they see #closed and clean up).
+      await Promise.allSettled([...this.#pending])
+      try {
+        await fs.promises.rm(this.#dir, { recursive: true, force: true, maxRetries: 3 })
+      } catch (err) {
+        // Still registered: the exit listener tries again.
+        throw new DlhostError('ERR_COPY', `cannot remove copy store ${this.#dir}: ${errMessage(err)}`,
+          { path: this.#dir, loaderMessage: errMessage(err), cause: err })
+      }
+      this.#copies.clear()
+      unregister(this)
+      debug('copy store %s removed', this.#dir)
+    })()
+    return await this.#closing
+  }
+
+  /**
+   * Remove the store synchronously (for process exit). Best effort, never
+   * throws; idempotent.
+   */
+  closeSync (): void {
+    this.#closed = true
+    if (this.#closing === null) this.#closing = Promise.resolve()
+    try {
+      fs.rmSync(this.#dir, { recursive: true, force: true, maxRetries: 3 })
+      this.#copies.clear()
+      unregister(this)
+    } catch (err) {
+      debug('cannot remove copy store %s: %s', this.#dir, errMessage(err))
+    }
+  }
+
+  #assertOpen (p: string): void {
+    if (this.#closed) throw this.#closedError(p)
+  }
+
+  #closedError (p: string): DlhostError {
+    return new DlhostError('ERR_CLOSED', `copy store ${this.#dir} is closed`, { path: p })
+  }
+}

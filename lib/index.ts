@@ -1,0 +1,15 @@
+/**
+ * dlhost: host native shared libraries in Node.js — refcounted dlopen/dlclose
+ * (Level 1), lock-free runtimes (Level 2), hot reload (Level 3).
+ */
+export { open, libraries, Library } from './library'
+export type { OpenOptions, LibraryVersion, LibraryRow } from './library'
+export { load, Runtime } from './runtime'
+export type { Abi, Cfg, LoadOptions, CallOptions, RuntimeStats } from './runtime'
+export { DlhostError, codes } from './errors'
+export type { DlhostErrorCode } from './errors'
+export { inspect } from './inspect'
+export type { InspectReport } from './inspect'
+import { binding } from './binding'
+/** The plugin ABI version this build of dlhost implements (DLHOST_ABI_VERSION). */
+export const abiVersion: number = binding.abiVersion

@@ -1,0 +1,253 @@
+/**
+ * Level 2: runtimes (lua-resty-ffi's model). One runtime per (library
+ * identity, cfg). Calls go through the native lock-free queue; the native side
+ * settles a whole batch of finished calls in one callback. JS thread only.
+ */
+import { createHash } from 'crypto'
+import { ABI_HOST, ABI_LUA, ABI_NATIVE, binding, NativeRuntime, NativeStats, NativeUnloadInfo } from './binding'
+import { DlhostError, fromNative, rangeError, typeError } from './errors'
+import { Library, LibraryRow, LibraryVersion, open, rowOf, threadStuck } from './library'
+
+export type Abi = 'host' | 'native' | 'lua-resty-ffi'
+export type Cfg = string | Uint8Array | Record<string, unknown> | unknown[] | null | undefined
+
+export interface LoadOptions {
+  /** Never dlclose the library (default true, as in lua-resty-ffi). */
+  pin?: boolean
+  /** RTLD_GLOBAL (lua-resty-ffi's is_global). */
+  global?: boolean
+  /** Calls queued or running at once before ERR_QUEUE_FULL (default 65536). */
+  maxQueue?: number
+  /** Force an ABI instead of detecting it from the entry symbol. */
+  entry?: Abi
+  /** How long unload waits for plugin threads to exit before reporting stuck (default 5000). */
+  unloadTimeoutMs?: number
+}
+
+export interface CallOptions {
+  /** Rejects the call with ERR_ABORTED; a call already queued still runs, its answer is dropped. */
+  signal?: AbortSignal
+}
+
+export interface RuntimeStats {
+  queued: number
+  inFlight: number
+  completed: number
+  failed: number
+  /** Plugin misuse that was detected and ignored (a task answered twice, …). */
+  misuse: number
+  version: LibraryVersion
+}
+
+const ABI_CODES: Record<Abi, number> = { host: ABI_HOST, native: ABI_NATIVE, 'lua-resty-ffi': ABI_LUA }
+const ENTRY: Record<Abi, string> = { native: 'dlhost_init', host: 'dlhost_handle', 'lua-resty-ffi': 'libffi_init' }
+const EMPTY = Buffer.alloc(0)
+
+// Live runtimes of this environment, by identity + cfg: the strong reference
+// that keeps a loaded runtime (and its native handles) alive.
+const live = new Map<string, { rt: Runtime, ready: Promise<Runtime> }>()
+
+type Resolve = (b: Buffer) => void
+type Reject = (e: unknown) => void
+
+export function cfgBuffer (cfg: Cfg): Buffer {
+  if (cfg === undefined || cfg === null) return EMPTY
+  if (typeof cfg === 'string') return Buffer.from(cfg)
+  if (cfg instanceof Uint8Array) return Buffer.from(cfg.buffer, cfg.byteOffset, cfg.byteLength)
+  if (typeof cfg === 'object') return Buffer.from(JSON.stringify(cfg))
+  throw typeError('cfg must be a string, a Buffer/Uint8Array, or an object (sent as JSON)')
+}
+
+export class Runtime {
+  readonly abi: Abi
+  readonly path: string
+  /** @internal */ readonly key: string
+  #native: NativeRuntime
+  #version: LibraryVersion
+  #serial: number
+  #res: Array<Resolve | undefined> = []
+  #rej: Array<Reject | undefined> = []
+  #completed = 0
+  #failed = 0
+  #state: 'starting' | 'running' | 'unloading' | 'unloaded' = 'starting'
+  #unloaded: Promise<void>
+  #resolveUnloaded!: () => void
+  #init: Promise<void>
+  #resolveInit!: () => void
+  #rejectInit!: (e: unknown) => void
+  #unloadInfo: NativeUnloadInfo | null = null
+
+  /** @internal use load() */
+  constructor (lib: Library, abi: Abi, cfg: Buffer, key: string, maxQueue: number, unloadTimeoutMs: number) {
+    this.abi = abi
+    this.path = lib.path
+    this.key = key
+    this.#version = lib.version
+    this.#serial = lib.native.serial
+    this.#unloaded = new Promise(resolve => { this.#resolveUnloaded = resolve })
+    this.#init = new Promise((resolve, reject) => { this.#resolveInit = resolve; this.#rejectInit = reject })
+    try {
+      this.#native = new binding.Runtime(lib.native, ABI_CODES[abi], maxQueue,
+        (count, meta, bodies, bigs) => this.#complete(count, meta, bodies, bigs),
+        (kind, info) => this.#event(kind, info), unloadTimeoutMs)
+    } catch (err) { throw fromNative(err, lib.path) }
+    const rc = this.#native.start(cfg)
+    if (rc !== null) this.#initDone(rc)
+  }
+
+  #initDone (rc: number): void {
+    if (rc === 0) {
+      this.#state = 'running'
+      this.#resolveInit()
+      return
+    }
+    this.#state = 'unloading'
+    this.#rejectInit(new DlhostError('ERR_INIT_FAILED', `plugin init failed with rc ${rc}: ${this.path}`, { path: this.path, rc }))
+  }
+
+  #event (kind: string, info: number | NativeUnloadInfo): void {
+    if (kind === 'init') { this.#initDone(info as number); return }
+    const u = info as NativeUnloadInfo
+    this.#unloadInfo = u
+    this.#state = 'unloaded'
+    if (u.threadsStuck) threadStuck.set(this.#serial, 'plugin threads still running')
+    this.#resolveUnloaded()
+  }
+
+  #complete (count: number, meta: Int32Array, bodies: ArrayBuffer | undefined, bigs: Array<Buffer | undefined> | undefined): void {
+    for (let i = 0, m = 0; i < count; i++, m += 4) {
+      const id = meta[m]
+      const rc = meta[m + 1]
+      const off = meta[m + 2]
+      const len = meta[m + 3]
+      const res = this.#res[id]
+      const rej = this.#rej[id]
+      this.#res[id] = undefined
+      this.#rej[id] = undefined
+      if (len === -1) {
+        this.#failed++
+        rej?.(new DlhostError('ERR_ABORTED', 'the plugin never answered this call before its threads exited', { path: this.path }))
+        continue
+      }
+      const body = off === -2 ? (bigs?.[i] ?? EMPTY) : len === 0 ? EMPTY : Buffer.from(bodies as ArrayBuffer, off, len)
+      if (rc === 0) {
+        this.#completed++
+        res?.(body)
+      } else {
+        this.#failed++
+        rej?.(new DlhostError('ERR_PLUGIN', `plugin returned rc ${rc}`, { path: this.path, rc, detail: body }))
+      }
+    }
+  }
+
+  /** @internal */
+  get ready (): Promise<void> { return this.#init }
+
+  /** Sends one request; resolves with the plugin's response. */
+  call (req: string | Uint8Array, options?: CallOptions): Promise<Buffer> {
+    if (typeof req !== 'string' && !(req instanceof Uint8Array)) {
+      return Promise.reject(typeError('request must be a string or a Uint8Array'))
+    }
+    if (this.#state !== 'running') {
+      return Promise.reject(new DlhostError('ERR_RUNTIME_UNLOADED', 'the runtime is unloaded', { path: this.path }))
+    }
+    const signal = options?.signal
+    if (signal?.aborted === true) return Promise.reject(new DlhostError('ERR_ABORTED', 'the call was aborted', { path: this.path, cause: signal.reason }))
+    const id = this.#native.submit(req)
+    if (id < 0) {
+      return Promise.reject(id === -1
+        ? new DlhostError('ERR_QUEUE_FULL', 'the runtime queue is full', { path: this.path })
+        : new DlhostError('ERR_RUNTIME_UNLOADED', 'the runtime is unloaded', { path: this.path }))
+    }
+    const p = new Promise<Buffer>((resolve, reject) => {
+      this.#res[id] = resolve
+      this.#rej[id] = reject
+    })
+    if (signal === undefined) return p
+    return new Promise<Buffer>((resolve, reject) => {
+      const onAbort = (): void => reject(new DlhostError('ERR_ABORTED', 'the call was aborted', { path: this.path, cause: signal.reason }))
+      signal.addEventListener('abort', onAbort, { once: true })
+      p.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort))
+    })
+  }
+
+  /** Runs the handler on this thread (host-driven plugins only), bypassing the queue. */
+  callSync (req: string | Uint8Array): Buffer {
+    if (typeof req !== 'string' && !(req instanceof Uint8Array)) throw typeError('request must be a string or a Uint8Array')
+    if (this.abi !== 'host') throw new DlhostError('ERR_NOT_SYNC', 'callSync needs a host-driven plugin (dlhost_handle)', { path: this.path })
+    if (this.#state !== 'running') throw new DlhostError('ERR_RUNTIME_UNLOADED', 'the runtime is unloaded', { path: this.path })
+    try {
+      return this.#native.callSync(req)
+    } catch (err) { throw fromNative(err, this.path) }
+  }
+
+  /**
+   * Graceful unload (idempotent): every call queued before it is answered,
+   * the poll threads exit, then the runtime's library reference goes.
+   */
+  unload (): Promise<void> {
+    if (this.#state === 'running' || this.#state === 'starting') {
+      this.#state = 'unloading'
+      this.#native.unload()
+    }
+    if (live.get(this.key)?.rt === this) live.delete(this.key)
+    return this.#unloaded
+  }
+
+  get state (): 'starting' | 'running' | 'unloading' | 'unloaded' { return this.#state }
+
+  get stats (): RuntimeStats {
+    const s: NativeStats = this.#native.stats()
+    return { queued: s.queued, inFlight: s.inFlight, completed: this.#completed, failed: this.#failed, misuse: s.misuse, version: this.#version }
+  }
+
+  /** The library row this runtime runs in. */
+  get library (): LibraryRow {
+    const row = binding.libraries().find(r => r.serial === this.#serial)
+    if (row !== undefined) return rowOf(row)
+    return { path: this.path, version: this.#version, refs: 0, pinned: false, runtimes: 0, mapped: false, stuck: null }
+  }
+
+  /** After unload: whether the library was dlclosed and whether it is still mapped. */
+  get unloadInfo (): NativeUnloadInfo | null { return this.#unloadInfo }
+
+  /** @internal tuning for benchmarks: JS-side and poller spin budgets in ns. */
+  setSpin (jsSpinNs?: number, pollerSpinNs?: number): void { this.#native.setSpin(jsSpinNs, pollerSpinNs) }
+}
+
+function pickAbi (lib: Library, entry: Abi | undefined): Abi {
+  if (entry !== undefined) {
+    if (!(entry in ENTRY)) throw typeError(`options.entry must be one of ${Object.keys(ENTRY).join(', ')}`)
+    if (!lib.has(ENTRY[entry])) throw new DlhostError('ERR_SYMBOL_MISSING', `${lib.path} does not export ${ENTRY[entry]}`, { path: lib.path })
+    return entry
+  }
+  for (const abi of ['native', 'host', 'lua-resty-ffi'] as const) {
+    if (lib.has(ENTRY[abi])) return abi
+  }
+  throw new DlhostError('ERR_SYMBOL_MISSING', `${lib.path} exports no plugin entry (dlhost_init, dlhost_handle or libffi_init)`, { path: lib.path })
+}
+
+/** Loads a runtime, or returns the live one for the same library identity and cfg. */
+export async function load (path: string, cfg?: Cfg, options: LoadOptions = {}): Promise<Runtime> {
+  if (options === null || typeof options !== 'object') throw typeError('options must be an object')
+  const maxQueue = options.maxQueue ?? 65536
+  if (!Number.isInteger(maxQueue)) throw typeError('options.maxQueue must be an integer')
+  if (maxQueue < 1 || maxQueue > 2 ** 24) throw rangeError('options.maxQueue must be between 1 and 16777216')
+  const unloadTimeoutMs = options.unloadTimeoutMs ?? 5000
+  if (typeof unloadTimeoutMs !== 'number' || !(unloadTimeoutMs >= 0)) throw typeError('options.unloadTimeoutMs must be a number >= 0')
+  const cfgBuf = cfgBuffer(cfg)
+  const lib = open(path, { pin: options.pin ?? true, global: options.global ?? false })
+  try {
+    const key = `${lib.realPath}\0${lib.native.key}\0${createHash('sha256').update(cfgBuf).digest('hex')}`
+    const existing = live.get(key)
+    if (existing !== undefined) return await existing.ready
+    const abi = pickAbi(lib, options.entry)
+    const rt = new Runtime(lib, abi, cfgBuf, key, maxQueue, unloadTimeoutMs)
+    const ready = rt.ready.then(() => rt)
+    live.set(key, { rt, ready })
+    ready.catch(() => { if (live.get(key)?.rt === rt) live.delete(key) })
+    return await ready
+  } finally {
+    lib.release() // the runtime holds its own reference while it runs
+  }
+}
