@@ -1,0 +1,413 @@
+/**
+ * Level 3: versioned, reloadable plugins. Every version runs from a private
+ * copy (CopyStore) as its own runtime; a watcher (LibraryWatcher) says when a
+ * rebuilt file has settled; a reload validates the new build, swaps it in
+ * ('shadow' side by side, or 'drain' one at a time) and rolls back on any
+ * failure. JS thread only.
+ */
+import diagnostics from 'diagnostics_channel'
+import { EventEmitter } from 'events'
+import { debuglog } from 'util'
+import { CopyStore, Snapshot } from './copies'
+import { checkHostCompatible, detectAbi, ElfInfo, parseElf, stuckReasons } from './elf'
+import { DlhostError, rangeError, typeError } from './errors'
+import { binding } from './binding'
+import { Abi, CallOptions, Cfg, cfgBuffer, load, Runtime } from './runtime'
+import { LibraryWatcher } from './watch'
+
+const debug = debuglog('dlhost')
+const reloadChannel = diagnostics.channel('dlhost:reload')
+const errorChannel = diagnostics.channel('dlhost:error')
+
+export type Strategy = 'auto' | 'shadow' | 'drain'
+
+export interface WatchOptions {
+  /** Poll every `poll` ms instead of directory events. */
+  poll?: number
+  /** Extra files (e.g. a config) whose change reloads the same library. */
+  files?: string[]
+}
+
+export interface ReloadableOptions {
+  strategy?: Strategy
+  /** Watch the file (default true); an object tunes how. */
+  watch?: boolean | WatchOptions
+  /** How long size and mtime must stay unchanged before a build counts (default 50 ms). */
+  settleMs?: number
+  /** Pin versions (default false: an old version must be dlclosed to leave). */
+  pin?: boolean
+  global?: boolean
+  /** Per version, and the bound on calls held during a drain (default 65536). */
+  maxQueue?: number
+  /** Parent of the private 0700 copy directory (default os.tmpdir()). */
+  copyDir?: string
+  entry?: Abi
+  unloadTimeoutMs?: number
+}
+
+/** A version of the plugin: a content (sha256), numbered in order of appearance. */
+export interface PluginVersion {
+  seq: number
+  sha256: string
+  /** The private copy it was loaded from. */
+  copy: string
+  loadedAt: number
+}
+
+export interface VersionState extends PluginVersion {
+  state: 'serving' | 'draining'
+  inFlight: number
+}
+
+export interface ReloadEvent { from: PluginVersion, to: PluginVersion, ms: number, strategy: 'shadow' | 'drain' }
+export interface DrainedEvent { version: PluginVersion }
+export interface StuckEvent { version: PluginVersion, reason: string }
+
+interface Version extends PluginVersion {
+  runtime: Runtime
+  elf: ElfInfo
+  inFlight: number
+  state: 'serving' | 'draining' | 'gone'
+  idle: (() => void) | null
+  /** Set once: the version's unload, shared by retire, drain and close. */
+  leaving: Promise<boolean> | null
+}
+
+interface Held {
+  req: string | Uint8Array
+  opts: CallOptions | undefined
+  resolve: (r: { response: Buffer, seq: number }) => void
+  reject: (e: unknown) => void
+}
+
+function whyStuck (elf: ElfInfo): string | null {
+  // thread_local destructors block only while a thread that touched them lives.
+  return stuckReasons(elf).filter(r => r !== 'TLS destructors pending')[0] ?? null
+}
+
+export class Plugin extends EventEmitter {
+  readonly path: string
+  readonly strategy: Strategy
+  #cfg: Buffer
+  #opts: ReloadableOptions
+  #store: CopyStore
+  #watcher: LibraryWatcher | null = null
+  #current!: Version
+  #versions: Version[] = []
+  #seqs = new Map<string, number>()
+  #held: Held[] | null = null
+  #chain: Promise<void> = Promise.resolve()
+  #queuedReload: Promise<void> | null = null
+  #closing: Promise<void> | null = null
+  #reloads = 0
+
+  /** @internal use reloadable() */
+  constructor (path: string, cfg: Buffer, opts: ReloadableOptions, store: CopyStore) {
+    super()
+    this.path = path
+    this.#cfg = cfg
+    this.#opts = opts
+    this.strategy = opts.strategy ?? 'auto'
+    this.#store = store
+  }
+
+  /** @internal */
+  async start (): Promise<void> {
+    const snap = await this.#store.snapshot(this.path)
+    const elf = this.#validate(snap, null)
+    this.#current = await this.#loadVersion(snap, elf)
+    this.#current.state = 'serving'
+    const w = this.#opts.watch ?? true
+    if (w !== false) {
+      const wo: WatchOptions = typeof w === 'object' ? w : {}
+      const watcher = new LibraryWatcher(this.path, { settleMs: this.#opts.settleMs ?? 50, poll: wo.poll ?? false, files: wo.files })
+      watcher.markCurrent(snap.sourceStat)
+      watcher.on('change', ev => {
+        debug('change %s (%s: %s)', this.path, ev.reason, ev.trigger)
+        this.#requestReload(ev.reason === 'file').catch(() => {})
+      })
+      watcher.on('error', err => this.#fail(err))
+      this.#watcher = watcher.start()
+    }
+  }
+
+  /** The version serving new calls now. */
+  get version (): PluginVersion { return publicVersion(this.#current) }
+
+  /** Live versions (the serving one and any still draining), with in-flight counts. */
+  get versions (): VersionState[] {
+    return this.#versions.filter(v => v.state !== 'gone').map(v => ({ ...publicVersion(v), state: v.state as 'serving' | 'draining', inFlight: v.inFlight }))
+  }
+
+  get reloads (): number { return this.#reloads }
+
+  /** Sends a request to the current version. */
+  async call (req: string | Uint8Array, opts?: CallOptions): Promise<Buffer> {
+    return (await this.callVersioned(req, opts)).response
+  }
+
+  /** Like call(), and says which version (seq) answered. */
+  callVersioned (req: string | Uint8Array, opts?: CallOptions): Promise<{ response: Buffer, seq: number }> {
+    if (typeof req !== 'string' && !(req instanceof Uint8Array)) return Promise.reject(typeError('request must be a string or a Uint8Array'))
+    if (this.#closing !== null) return Promise.reject(new DlhostError('ERR_CLOSED', 'the plugin is closed', { path: this.path }))
+    if (this.#held !== null) {
+      // A drain is in progress: hold the call, in order, bounded.
+      if (this.#held.length >= (this.#opts.maxQueue ?? 65536)) {
+        return Promise.reject(new DlhostError('ERR_QUEUE_FULL', 'too many calls held during a drain reload', { path: this.path }))
+      }
+      return new Promise((resolve, reject) => { this.#held?.push({ req, opts, resolve, reject }) })
+    }
+    return this.#dispatch(this.#current, req, opts)
+  }
+
+  #dispatch (v: Version, req: string | Uint8Array, opts: CallOptions | undefined): Promise<{ response: Buffer, seq: number }> {
+    v.inFlight++
+    const done = (): void => {
+      if (--v.inFlight === 0 && v.idle !== null) v.idle()
+    }
+    return v.runtime.call(req, opts).then(response => { done(); return { response, seq: v.seq } }, err => { done(); throw err })
+  }
+
+  /**
+   * Looks at the file now. Resolves once the new version serves (or at once
+   * if the content did not change); rejects with the coded error of a bad
+   * build, while the previous version keeps serving.
+   */
+  reload (): Promise<void> {
+    if (this.#closing !== null) return Promise.reject(new DlhostError('ERR_CLOSED', 'the plugin is closed', { path: this.path }))
+    return this.#requestReload(false)
+  }
+
+  #requestReload (force: boolean): Promise<void> {
+    // Coalesce: while one reload runs, at most one more waits (it reads the file then).
+    if (this.#queuedReload !== null && !force) return this.#queuedReload
+    const p = this.#chain.then(() => {
+      if (this.#queuedReload === p) this.#queuedReload = null
+      if (this.#closing !== null) return
+      return this.#reload(force)
+    })
+    this.#queuedReload = p
+    this.#chain = p.catch(() => {})
+    return p
+  }
+
+  async #reload (force: boolean): Promise<void> {
+    const t0 = performance.now()
+    const old = this.#current
+    let snap: Snapshot
+    let elf: ElfInfo
+    try {
+      snap = await this.#store.snapshot(this.path)
+      if (snap.sha256 === old.sha256 && !force) {
+        this.#watcher?.markCurrent(snap.sourceStat)
+        await this.#store.remove(snap.path)
+        return
+      }
+      elf = this.#validate(snap, old)
+    } catch (err) {
+      this.#fail(err)
+      throw err
+    }
+    let strategy: 'shadow' | 'drain'
+    try {
+      strategy = this.#choose(old)
+    } catch (err) {
+      await this.#store.remove(snap.path)
+      this.#fail(err)
+      throw err
+    }
+    const next = strategy === 'shadow' ? await this.#shadow(old, snap, elf) : await this.#drain(old, snap, elf)
+    this.#watcher?.markCurrent(snap.sourceStat)
+    this.#reloads++
+    const ev: ReloadEvent = { from: publicVersion(old), to: publicVersion(next), ms: performance.now() - t0, strategy }
+    debug('reload %s: %d -> %d in %s ms (%s)', this.path, ev.from.seq, ev.to.seq, ev.ms.toFixed(2), strategy)
+    if (reloadChannel.hasSubscribers) reloadChannel.publish({ path: this.path, ...ev })
+    this.emit('reload', ev)
+  }
+
+  #choose (old: Version): 'shadow' | 'drain' {
+    if (this.strategy !== 'auto') return this.strategy
+    const coexist = !old.elf.goRuntime
+    if (coexist) return 'shadow'
+    const stuck = whyStuck(old.elf)
+    if (stuck === null) return 'drain'
+    // Neither side by side nor one after the other: only a new process can
+    // take this build (process isolation is a later level).
+    const reason = `${stuck}: the library can neither coexist with a second copy nor unload`
+    this.#emitStuck(old, reason)
+    throw new DlhostError('ERR_STUCK', `${this.path} cannot be reloaded in this process (${reason}); restart the process`, { path: this.path, reason })
+  }
+
+  /** Static checks of a new build: ELF for this machine, an entry of the same ABI. */
+  #validate (snap: Snapshot, old: Version | null): ElfInfo {
+    let elf: ElfInfo
+    try {
+      elf = parseElf(snap.bytes, this.path)
+      checkHostCompatible(elf, this.path)
+      const { abi, entry } = detectAbi(elf)
+      const want = this.#opts.entry ?? old?.runtime.abi ?? null
+      if (abi === null) throw new DlhostError('ERR_SYMBOL_MISSING', `${this.path} exports no plugin entry (dlhost_init, dlhost_handle or libffi_init)`, { path: this.path })
+      if (want !== null && abi !== want && !(this.#opts.entry !== undefined && elf.exports.includes(entryOf(want)))) {
+        throw new DlhostError('ERR_SYMBOL_MISSING', `${this.path}: the new build's entry is ${entry} (${abi}), the running one is ${want}`, { path: this.path })
+      }
+    } catch (err) {
+      void this.#store.remove(snap.path)
+      throw err
+    }
+    return elf
+  }
+
+  async #loadVersion (snap: Snapshot, elf: ElfInfo): Promise<Version> {
+    let seq = this.#seqs.get(snap.sha256)
+    if (seq === undefined) this.#seqs.set(snap.sha256, seq = this.#seqs.size + 1)
+    let runtime: Runtime
+    try {
+      runtime = await load(snap.path, this.#cfg, {
+        pin: this.#opts.pin ?? false,
+        global: this.#opts.global,
+        maxQueue: this.#opts.maxQueue,
+        entry: this.#opts.entry,
+        unloadTimeoutMs: this.#opts.unloadTimeoutMs
+      })
+    } catch (err) {
+      await this.#store.remove(snap.path).catch(() => {})
+      throw err
+    }
+    const v: Version = { seq, sha256: snap.sha256, copy: snap.path, loadedAt: Date.now(), runtime, elf, inFlight: 0, state: 'serving', idle: null, leaving: null }
+    this.#versions.push(v)
+    return v
+  }
+
+  async #shadow (old: Version, snap: Snapshot, elf: ElfInfo): Promise<Version> {
+    let next: Version
+    try {
+      next = await this.#loadVersion(snap, elf)
+    } catch (err) {
+      this.#fail(err) // rollback: old keeps serving
+      throw err
+    }
+    this.#current = next
+    old.state = 'draining'
+    void this.#retire(old)
+    return next
+  }
+
+  async #drain (old: Version, snap: Snapshot, elf: ElfInfo): Promise<Version> {
+    this.#held = []
+    old.state = 'draining'
+    let next: Version
+    try {
+      const unmapped = await this.#unloadVersion(old, false)
+      if (!unmapped) debug('drain %s: old version stuck, loading side by side', this.path)
+      try {
+        next = await this.#loadVersion(snap, elf)
+      } catch (err) {
+        // Rollback: the previous build comes back from its private copy.
+        this.#fail(err)
+        const back = await this.#loadVersion(await this.#store.snapshot(old.copy), old.elf)
+        back.seq = old.seq
+        this.#seqs.set(old.sha256, old.seq)
+        this.#current = back
+        throw err
+      }
+      this.#current = next
+      if (unmapped) await this.#store.remove(old.copy).catch(() => {})
+      return next
+    } finally {
+      const held = this.#held ?? []
+      this.#held = null
+      for (const h of held) this.#dispatch(this.#current, h.req, h.opts).then(h.resolve, h.reject)
+    }
+  }
+
+  /** Waits for the version's calls, unloads it, and says whether it left the process. */
+  #unloadVersion (v: Version, removeCopy: boolean): Promise<boolean> {
+    if (v.leaving === null) v.leaving = this.#leave(v, removeCopy)
+    return v.leaving
+  }
+
+  async #leave (v: Version, removeCopy: boolean): Promise<boolean> {
+    if (v.inFlight > 0) await new Promise<void>(resolve => { v.idle = resolve })
+    v.idle = null
+    await v.runtime.unload()
+    v.state = 'gone'
+    this.#versions = this.#versions.filter(x => x !== v)
+    const info = v.runtime.unloadInfo
+    const mapped = binding.isMapped(v.copy) || info?.mapped === true
+    if (mapped) {
+      const reason = info?.threadsStuck === true ? 'plugin threads still running' : (whyStuck(v.elf) ?? stuckReasons(v.elf)[0] ?? 'still mapped')
+      this.#emitStuck(v, reason)
+      return false
+    }
+    if (removeCopy) await this.#store.remove(v.copy).catch(() => {})
+    this.emit('drained', { version: publicVersion(v) } satisfies DrainedEvent)
+    return true
+  }
+
+  async #retire (v: Version): Promise<void> {
+    try {
+      await this.#unloadVersion(v, true)
+    } catch (err) { this.#fail(err) }
+  }
+
+  #emitStuck (v: Version, reason: string): void {
+    debug('stuck %s v%d: %s', this.path, v.seq, reason)
+    this.emit('stuck', { version: publicVersion(v), reason } satisfies StuckEvent)
+  }
+
+  /** A bad build or a watcher problem: reported, never thrown at the service. */
+  #fail (err: unknown): void {
+    debug('error %s: %s', this.path, (err as Error)?.message)
+    if (errorChannel.hasSubscribers) errorChannel.publish({ path: this.path, error: err })
+    // An 'error' event without a listener would throw: a bad build must not
+    // take the process down, so it is only emitted to those who listen.
+    if (this.listenerCount('error') > 0) this.emit('error', err)
+  }
+
+  /** Stops watching, lets every version answer its calls, unloads them, removes the copies. Idempotent. */
+  close (): Promise<void> {
+    if (this.#closing === null) {
+      this.#closing = (async () => {
+        this.#watcher?.close()
+        await this.#chain
+        await Promise.all(this.#versions.map(v => this.#unloadVersion(v, true).catch(err => this.#fail(err))))
+        await this.#store.close()
+      })()
+    }
+    return this.#closing
+  }
+
+  async [Symbol.asyncDispose] (): Promise<void> { await this.close() }
+}
+
+function entryOf (abi: Abi): string {
+  return abi === 'native' ? 'dlhost_init' : abi === 'host' ? 'dlhost_handle' : 'libffi_init'
+}
+
+function publicVersion (v: Version): PluginVersion {
+  return { seq: v.seq, sha256: v.sha256, copy: v.copy, loadedAt: v.loadedAt }
+}
+
+/**
+ * Loads `path` as a reloadable plugin: calls always go to the current
+ * version; a rebuilt file is picked up (watch) or on reload().
+ */
+export async function reloadable (path: string, cfg?: Cfg, options: ReloadableOptions = {}): Promise<Plugin> {
+  if (typeof path !== 'string' || path === '') throw typeError('path must be a non-empty string')
+  if (options === null || typeof options !== 'object') throw typeError('options must be an object')
+  const strategy = options.strategy ?? 'auto'
+  if (!['auto', 'shadow', 'drain'].includes(strategy)) throw typeError("options.strategy must be 'auto', 'shadow' or 'drain'")
+  if (options.settleMs !== undefined && (typeof options.settleMs !== 'number' || options.settleMs < 0)) throw rangeError('options.settleMs must be a number >= 0')
+  const w = options.watch
+  if (w !== undefined && typeof w !== 'boolean' && (w === null || typeof w !== 'object')) throw typeError('options.watch must be a boolean or an object')
+  const store = await CopyStore.create({ dir: options.copyDir })
+  const plugin = new Plugin(path, cfgBuffer(cfg), options, store)
+  try {
+    await plugin.start()
+  } catch (err) {
+    await plugin.close().catch(() => {})
+    await store.close()
+    throw err
+  }
+  return plugin
+}
