@@ -82,7 +82,7 @@ function list (names: string[], max = 5): string {
 /** The readable report printed by `dlhost inspect`. */
 export function formatReport (r: InspectReport): string {
   const lines: string[] = []
-  const pad = (label: string): string => label.padEnd(24)
+  const pad = (label: string): string => label.padEnd(25)
   lines.push(`${r.path}: ${VERDICT_LINE[r.verdict]}`)
   const hard = r.reasons.filter(x => !r.warnings.includes(x))
   if (hard.length > 0) {

@@ -571,14 +571,22 @@ function run<T> (path: string | undefined, fn: () => T): T {
 
 // ─── public API ───────────────────────────────────────────────────────────
 
+/** A Buffer view of a Buffer or any Uint8Array (no copy); undefined for anything else. */
+function asBuffer (buf: unknown): Buffer | undefined {
+  if (Buffer.isBuffer(buf)) return buf
+  if (buf instanceof Uint8Array) return Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength)
+  return undefined
+}
+
 /**
  * Parses the ELF image in `buf`. Throws `DlhostError('ERR_NOT_ELF')` (with
  * `reason`) when it is empty, not ELF, truncated, or references bytes outside
  * the buffer; otherwise returns the facts.
  */
 export function parseElf (buf: Buffer, path?: string): ElfInfo {
-  if (!Buffer.isBuffer(buf)) throw notElf(path, 'not a Buffer')
-  return run(path, () => analyze(new BufferSource(buf), path))
+  const b = asBuffer(buf)
+  if (b === undefined) throw notElf(path, 'not a Buffer')
+  return run(path, () => analyze(new BufferSource(b), path))
 }
 
 /**
@@ -589,8 +597,9 @@ export function parseElf (buf: Buffer, path?: string): ElfInfo {
  */
 export function elfCompleteness (buf: Buffer): ElfCompleteness {
   try {
-    if (!Buffer.isBuffer(buf)) return { complete: false, reason: 'not a Buffer' }
-    analyze(new BufferSource(buf))
+    const b = asBuffer(buf)
+    if (b === undefined) return { complete: false, reason: 'not a Buffer' }
+    analyze(new BufferSource(b))
     return { complete: true }
   } catch (err) {
     return { complete: false, reason: err instanceof DlhostError && err.reason !== undefined ? err.reason : String((err as Error)?.message ?? err) }

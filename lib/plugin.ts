@@ -227,7 +227,9 @@ export class Plugin extends EventEmitter {
 
   #choose (old: Version): 'shadow' | 'drain' {
     if (this.strategy !== 'auto') return this.strategy
-    const coexist = !old.elf.goRuntime
+    // A Go runtime allows one per process; GNU_UNIQUE symbols bind a second
+    // copy to the first copy's objects (shared, possibly mismatched, state).
+    const coexist = !old.elf.goRuntime && old.elf.gnuUnique.length === 0
     if (coexist) return 'shadow'
     const stuck = whyStuck(old.elf)
     if (stuck === null) return 'drain'
