@@ -260,8 +260,6 @@ export class Plugin extends EventEmitter {
   }
 
   async #loadVersion (snap: Snapshot, elf: ElfInfo): Promise<Version> {
-    let seq = this.#seqs.get(snap.sha256)
-    if (seq === undefined) this.#seqs.set(snap.sha256, seq = this.#seqs.size + 1)
     let runtime: Runtime
     try {
       runtime = await load(snap.path, this.#cfg, {
@@ -275,6 +273,9 @@ export class Plugin extends EventEmitter {
       await this.#store.remove(snap.path).catch(() => {})
       throw err
     }
+    // Numbered only once it loaded: a bad build takes no seq.
+    let seq = this.#seqs.get(snap.sha256)
+    if (seq === undefined) this.#seqs.set(snap.sha256, seq = this.#seqs.size + 1)
     const v: Version = { seq, sha256: snap.sha256, copy: snap.path, loadedAt: Date.now(), runtime, elf, inFlight: 0, state: 'serving', idle: null, leaving: null }
     this.#versions.push(v)
     return v

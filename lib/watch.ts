@@ -266,8 +266,11 @@ export class LibraryWatcher extends EventEmitter<Events> {
         this.#startPolling(DEFAULT_POLL_MS, `fs.watch failed (${errCode(err) ?? String(err)})`)
       }
     }
-    // Anything that differs from a markCurrent()'d identity is looked at now.
-    for (const t of this.#targets) if (t.marked) this.#kick(t)
+    // Look now at anything that differs from a markCurrent()'d identity, and
+    // at anything that changed between the baseline stat and the watch.
+    for (const t of this.#targets) {
+      if (t.marked || (this.#mode === 'watch' && statKey(statSyncOrNull(t.file)) !== t.observed)) this.#kick(t)
+    }
     return this
   }
 
@@ -339,17 +342,24 @@ export class LibraryWatcher extends EventEmitter<Events> {
 
   /** Watch the point's directory, or its nearest existing ancestor. Throws if fs.watch does. */
   #arm (p: Point): void {
-    const want = nearestExistingDir(p.dir)
-    if (p.at === want && this.#dirs.has(want)) return
-    this.#detach(p)
-    let dw = this.#dirs.get(want)
-    if (dw === undefined) {
-      dw = this.#openDirWatch(want)
-      this.#dirs.set(want, dw)
+    // Bounded: each round goes deeper unless directories churn under us.
+    for (let round = 0; round < 64; round++) {
+      const want = nearestExistingDir(p.dir)
+      if (p.at !== want || !this.#dirs.has(want)) {
+        this.#detach(p)
+        let dw = this.#dirs.get(want)
+        if (dw === undefined) {
+          dw = this.#openDirWatch(want)
+          this.#dirs.set(want, dw)
+        }
+        dw.points.add(p)
+        p.at = want
+        debug('watch: %s via %s%s', p.path, want, want === p.dir ? '' : ' (waiting for it to appear)')
+      }
+      // A deeper directory created before the watch was in place sent its
+      // event to nobody: look again now that it is.
+      if (want === p.dir || nearestExistingDir(p.dir) === want) return
     }
-    dw.points.add(p)
-    p.at = want
-    debug('watch: %s via %s%s', p.path, want, want === p.dir ? '' : ' (waiting for it to appear)')
   }
 
   #detach (p: Point): void {
