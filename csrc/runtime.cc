@@ -147,6 +147,7 @@ Task *RuntimeCore::Poll() {
   RecordPoller();
   Task *t = requests.pop();
   if (t) t->state.store(Task::kTaken, std::memory_order_release);
+  else ends.fetch_add(1);
   return t;
 }
 
@@ -154,6 +155,7 @@ size_t RuntimeCore::PollBatch(Task **out, size_t max) {
   RecordPoller();
   if (!out || max == 0) return 0;
   size_t n = requests.pop_batch(out, max);
+  if (n == 0) ends.fetch_add(1);
   for (size_t i = 0; i < n; i++) out[i]->state.store(Task::kTaken, std::memory_order_release);
   return n;
 }
@@ -230,7 +232,9 @@ static void Reap(std::shared_ptr<RuntimeCore> core) {
       std::lock_guard<std::mutex> lock(core->tids_mu);
       tids = core->tids;
     }
-    bool alive = false;
+    // Init succeeded but no thread was handed the end yet: the plugin's
+    // threads may not have polled (or even started) — their code may run.
+    bool alive = core->init_state.load() == 1 && core->ends.load() == 0;
     for (pid_t tid : tids)
       if (ThreadAlive(tid)) alive = true;
     if (!alive) break;
@@ -333,17 +337,23 @@ Napi::Value RuntimeWrap::Start(const Napi::CallbackInfo &info) {
     UpdateLoopRef();
     return env.Null();
   }
-  int rc;
-  if (core_->abi == Abi::kNative) {
-    rc = core_->init_fn(cfg.c_str(), cfg.size(), &core_->q);
-  } else {
-    // lua-resty-ffi: a mutable NUL-terminated copy, freed after init returns.
-    char *copy = static_cast<char *>(malloc(cfg.size() + 1));
-    memcpy(copy, cfg.data(), cfg.size());
-    copy[cfg.size()] = 0;
-    rc = core_->lua_init_fn(copy, &core_->q);
-    free(copy);
-  }
+  // Init runs on a short-lived thread that is joined: thread-local state the
+  // plugin creates there (Rust's std::thread registers some) dies with that
+  // thread instead of pinning the library to the JS thread forever.
+  int rc = 0;
+  RuntimeCore *core = core_.get();
+  std::thread([core, &cfg, &rc] {
+    if (core->abi == Abi::kNative) {
+      rc = core->init_fn(cfg.c_str(), cfg.size(), &core->q);
+    } else {
+      // lua-resty-ffi: a mutable NUL-terminated copy, freed after init returns.
+      char *copy = static_cast<char *>(malloc(cfg.size() + 1));
+      memcpy(copy, cfg.data(), cfg.size());
+      copy[cfg.size()] = 0;
+      rc = core->lua_init_fn(copy, &core->q);
+      free(copy);
+    }
+  }).join();
   core_->init_rc = rc;
   core_->init_state.store(rc == 0 ? 1 : 2);
   init_reported_ = true;

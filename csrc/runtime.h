@@ -103,6 +103,10 @@ class RuntimeCore {
   std::atomic<int> unload_state{0};  // 0 running, 1 closing, 2 done
   std::atomic<bool> dlclosed{false}, mapped{true}, threads_stuck{false};
   std::atomic<uint64_t> misuse{0};
+  // Polls that returned the end (NULL / 0). A plugin-driven runtime whose
+  // init succeeded has threads we may not have seen poll yet: until one of
+  // them was handed the end, its code may still be about to run.
+  std::atomic<uint64_t> ends{0};
   std::atomic<uint64_t> aborted{0};
   uint64_t unload_timeout_ms = 5000;
 

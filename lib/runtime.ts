@@ -102,7 +102,10 @@ export class Runtime {
       return
     }
     this.#state = 'unloading'
-    this.#rejectInit(new DlhostError('ERR_INIT_FAILED', `plugin init failed with rc ${rc}: ${this.path}`, { path: this.path, rc }))
+    // Reject once the runtime has let go of the library, so that a caller
+    // who sees the rejection also sees an unpinned library gone.
+    const err = new DlhostError('ERR_INIT_FAILED', `plugin init failed with rc ${rc}: ${this.path}`, { path: this.path, rc })
+    void this.#unloaded.then(() => this.#rejectInit(err))
   }
 
   #event (kind: string, info: number | NativeUnloadInfo): void {

@@ -16,7 +16,17 @@
  *
  * The host functions are resolved by name at load time: the dlhost addon makes
  * them globally visible before it loads any plugin, so a plugin links with
- * `-shared` and no import library.
+ * `-shared` and no import library. Do not link with `-z defs` or
+ * `--no-undefined` (Meson's default b_lundef=true adds the latter).
+ *
+ * Unload and threads (plugin-driven flavours): after unload, every call
+ * queued before it is answered, then every poll returns NULL (0). The host
+ * remembers every thread that polled and dlcloses the library only once a
+ * poll has returned the end *and* each of those threads has exited (bounded
+ * by unloadTimeoutMs; past it the library stays mapped and is reported
+ * stuck). A thread that never polled is invisible to the host: in a
+ * multi-threaded plugin, let no thread exit before every thread has polled
+ * once (or join your own threads from the last one).
  */
 #ifndef DLHOST_H
 #define DLHOST_H
@@ -56,7 +66,7 @@ DLHOST_EXPORT dlhost_task *dlhost_task_poll(dlhost_queue *q);
 
 /* Like dlhost_task_poll but takes up to `max` ready tasks at once into `out`
  * (blocking until at least one). Returns how many; 0 means unload, as NULL
- * does above. */
+ * does above. `out` must not be NULL and `max` must be >= 1. */
 DLHOST_EXPORT size_t dlhost_task_poll_batch(dlhost_queue *q, dlhost_task **out,
                                             size_t max);
 
@@ -68,9 +78,10 @@ DLHOST_EXPORT const void *dlhost_task_request(dlhost_task *t, size_t *len);
 /* Answers a task, exactly once. rc == 0 resolves the caller's promise with the
  * response; any other rc rejects it with ERR_PLUGIN carrying rc and the
  * response as detail. `rsp` must come from malloc (or be NULL for an empty
- * response); the host takes ownership and frees it. After this call `t` is
- * gone. Answering a task twice or after its runtime went away is detected:
- * the second answer is ignored and counted (stats.misuse), never a crash. */
+ * response, and then `len` is ignored); the host takes ownership and frees
+ * it. After this call `t` is gone. A second answer to a task is detected
+ * while its runtime exists (task memory lives as long as the runtime): it is
+ * ignored, its rsp freed, and counted (stats.misuse). */
 DLHOST_EXPORT void dlhost_task_respond(dlhost_task *t, int rc, void *rsp,
                                        size_t len);
 
@@ -83,10 +94,14 @@ DLHOST_EXPORT void dlhost_task_respond(dlhost_task *t, int rc, void *rsp,
  * ERR_INIT_FAILED (a plugin that needs no state does not export it). */
 typedef void *(*dlhost_open_fn)(const char *cfg, size_t len);
 
-/* Required. Called on dlhost's poll thread, one task at a time per runtime.
+/* Required. Called on dlhost's poll thread, one task at a time per runtime;
+ * Runtime.callSync() calls it on the JS thread, concurrently with the poll
+ * thread, so shared state must be thread-safe if callSync is used.
  * `req` is owned by the host, valid for the call only (NUL follows it).
- * Set *rsp to a malloc'd buffer (host frees it) and *rsp_len to its length,
- * or leave *rsp NULL for an empty answer. Return 0 for success. */
+ * The host sets *rsp = NULL and *rsp_len = 0 before the call. Set *rsp to a
+ * malloc'd buffer (host frees it) and *rsp_len to its length, or leave *rsp
+ * NULL for an empty answer. Return 0 for success; with any other rc the
+ * body becomes the error's `detail`. */
 typedef int (*dlhost_handle_fn)(void *state, const void *req, size_t len,
                                 void **rsp, size_t *rsp_len);
 
@@ -96,8 +111,10 @@ typedef void (*dlhost_close_fn)(void *state);
 
 /* --------------------------------------------- plugin-driven plugin side */
 
-/* Called once per runtime on the JS thread. `cfg` (NUL-terminated, not
- * counted in cfg_len) is valid only during the call. Start thread(s) that
+/* Called once per runtime on a short-lived host thread that load() joins
+ * (so thread-local state created here dies with it instead of pinning the
+ * library). `cfg` (NUL-terminated, not counted in cfg_len, never NULL: ""
+ * when there is none) is valid only during the call. Start thread(s) that
  * poll `q`, and return 0; any other value fails load() with ERR_INIT_FAILED
  * and the plugin must not touch `q` afterwards. */
 typedef int (*dlhost_init_fn)(const char *cfg, size_t cfg_len, dlhost_queue *q);
@@ -105,18 +122,20 @@ typedef int (*dlhost_init_fn)(const char *cfg, size_t cfg_len, dlhost_queue *q);
 /* -------------------------------------------- lua-resty-ffi compatibility */
 
 /* A lua-resty-ffi plugin exports `int libffi_init(char *cfg, void *tq)`.
- * cfg is a NUL-terminated copy the plugin may modify (strsep); it is freed
- * after libffi_init returns. Return 0 on success. */
+ * cfg is a NUL-terminated copy the plugin may modify (strsep), never NULL
+ * ("" when there is none); it is freed after libffi_init returns, which runs
+ * on a short-lived host thread as dlhost_init does. Return 0 on success. */
 typedef int (*libffi_init_fn)(char *cfg, void *tq);
 
 /* As dlhost_task_poll: NULL means the runtime was unloaded. */
 DLHOST_EXPORT void *ngx_http_lua_ffi_task_poll(void *tq);
 
-/* The request (NUL-terminated; *len excludes the NUL). Owned by the host. */
+/* The request (NUL-terminated; *len excludes the NUL, clamped to INT_MAX).
+ * Owned by the host. */
 DLHOST_EXPORT char *ngx_http_lua_ffi_get_req(void *tsk, int *len);
 
 /* Answers a task. `rsp` is malloc'd by the plugin and freed by the host, or
- * NULL for no body. rsp_len == 0 with rsp != NULL means rsp is a C string. */
+ * NULL for no body. rsp_len <= 0 with rsp != NULL means rsp is a C string. */
 DLHOST_EXPORT void ngx_http_lua_ffi_respond(void *tsk, int rc, char *rsp,
                                             int rsp_len);
 

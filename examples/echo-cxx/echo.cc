@@ -26,13 +26,14 @@
 // dlhost_task_poll (one task at a time) until it returns NULL. The runtime's
 // state is a std::shared_ptr held by every thread: the last thread out frees it.
 // No thread may be running our code once the library is unmapped. dlhost
-// guarantees its half: before it dlclose()s the library it waits until every
-// thread that ever polled the runtime's queue has *exited* (not merely
-// returned from poll) - which also covers the code libstdc++ runs after our
-// thread function returns (it destroys the std::thread state object, whose
-// destructor is instantiated in this library). Our half: the host only knows
-// a thread once it has polled, so no thread leaves before all its siblings
-// have seen the end of the queue (Runtime::leave, an exit barrier).
+// guarantees its half: before it dlclose()s the library it waits until a poll
+// has returned the end of the queue and every thread that ever polled the
+// queue has *exited* (not merely returned from poll) - which also covers the
+// code libstdc++ runs after our thread function returns (it destroys the
+// std::thread state object, whose destructor is instantiated in this
+// library). Our half: the host only knows a thread once it has polled, so no
+// thread leaves before all its siblings have seen the end of the queue too
+// (Runtime::leave, an exit barrier).
 //
 // Behaviour (relied on by tests, demos and benchmarks; identical in every
 // example plugin):
@@ -91,14 +92,18 @@ long long parse_num(std::string_view s, long long lo, long long hi, long long df
   return v < lo ? lo : v > hi ? hi : v;
 }
 
-// The number after `key` in the cfg ("threads=4", "threads: 4", {"threads":4}).
+// The number after `key` in the cfg ("threads=4", "threads: 4", {"threads":4}):
+// the first occurrence of `key` followed by a number; `dflt` when none is.
 long long cfg_num(std::string_view cfg, std::string_view key, long long lo, long long hi,
                   long long dflt) {
-  size_t at = cfg.find(key);
-  if (at == std::string_view::npos) return dflt;
-  size_t j = cfg.find_first_not_of(std::string_view("\"'=: \t"), at + key.size());
-  if (j == std::string_view::npos) return dflt;
-  return parse_num(cfg.substr(j), lo, hi, dflt);
+  for (size_t at = cfg.find(key); at != std::string_view::npos; at = cfg.find(key, at + 1)) {
+    size_t j = cfg.find_first_not_of(std::string_view("\"'=: \t"), at + key.size());
+    if (j == std::string_view::npos) break;
+    const long long none = LLONG_MIN;  // below any lo, so never a clamped result
+    long long v = parse_num(cfg.substr(j), lo, hi, none);
+    if (v != none) return v;
+  }
+  return dflt;
 }
 
 // One runtime, shared (std::shared_ptr) by the threads that serve it.

@@ -33,6 +33,7 @@
 
 #include "dlhost.h"
 
+/* demo.js makes new versions by rewriting the #define line below: keep it. */
 #ifndef PLUGIN_VERSION
 #define PLUGIN_VERSION "1"
 #endif

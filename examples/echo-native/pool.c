@@ -14,13 +14,14 @@
  * undefined symbols resolved at dlopen time against the dlhost addon, which
  * makes them globally visible before it loads any plugin.
  *
- * Unload safety. Before dlhost dlclose()s this library it waits until every
- * thread that polled the queue has exited, so no thread can still be running
- * our code when it is unmapped. The host can only know about a thread once it
- * has polled, though; so no thread of the pool leaves before all its siblings
- * have seen the end of the queue (the exit barrier in leave()). That way every
- * thread the pool started is known to the host before the first one exits,
- * and the last one out frees the shared state.
+ * Unload safety. Before dlhost dlclose()s this library it waits until a poll
+ * has returned the end of the queue and every thread that ever polled it has
+ * exited, so no thread can still be running our code when it is unmapped. The
+ * host can only know about a thread once it has polled, though; so no thread
+ * of the pool leaves before all its siblings have seen the end of the queue
+ * too (the exit barrier in leave()). That way every thread the pool started
+ * is known to the host before the first one exits, and the last one out frees
+ * the shared state.
  *
  * Behaviour (relied on by tests, demos and benchmarks; identical in every
  * example plugin):
@@ -101,8 +102,9 @@ static long long parse_num(const char *s, size_t n, long long lo, long long hi,
     return v < lo ? lo : v > hi ? hi : v;
 }
 
-/* Finds `key` in the cfg and reads the number after it, skipping the
- * separators of "key=4", "key: 4" and {"key":4}. */
+/* The number after `key` in the cfg, skipping the separators of "key=4",
+ * "key: 4" and {"key":4}: the first occurrence of `key` followed by a number.
+ * `dflt` when there is none. */
 static long long cfg_num(const char *cfg, size_t len, const char *key,
                          long long lo, long long hi, long long dflt)
 {
@@ -111,7 +113,10 @@ static long long cfg_num(const char *cfg, size_t len, const char *key,
         if (memcmp(cfg + i, key, k) != 0) continue;
         for (j = i + k; j < len && cfg[j] && strchr("\"'=: \t", cfg[j]); j++)
             ;
-        return parse_num(cfg + j, len - j, lo, hi, dflt);
+        if (j < len && ((cfg[j] >= '0' && cfg[j] <= '9') ||
+                        ((cfg[j] == '-' || cfg[j] == '+') && j + 1 < len &&
+                         cfg[j + 1] >= '0' && cfg[j + 1] <= '9')))
+            return parse_num(cfg + j, len - j, lo, hi, dflt);
     }
     return dflt;
 }

@@ -112,7 +112,7 @@ static char *copy(const char *p, int n)
 {
     char *r = malloc((size_t)n + 1);
     if (r) {
-        memcpy(r, p, (size_t)n);
+        if (n > 0) memcpy(r, p, (size_t)n);
         r[n] = '\0';
     }
     return r;

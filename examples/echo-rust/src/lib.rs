@@ -14,24 +14,33 @@
 // Threads: N pollers (cfg "threads=N" or {"threads":N}, default 2, at most
 // 64), all detached. Each polls with dlhost_task_poll until it returns NULL.
 // The runtime's state is an Arc held by every thread; the last one out frees
-// it. Before dlhost dlclose()s the library it waits until every thread that
-// ever polled the queue has exited - which covers the code std runs after our
-// closure returns (dropping the thread's packet, thread-local destructors).
-// The host only knows a thread once it has polled, so no thread leaves before
-// all its siblings have seen the end of the queue (Runtime::leave, an exit
-// barrier).
+// it. Before dlhost dlclose()s the library it waits until a poll has returned
+// the end of the queue and every thread that ever polled it has *exited* -
+// which covers the code std runs after our closure returns (the thread's
+// packet, thread-local destructors, and std's own pthread-key destructor,
+// which may run after any destructor the host registered: the host must wait
+// for the thread to be really gone). The host only knows a thread once it
+// has polled, so no thread leaves before all its siblings have seen the end
+// of the queue too (Runtime::leave, an exit barrier).
 //
-// Why the first poller is a raw pthread: std::thread::spawn touches
-// thread-locals of the *calling* thread (e.g. the spawn-hook list) and so
-// registers a thread-local destructor for it, owned by this library, via
-// __cxa_thread_atexit_impl. glibc refuses to unmap a library while any thread
-// still has such a destructor pending. Spawned from dlhost_init - i.e. on
-// Node's JS thread, which lives as long as the process - that destructor would
-// pin libecho_rust.so for ever and dlclose would silently keep it mapped
-// (dlhost reports it `stuck`). So dlhost_init starts one bootstrap thread with
-// pthread_create and touches no thread-local itself; the bootstrap thread
-// spawns the other pollers with std::thread and then polls too. Its
-// destructors run when it exits, before dlhost sees it gone.
+// What std::thread costs a library that is meant to be unloaded:
+//  1. std::thread::spawn touches thread-locals of the *calling* thread (the
+//     spawn-hook list) and so registers a thread-local destructor, owned by
+//     this library, for that thread (__cxa_thread_atexit_impl). glibc never
+//     unmaps a library while a thread still has such a destructor pending.
+//     Called from dlhost_init - on Node's JS thread, which lives as long as
+//     the process - it would pin libecho_rust.so for ever: dlclose would
+//     silently keep it mapped (dlhost reports it `stuck`). So dlhost_init
+//     touches no thread-local: it starts one bootstrap poller with plain
+//     pthread_create, and that thread spawns the others. Its destructors run
+//     when it exits, before dlhost sees it gone.
+//  2. A std::thread (or any thread that calls thread::current()) makes std
+//     create a pthread key (thread-local cleanup) that is never deleted, one
+//     per load of the library. A process has 1024 keys: after about a
+//     thousand load/unload cycles std aborts the process ("fatal runtime
+//     error: out of TLS keys"). For unbounded reload loops, put "raw-threads"
+//     in the cfg: every poller is then a plain pthread running Rust code, no
+//     std::thread anywhere, nothing leaks. (Or load with isolate: 'process'.)
 //
 // Behaviour (relied on by tests, demos and benchmarks; identical in every
 // example plugin):
@@ -44,6 +53,7 @@
 //   "pid"      decimal process id
 //   "sleep:N"  sleeps N milliseconds (at most one hour), then echoes
 //   anything else, including the empty request: echoed byte for byte
+// cfg "raw-threads": pollers 2..N are plain pthreads instead of std::threads.
 // dlhost_init returns 7 (ERR_INIT_FAILED, no thread started) when the cfg
 // contains "fail-init", and 2 when the host speaks another ABI version.
 //
@@ -112,6 +122,7 @@ struct ExitCount {
 struct Runtime {
     q: Queue,     // valid until a poll returns NULL
     cfg: Vec<u8>, // private copy: the host's cfg dies after init
+    raw_threads: bool,
     calls: AtomicU64,
     exit: Mutex<ExitCount>,
     cv: Condvar,
@@ -143,16 +154,21 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// The number after `key` in the cfg ("threads=4", "threads: 4", {"threads":4}).
+/// The number after `key` in the cfg ("threads=4", "threads: 4", {"threads":4}):
+/// the first occurrence of `key` followed by a number (so "raw-threads" is
+/// not taken for "threads").
 fn cfg_num(cfg: &[u8], key: &[u8], lo: i64, hi: i64, dflt: i64) -> i64 {
-    match find(cfg, key) {
-        None => dflt,
-        Some(at) => {
-            let rest = &cfg[at + key.len()..];
-            let skip = rest.iter().take_while(|c| b"\"'=: \t".contains(c)).count();
-            parse_num(&rest[skip..], lo, hi, dflt)
+    let mut from = 0;
+    while let Some(at) = find(&cfg[from..], key) {
+        let rest = &cfg[from + at + key.len()..];
+        let skip = rest.iter().take_while(|c| b"\"'=: \t".contains(c)).count();
+        let v = parse_num(&rest[skip..], lo, hi, i64::MIN);
+        if v != i64::MIN {
+            return v;
         }
+        from += at + key.len();
     }
+    dflt
 }
 
 /// A malloc'd, NUL-terminated copy of `body` (NULL for an empty answer).
@@ -251,25 +267,49 @@ fn worker(rt: Arc<Runtime>) {
     // Dropping `rt` here; the last thread out frees the Runtime.
 }
 
-/// The bootstrap thread (raw pthread, see the top of the file): starts the
-/// other pollers with std::thread, then becomes poller 0. `arg` is an
-/// Arc<Runtime> turned into a raw pointer by dlhost_init.
+/// Starts `start` on a plain, detached pthread with its own reference to the
+/// runtime. False when no thread could be created.
+fn spawn_raw(start: extern "C" fn(*mut c_void) -> *mut c_void, rt: &Arc<Runtime>) -> bool {
+    let arg = Arc::into_raw(Arc::clone(rt)) as *mut c_void;
+    let mut tid: PthreadT = 0;
+    unsafe {
+        if pthread_create(&mut tid, std::ptr::null(), start, arg) != 0 {
+            drop(Arc::from_raw(arg as *const Runtime));
+            return false;
+        }
+        pthread_detach(tid);
+    }
+    true
+}
+
+/// A poller on a plain pthread; `arg` comes from spawn_raw.
+extern "C" fn raw_worker(arg: *mut c_void) -> *mut c_void {
+    worker(unsafe { Arc::from_raw(arg as *const Runtime) });
+    std::ptr::null_mut()
+}
+
+/// The first poller (a plain pthread, see the top of the file): starts the
+/// others, then polls too. `arg` comes from spawn_raw.
 extern "C" fn bootstrap(arg: *mut c_void) -> *mut c_void {
     let rt = unsafe { Arc::from_raw(arg as *const Runtime) };
     {
         // Held while the threads start, so the barrier count is final before
         // any thread can reach it.
         let mut g = rt.lock();
-        let wanted = g.wanted;
-        for i in 1..wanted {
-            let mine = Arc::clone(&rt);
-            let spawned = thread::Builder::new()
-                .name(format!("echo-rust-{i}"))
-                .spawn(move || worker(mine));
-            match spawned {
-                Ok(_detached) => g.started += 1, // dropping the JoinHandle detaches
-                Err(_) => break,                 // out of threads: run with those we have
+        for i in 1..g.wanted {
+            let ok = if rt.raw_threads {
+                spawn_raw(raw_worker, &rt)
+            } else {
+                let mine = Arc::clone(&rt);
+                thread::Builder::new()
+                    .name(format!("echo-rust-{i}"))
+                    .spawn(move || worker(mine))
+                    .is_ok() // dropping the JoinHandle detaches the thread
+            };
+            if !ok {
+                break; // out of threads: run with those we have
             }
+            g.started += 1;
         }
     }
     worker(rt);
@@ -284,7 +324,11 @@ extern "C" fn bootstrap(arg: *mut c_void) -> *mut c_void {
 /// # Safety
 /// Called by dlhost with the pointers described in dlhost.h.
 #[no_mangle]
-pub unsafe extern "C" fn dlhost_init(cfg: *const c_char, cfg_len: usize, q: *mut DlhostQueue) -> c_int {
+pub unsafe extern "C" fn dlhost_init(
+    cfg: *const c_char,
+    cfg_len: usize,
+    q: *mut DlhostQueue,
+) -> c_int {
     if dlhost_abi_version() != DLHOST_ABI_VERSION {
         return 2;
     }
@@ -299,17 +343,18 @@ pub unsafe extern "C" fn dlhost_init(cfg: *const c_char, cfg_len: usize, q: *mut
     let wanted = cfg_num(&cfg, b"threads", 1, MAX_THREADS, 2) as u32;
     let rt = Arc::new(Runtime {
         q: Queue(q),
+        raw_threads: find(&cfg, b"raw-threads").is_some(),
         cfg,
         calls: AtomicU64::new(0),
-        exit: Mutex::new(ExitCount { wanted, started: 1, finished: 0 }),
+        exit: Mutex::new(ExitCount {
+            wanted,
+            started: 1,
+            finished: 0,
+        }),
         cv: Condvar::new(),
     });
-    let arg = Arc::into_raw(rt) as *mut c_void;
-    let mut tid: PthreadT = 0;
-    if pthread_create(&mut tid, std::ptr::null(), bootstrap, arg) != 0 {
-        drop(Arc::from_raw(arg as *const Runtime));
+    if !spawn_raw(bootstrap, &rt) {
         return EAGAIN; // nobody polls q: we may still fail
     }
-    pthread_detach(tid);
     0
 }
