@@ -544,8 +544,32 @@ void RuntimeWrap::UpdateLoopRef() {
   else uv_unref(reinterpret_cast<uv_handle_t *>(bell_));
 }
 
+// A terminating worker still runs its loop's callbacks while JS can no
+// longer run there: N-API calls then fail without a pending exception. That
+// is not an error of ours to report — stop touching the environment; the
+// cleanup hook tears the runtime down.
 void RuntimeWrap::Drain() {
   if (env_gone_) return;
+  try {
+    DrainJs();
+  } catch (const Napi::Error &) {
+    bool pending = false;
+    napi_is_exception_pending(env_, &pending);
+    if (pending) {
+      napi_value exc;
+      napi_get_and_clear_last_exception(env_, &exc);
+      napi_fatal_exception(env_, exc);  // a throwing JS callback: uncaughtException
+      return;
+    }
+    StopHandles();
+  }
+}
+
+void RuntimeWrap::CallJs(Napi::FunctionReference &fn, std::initializer_list<napi_value> args) {
+  fn.MakeCallback(Value(), args, *async_ctx_);
+}
+
+void RuntimeWrap::DrainJs() {
   Task *list = core_->TakeCompletions();
   Napi::Env env(env_);
   if (list) {
@@ -606,17 +630,13 @@ void RuntimeWrap::Drain() {
       i++;
     }
     last_activity_ = uv_hrtime();
-    try {
-      on_complete_.MakeCallback(Value(), {Napi::Number::New(env, double(count)), meta_ref_.Value(),
-                                          bodies, any_big ? Napi::Value(bigs) : env.Undefined()},
-                                *async_ctx_);
-    } catch (const Napi::Error &e) {
-      napi_fatal_exception(env_, e.Value());
-    }
+    CallJs(on_complete_, {Napi::Number::New(env, double(count)), meta_ref_.Value(), bodies,
+                          any_big ? Napi::Value(bigs) : env.Undefined()});
   }
   DeliverLifecycle();
   UpdateLoopRef();
 }
+
 
 void RuntimeWrap::DeliverLifecycle() {
   if (env_gone_) return;
@@ -624,13 +644,7 @@ void RuntimeWrap::DeliverLifecycle() {
   if (!init_reported_ && core_->init_state.load() != 0) {
     init_reported_ = true;
     Napi::HandleScope scope(env);
-    try {
-      on_event_.MakeCallback(Value(), {Napi::String::New(env, "init"),
-                                       Napi::Number::New(env, core_->init_rc.load())},
-                             *async_ctx_);
-    } catch (const Napi::Error &e) {
-      napi_fatal_exception(env_, e.Value());
-    }
+    CallJs(on_event_, {Napi::String::New(env, "init"), Napi::Number::New(env, core_->init_rc.load())});
     if (core_->init_state.load() == 2) unloading_ = true;
   }
   if (!unload_reported_ && core_->unload_state.load() == 2 && core_->in_flight == 0) {
@@ -643,11 +657,7 @@ void RuntimeWrap::DeliverLifecycle() {
     o.Set("misuse", double(core_->misuse.load()));
     o.Set("aborted", double(core_->aborted.load()));
     StopHandles();
-    try {
-      on_event_.MakeCallback(Value(), {Napi::String::New(env, "unloaded"), o}, *async_ctx_);
-    } catch (const Napi::Error &e) {
-      napi_fatal_exception(env_, e.Value());
-    }
+    CallJs(on_event_, {Napi::String::New(env, "unloaded"), o});
   }
 }
 

@@ -142,6 +142,8 @@ class RuntimeWrap : public Napi::ObjectWrap<RuntimeWrap> {
   static void OnBell(uv_async_t *h);
   static void OnIdle(uv_idle_t *h);
   void Drain();             // settle finished calls in one JS callback
+  void DrainJs();
+  void CallJs(Napi::FunctionReference &fn, std::initializer_list<napi_value> args);
   void DeliverLifecycle();  // init / unloaded events
   void UpdateLoopRef();
   void StartSpin();

@@ -80,8 +80,10 @@ DLHOST_EXPORT const void *dlhost_task_request(dlhost_task *t, size_t *len);
  * response as detail. `rsp` must come from malloc (or be NULL for an empty
  * response, and then `len` is ignored); the host takes ownership and frees
  * it. After this call `t` is gone. A second answer to a task is detected
- * while its runtime exists (task memory lives as long as the runtime): it is
- * ignored, its rsp freed, and counted (stats.misuse). */
+ * while its runtime exists (task memory lives as long as the runtime) and
+ * the slot has not been reused for a new call (a freed slot is reused only
+ * after every other free one, so at least 256 calls later): it is ignored,
+ * its rsp freed, and counted (stats.misuse). */
 DLHOST_EXPORT void dlhost_task_respond(dlhost_task *t, int rc, void *rsp,
                                        size_t len);
 
