@@ -334,6 +334,7 @@ Napi::Value RuntimeWrap::Start(const Napi::CallbackInfo &info) {
   referenced_ = false;
   if (core_->abi == Abi::kHost) {
     std::thread(HostLoop, core_, std::move(cfg)).detach();
+    StartSpin();  // init is answered in ~µs: don't pay a futex wake for it
     UpdateLoopRef();
     return env.Null();
   }
@@ -522,7 +523,8 @@ void RuntimeWrap::OnIdle(uv_idle_t *h) {
   auto *self = static_cast<RuntimeWrap *>(h->data);
   self->Drain();
   if (self->env_gone_ || !self->idle_active_) return;
-  if (self->core_->in_flight == 0 || uv_hrtime() - self->last_activity_ > self->spin_ns_) {
+  bool waiting = self->core_->in_flight > 0 || !self->init_reported_;
+  if (!waiting || uv_hrtime() - self->last_activity_ > self->spin_ns_) {
     self->core_->js_spinning.store(false, std::memory_order_seq_cst);
     uv_idle_stop(self->idle_);
     self->idle_active_ = false;

@@ -101,6 +101,23 @@ function factsFor (path: string, n: { realPath: string, key: string, dev: number
   return f
 }
 
+/**
+ * @internal The reload layer already read, hashed and parsed a private copy:
+ * record those facts so open() does not read the file a second time.
+ */
+export function seedFacts (path: string, sha256: string, elf: ElfInfo): void {
+  const st = fs.statSync(path, { bigint: true })
+  const realPath = fs.realpathSync(path)
+  const key = `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}`
+  const id = identityKey(realPath, key)
+  if (factsByIdentity.has(id)) return
+  checkHostCompatible(elf, path)
+  factsByIdentity.set(id, {
+    elf,
+    version: { sha256, seq: seqFor(realPath, sha256), dev: Number(st.dev), ino: Number(st.ino), size: Number(st.size), mtimeMs: Number(st.mtimeNs) / 1e6 }
+  })
+}
+
 export function factsOfRow (row: NativeRow): Facts | undefined {
   return factsByIdentity.get(identityKey(row.realPath, row.key))
 }

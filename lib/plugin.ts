@@ -14,6 +14,7 @@ import { DlhostError, rangeError, typeError } from './errors'
 import { binding } from './binding'
 import { Abi, CallOptions, Cfg, cfgBuffer, load, Runtime } from './runtime'
 import { LibraryWatcher } from './watch'
+import { seedFacts } from './library'
 
 const debug = debuglog('dlhost')
 const reloadChannel = diagnostics.channel('dlhost:reload')
@@ -262,6 +263,7 @@ export class Plugin extends EventEmitter {
   async #loadVersion (snap: Snapshot, elf: ElfInfo): Promise<Version> {
     let runtime: Runtime
     try {
+      seedFacts(snap.path, snap.sha256, elf)
       runtime = await load(snap.path, this.#cfg, {
         pin: this.#opts.pin ?? false,
         global: this.#opts.global,

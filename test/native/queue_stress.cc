@@ -14,7 +14,8 @@
 //
 // Usage: queue_stress [scale]   (scale multiplies the iteration counts;
 // default 1, or $QUEUE_STRESS_SCALE). Exit 0 and one "queue_stress: OK" line
-// on success; non-zero and a "queue_stress: FAIL" line otherwise.
+// on success; non-zero and a "queue_stress: FAIL" line otherwise (exit 3 when
+// the watchdog fired: each test has $QUEUE_STRESS_TIMEOUT s, default 30 x scale).
 #include "queue.h"
 
 #include <sched.h>
@@ -215,7 +216,7 @@ TqResult test_task_queue(const char* name, size_t cap, uint64_t spin_ns,
         Q::Push r;
         while ((r = q.push(&tasks[id])) == Q::Push::Full) {
           full.fetch_add(1, std::memory_order_relaxed);
-          if (++spins % 8 == 0) sched_yield(); else cpu_relax();
+          if (++spins % 4 == 0) sched_yield(); else cpu_relax();
         }
         if (r == Q::Push::Closed) {
           closed.fetch_add(1, std::memory_order_relaxed);
@@ -370,7 +371,9 @@ CloseRaceResult test_close_race(int producers, int consumers, uint32_t rounds, i
           uint32_t id = next_id.fetch_add(1, std::memory_order_relaxed);
           if (id >= kIds) break;
           Q::Push r;
-          while ((r = q.push(&tasks[id])) == Q::Push::Full) cpu_relax();
+          // Yield on Full: with 6 threads on 2 cores, spinning here would
+          // starve the consumers that make room.
+          while ((r = q.push(&tasks[id])) == Q::Push::Full) sched_yield();
           if (r == Q::Push::Closed) {
             closed.fetch_add(1, std::memory_order_relaxed);
             break;
@@ -586,7 +589,7 @@ CqResult test_completion_queue(int producers, uint32_t per_producer, int timeout
   std::atomic<uint64_t> rings{0}, received{0};
   const uint64_t total = uint64_t(producers) * per_producer;
   Watchdog wd("completion-queue", timeout_s, [&] {
-    return fmt("received=%llu/%llu rings=%llu (an item without a doorbell hangs here)",
+    return fmt("received=%llu/%llu rings=%llu (an item pushed without a doorbell, or a lost wake-up, stops here)",
                (unsigned long long)received.load(), (unsigned long long)total,
                (unsigned long long)rings.load());
   });
@@ -668,6 +671,10 @@ int main(int argc, char** argv) {
   if (const char* e = getenv("QUEUE_STRESS_SCALE")) scale = atof(e);
   if (argc > 1) scale = atof(argv[1]);
   if (!(scale > 0)) scale = 1;
+  // Per-test watchdog: each test takes 0.1-3 s under TSan on 2 cores.
+  int wd = static_cast<int>(30 * (scale > 1 ? scale : 1));
+  if (const char* e = getenv("QUEUE_STRESS_TIMEOUT")) wd = atoi(e);
+  if (wd <= 0) wd = 30;
   auto n = [&](double base) { return static_cast<uint32_t>(base * scale) + 1; };
   setvbuf(stdout, nullptr, _IOLBF, 0);
 
@@ -684,19 +691,19 @@ int main(int argc, char** argv) {
   };
   // Spinning consumers (the default policy), tiny ring: Full all the time.
   add(test_task_queue("taskqueue/spin", 8, TaskQueue<Task>::kDefaultSpinNs, 3, 3,
-                      n(150000), 120));
+                      n(150000), wd));
   // Consumers that park at once: every push races a parking consumer.
-  add(test_task_queue("taskqueue/park", 4, 0, 2, 4, n(40000), 120));
+  add(test_task_queue("taskqueue/park", 4, 0, 2, 4, n(40000), wd));
   // Short spins and a bound that is not a power of two.
-  add(test_task_queue("taskqueue/short-spin", 6, 2000, 4, 2, n(40000), 120));
-  CloseRaceResult cl = test_close_race(3, 3, n(2000), 120);
+  add(test_task_queue("taskqueue/short-spin", 6, 2000, 4, 2, n(40000), wd));
+  CloseRaceResult cl = test_close_race(3, 3, n(5000), wd);
   ok += cl.ok;
   closed += cl.closed;
-  test_close_wakes_parked(30);
+  test_close_wakes_parked(wd);
   printf("  %-22s ok\n", "close-wakes-parked");
 
-  ParkerResult pr = test_parker(3, n(10000), 120);
-  CqResult cr = test_completion_queue(3, n(60000), 120);
+  ParkerResult pr = test_parker(3, n(20000), wd);
+  CqResult cr = test_completion_queue(3, n(100000), wd);
 
   printf("queue_stress: OK taskqueue ok=%llu full-retries=%llu closed=%llu "
          "close-rounds=%llu; parker "
