@@ -18,7 +18,7 @@ import * as crypto from 'crypto'
 import * as fs from 'fs'
 import * as os from 'os'
 import * as path from 'path'
-import { debuglog } from 'util'
+import { debuglog, promisify } from 'util'
 import { DlhostError, rangeError, typeError } from './errors'
 
 const debug = debuglog('dlhost')
@@ -158,6 +158,81 @@ export function openStoreCount (): number {
   return openStores.size
 }
 
+/**
+ * The file operations of a snapshot, synchronous or on the threadpool. A
+ * typical plugin is small: its dozen operations cost ~0.1 ms synchronously
+ * but a threadpool round trip each (~1 ms in all) asynchronously, which is
+ * most of a reload. Big files go async so the event loop is never blocked
+ * for long.
+ */
+interface SnapshotIo {
+  kind: 'sync' | 'async'
+  open (p: string, flags: number, mode: number): Promise<number>
+  fstat (fd: number): Promise<fs.Stats>
+  readAll (fd: number, size: number): Promise<Buffer>
+  writeAll (fd: number, buf: Buffer): Promise<void>
+  fchmod (fd: number, mode: number): Promise<void>
+  fsync (fd: number): Promise<void>
+  close (fd: number): Promise<void>
+  readFile (p: string, flags: number): Promise<Buffer>
+}
+
+/** Files up to this size are snapshotted with synchronous I/O. */
+export const SYNC_SNAPSHOT_LIMIT = 4 * 1024 * 1024
+
+const syncIo: SnapshotIo = {
+  kind: 'sync',
+  open: async (p, flags, mode) => fs.openSync(p, flags, mode),
+  fstat: async fd => fs.fstatSync(fd),
+  readAll: async (fd, size) => readAllSync(fd, size),
+  writeAll: async (fd, buf) => { let off = 0; while (off < buf.length) off += fs.writeSync(fd, buf, off, buf.length - off) },
+  fchmod: async (fd, mode) => fs.fchmodSync(fd, mode),
+  fsync: async fd => fs.fsyncSync(fd),
+  close: async fd => fs.closeSync(fd),
+  readFile: async (p, flags) => {
+    const fd = fs.openSync(p, flags)
+    try { return fs.readFileSync(fd) } finally { fs.closeSync(fd) }
+  }
+}
+
+function readAllSync (fd: number, size: number): Buffer {
+  // Read to EOF (the file may have grown since fstat: the caller re-checks).
+  const chunks: Buffer[] = []
+  let buf = Buffer.allocUnsafe(Math.max(size, 1) + 1)
+  let len = 0
+  for (;;) {
+    if (len === buf.length) { chunks.push(buf); buf = Buffer.allocUnsafe(buf.length); len = 0 }
+    const n = fs.readSync(fd, buf, len, buf.length - len, null)
+    if (n === 0) break
+    len += n
+  }
+  chunks.push(buf.subarray(0, len))
+  return chunks.length === 1 ? chunks[0] : Buffer.concat(chunks)
+}
+
+const asyncIo: SnapshotIo = {
+  kind: 'async',
+  open: promisify(fs.open) as (p: string, flags: number, mode: number) => Promise<number>,
+  fstat: promisify(fs.fstat) as (fd: number) => Promise<fs.Stats>,
+  readAll: async fd => await promisify(fs.readFile)(fd),
+  writeAll: async (fd, buf) => { await promisify(fs.writeFile)(fd, buf) },
+  fchmod: promisify(fs.fchmod),
+  fsync: promisify(fs.fsync),
+  close: promisify(fs.close),
+  readFile: async (p, flags) => {
+    const fh = await fs.promises.open(p, flags)
+    try { return await fh.readFile() } finally { await fh.close() }
+  }
+}
+
+function pickIo (srcPath: string): SnapshotIo {
+  try {
+    return fs.statSync(srcPath).size <= SYNC_SNAPSHOT_LIMIT ? syncIo : asyncIo
+  } catch {
+    return syncIo // the open below reports the error with its code
+  }
+}
+
 /** A private 0700 directory holding copies of library versions. */
 export class CopyStore {
   readonly #dir: string
@@ -290,26 +365,27 @@ export class CopyStore {
   }
 
   async #snapshot (srcPath: string): Promise<Snapshot> {
+    const io = pickIo(srcPath)
     // ── read the source once ──
     let bytes: Buffer
     let sourceStat: fs.Stats
-    let src: fs.promises.FileHandle
+    let src: number
     try {
       // O_NONBLOCK so that a FIFO does not hang the open; it is rejected below.
-      src = await fs.promises.open(srcPath, fs.constants.O_RDONLY | O_NONBLOCK)
+      src = await io.open(srcPath, fs.constants.O_RDONLY | O_NONBLOCK, 0)
     } catch (err) {
       throw sourceError(err, srcPath)
     }
     try {
-      const before = await src.stat()
+      const before = await io.fstat(src)
       if (before.isDirectory()) {
         throw new DlhostError('ERR_IS_DIRECTORY', `${srcPath} is a directory`, { path: srcPath })
       }
       if (!before.isFile()) {
         throw new DlhostError('ERR_COPY', `${srcPath} is not a regular file`, { path: srcPath })
       }
-      bytes = await src.readFile()
-      sourceStat = await src.stat()
+      bytes = await io.readAll(src, before.size)
+      sourceStat = await io.fstat(src)
       if (sourceStat.size !== bytes.length || sourceStat.mtimeMs !== before.mtimeMs || sourceStat.size !== before.size) {
         throw new DlhostError('ERR_COPY', `${srcPath} changed while it was being read`,
           { path: srcPath, reason: 'source changed while being read' })
@@ -318,7 +394,7 @@ export class CopyStore {
       if (err instanceof DlhostError) throw err
       throw sourceError(err, srcPath)
     } finally {
-      await src.close().catch(() => {})
+      await io.close(src).catch(() => {})
     }
     const digest = sha256(bytes)
 
@@ -331,19 +407,19 @@ export class CopyStore {
     const copyPath = path.join(this.#dir, name)
     let created = false
     try {
-      const out = await fs.promises.open(copyPath,
+      const out = await io.open(copyPath,
         fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | O_NOFOLLOW, 0o700)
       created = true
       this.#copies.add(copyPath)
       try {
-        await out.chmod(0o700) // whatever the umask; dlopen needs read
-        await out.writeFile(bytes)
-        await out.sync()
+        await io.fchmod(out, 0o700) // whatever the umask; dlopen needs read
+        await io.writeAll(out, bytes)
+        await io.fsync(out)
       } finally {
-        await out.close()
+        await io.close(out)
       }
       // ── verify what landed on disk ──
-      const back = await fs.promises.readFile(copyPath, { flag: fs.constants.O_RDONLY | O_NOFOLLOW })
+      const back = await io.readFile(copyPath, fs.constants.O_RDONLY | O_NOFOLLOW)
       const got = sha256(back)
       if (got !== digest || back.length !== bytes.length) {
         throw new DlhostError('ERR_COPY',
@@ -367,7 +443,7 @@ export class CopyStore {
       await fs.promises.unlink(copyPath).catch(() => {})
       throw this.#closedError(srcPath)
     }
-    debug('copied %s -> %s (%d bytes, sha256 %s)', srcPath, copyPath, bytes.length, digest)
+    debug('copied %s -> %s (%d bytes, sha256 %s, %s io)', srcPath, copyPath, bytes.length, digest, io.kind)
     return { path: copyPath, sha256: digest, size: bytes.length, bytes, sourceStat }
   }
 

@@ -4,7 +4,7 @@ import * as fs from 'fs'
 import * as os from 'os'
 import * as path from 'path'
 import { spawn, execFileSync } from 'child_process'
-import { CopyStore, openStoreCount } from '../lib/copies'
+import { CopyStore, openStoreCount, SYNC_SNAPSHOT_LIMIT } from '../lib/copies'
 import { DlhostError } from '../lib/errors'
 
 const root = path.join(__dirname, '..')
@@ -307,17 +307,15 @@ t.test('snapshot: unreadable source is ERR_ACCESS', async (t) => {
     t.equal(e.path, src)
     return
   }
-  // root reads anything: simulate the kernel saying EACCES
-  const realOpen = fs.promises.open
+  // root reads anything: simulate the kernel saying EACCES (small files are
+  // snapshotted with synchronous I/O)
+  const realOpenSync = fs.openSync
   const mocked = t.mockRequire<typeof import('../lib/copies')>('../lib/copies', {
     fs: {
       ...fs,
-      promises: {
-        ...fs.promises,
-        open: async (p: fs.PathLike, flags?: string | number, mode?: fs.Mode) => {
-          if (p === src) throw Object.assign(new Error(`EACCES: permission denied, open '${src}'`), { code: 'EACCES', errno: -13, syscall: 'open', path: src })
-          return await realOpen(p, flags, mode)
-        }
+      openSync: (p: fs.PathLike, flags?: fs.OpenMode, mode?: fs.Mode | null) => {
+        if (p === src) throw Object.assign(new Error(`EACCES: permission denied, open '${src}'`), { code: 'EACCES', errno: -13, syscall: 'open', path: src })
+        return realOpenSync(p, flags ?? "r", mode)
       }
     }
   })
@@ -332,34 +330,34 @@ t.test('snapshot: disk errors and verification failures are ERR_COPY and leave n
   const d = scratch(t)
   const src = path.join(d, 'lib.so')
   fs.writeFileSync(src, crypto.randomBytes(4096))
-  const realOpen = fs.promises.open
-  const realReadFile = fs.promises.readFile
+  const realOpenSync = fs.openSync
+  const realReadFileSync = fs.readFileSync
+  const realWriteSync = fs.writeSync
   let mode: 'enospc' | 'corrupt' | 'ok' = 'enospc'
+  const copyFds = new Set<number>()
   const mocked = t.mockRequire<typeof import('../lib/copies')>('../lib/copies', {
     fs: {
       ...fs,
-      promises: {
-        ...fs.promises,
-        open: async (p: fs.PathLike, flags?: string | number, m?: fs.Mode) => {
-          const fh = await realOpen(p, flags, m)
-          if (typeof flags === 'number' && (flags & fs.constants.O_CREAT) !== 0 && mode === 'enospc') {
-            Object.defineProperty(fh, 'writeFile', {
-              value: async () => {
-                throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC', errno: -28, syscall: 'write' })
-              }
-            })
-          }
-          return fh
-        },
-        readFile: async (p: fs.PathLike, o?: unknown) => {
-          const buf = await realReadFile(p, o as { flag?: number })
-          if (mode === 'corrupt' && typeof p === 'string' && p.endsWith('.so') && path.dirname(p) !== d) {
-            const copy = Buffer.from(buf)
-            copy[0] ^= 0xff
-            return copy
-          }
-          return buf
+      openSync: (p: fs.PathLike, flags?: fs.OpenMode, m?: fs.Mode | null) => {
+        const fd = realOpenSync(p, flags ?? "r", m)
+        if (typeof p === 'string' && path.dirname(p) !== d) copyFds.add(fd)
+        else copyFds.delete(fd)
+        return fd
+      },
+      writeSync: (fd: number, buf: NodeJS.ArrayBufferView, ...rest: Array<number | null | undefined>) => {
+        if (mode === 'enospc' && copyFds.has(fd)) {
+          throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC', errno: -28, syscall: 'write' })
         }
+        return (realWriteSync as (fd: number, b: NodeJS.ArrayBufferView, ...r: Array<number | null | undefined>) => number)(fd, buf, ...rest)
+      },
+      readFileSync: (p: fs.PathOrFileDescriptor, o?: unknown) => {
+        const buf = realReadFileSync(p, o as { flag?: string }) as Buffer
+        if (mode === 'corrupt' && typeof p === 'number' && copyFds.has(p)) {
+          const copy = Buffer.from(buf)
+          copy[0] ^= 0xff
+          return copy
+        }
+        return buf
       }
     }
   })
@@ -490,4 +488,18 @@ t.test('process exit removes every open store', async (t) => {
     if (name === 'uncaught exception') t.not(r.code, 0)
   }
   t.same(fs.readdirSync(d).filter((n) => n.startsWith('dlhost-')), [], 'no store left behind')
+})
+
+t.test('snapshot: a big library (over the sync limit) goes through the threadpool, same result', async (t) => {
+  const d = scratch(t)
+  const src = path.join(d, 'big.so')
+  const bytes = crypto.randomBytes(SYNC_SNAPSHOT_LIMIT + 12345)
+  fs.writeFileSync(src, bytes)
+  const store = await CopyStore.create({ dir: d })
+  t.teardown(() => store.close())
+  const snap = await store.snapshot(src)
+  t.equal(snap.size, bytes.length)
+  t.equal(snap.sha256, crypto.createHash('sha256').update(bytes).digest('hex'))
+  t.ok(fs.readFileSync(snap.path).equals(bytes), 'the copy is byte-exact')
+  t.equal(fs.statSync(snap.path).mode & 0o777, 0o700)
 })
