@@ -367,34 +367,55 @@ Napi::Value RuntimeWrap::Start(const Napi::CallbackInfo &info) {
   return Napi::Number::New(env, rc);
 }
 
+// A request as JS handed it: a string (UTF-8 encoded when copied) or the
+// bytes of a TypedArray (borrowed: valid during the call only).
+struct JsRequest {
+  napi_value str = nullptr;
+  const char *bytes = nullptr;
+  size_t len = 0;
+  // Writes the len bytes and the NUL the ABI promises after them.
+  void CopyTo(napi_env env, char *dst) const {
+    if (str) {
+      size_t copied = 0;
+      napi_get_value_string_utf8(env, str, dst, len + 1, &copied);
+    } else if (len) {
+      memcpy(dst, bytes, len);
+    }
+    dst[len] = 0;
+  }
+};
+
+static JsRequest ReadRequest(Napi::Env env, napi_value v) {
+  JsRequest r;
+  napi_valuetype type;
+  napi_typeof(env, v, &type);
+  if (type == napi_string) {
+    r.str = v;
+    napi_get_value_string_utf8(env, v, nullptr, 0, &r.len);
+    return r;
+  }
+  bool is_ta = false;
+  napi_is_typedarray(env, v, &is_ta);
+  if (!is_ta) throw Napi::TypeError::New(env, "request must be a string or a Uint8Array");
+  napi_typedarray_type tt;
+  size_t n, off;
+  void *p;
+  napi_value ab;
+  napi_get_typedarray_info(env, v, &tt, &n, &p, &ab, &off);
+  size_t elem = (tt == napi_int8_array || tt == napi_uint8_array || tt == napi_uint8_clamped_array) ? 1
+                : (tt == napi_int16_array || tt == napi_uint16_array) ? 2
+                : (tt == napi_float64_array || tt == napi_bigint64_array || tt == napi_biguint64_array) ? 8 : 4;
+  r.bytes = static_cast<const char *>(p);
+  r.len = n * elem;
+  return r;
+}
+
 // submit(req: string | TypedArray) -> slot id >= 0, -1 full, -2 closed
 Napi::Value RuntimeWrap::Submit(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   if (unloading_) return Napi::Number::New(env, -2);
-  napi_value v = info[0];
-  napi_valuetype type;
-  napi_typeof(env, v, &type);
-  const char *data = nullptr;
-  size_t len = 0;
-  bool is_string = type == napi_string;
-  if (is_string) {
-    napi_get_value_string_utf8(env, v, nullptr, 0, &len);
-  } else {
-    bool is_ta = false;
-    napi_is_typedarray(env, v, &is_ta);
-    if (!is_ta) throw Napi::TypeError::New(env, "request must be a string or a Uint8Array");
-    napi_typedarray_type tt;
-    size_t n;
-    void *p;
-    napi_value ab;
-    size_t off;
-    napi_get_typedarray_info(env, v, &tt, &n, &p, &ab, &off);
-    size_t elem = (tt == napi_int8_array || tt == napi_uint8_array || tt == napi_uint8_clamped_array) ? 1
-                  : (tt == napi_int16_array || tt == napi_uint16_array) ? 2
-                  : (tt == napi_float64_array || tt == napi_bigint64_array || tt == napi_biguint64_array) ? 8 : 4;
-    data = static_cast<const char *>(p);
-    len = n * elem;
-  }
+  JsRequest r = ReadRequest(env, info[0]);
+  size_t len = r.len;
   Task *t = core_->AllocTask();
   if (!t) return Napi::Number::New(env, -1);
   t->req = len <= Task::kInline ? t->inline_buf : static_cast<char *>(malloc(len + 1));
@@ -402,13 +423,7 @@ Napi::Value RuntimeWrap::Submit(const Napi::CallbackInfo &info) {
     core_->FreeTask(t);
     throw Napi::Error::New(env, "out of memory");
   }
-  if (is_string) {
-    size_t copied = 0;
-    napi_get_value_string_utf8(env, v, t->req, len + 1, &copied);
-  } else if (len) {
-    memcpy(t->req, data, len);
-  }
-  t->req[len] = 0;
+  r.CopyTo(env, t->req);
   t->req_len = len;
   int rc = core_->Submit(t);
   if (rc < 0) {
@@ -426,35 +441,13 @@ Napi::Value RuntimeWrap::CallSync(const Napi::CallbackInfo &info) {
     ThrowCoded(env, "ERR_NOT_SYNC", "callSync needs a host-driven plugin (dlhost_handle)");
   if (unloading_ || core_->init_state.load() != 1)
     ThrowCoded(env, "ERR_RUNTIME_UNLOADED", "the runtime is not running");
-  napi_value v = info[0];
+  JsRequest r = ReadRequest(env, info[0]);
+  size_t len = r.len;
+  // The ABI promises a NUL after the request: copy into room for it.
   char small[512];
   std::unique_ptr<char[]> big;
-  char *req;
-  size_t len = 0;
-  napi_valuetype type;
-  napi_typeof(env, v, &type);
-  if (type == napi_string) {
-    napi_get_value_string_utf8(env, v, nullptr, 0, &len);
-    req = len < sizeof small ? small : (big.reset(new char[len + 1]), big.get());
-    napi_get_value_string_utf8(env, v, req, len + 1, &len);
-  } else {
-    bool is_ta = false;
-    napi_is_typedarray(env, v, &is_ta);
-    if (!is_ta) throw Napi::TypeError::New(env, "request must be a string or a Uint8Array");
-    napi_typedarray_type tt;
-    size_t n;
-    void *p;
-    napi_value ab;
-    size_t off;
-    napi_get_typedarray_info(env, v, &tt, &n, &p, &ab, &off);
-    if (tt != napi_uint8_array && tt != napi_int8_array && tt != napi_uint8_clamped_array)
-      throw Napi::TypeError::New(env, "request must be a string or a Uint8Array");
-    len = n;
-    // The ABI promises a NUL after the request: copy into room for it.
-    req = len < sizeof small ? small : (big.reset(new char[len + 1]), big.get());
-    if (len) memcpy(req, p, len);
-  }
-  req[len] = 0;
+  char *req = len < sizeof small ? small : (big.reset(new char[len + 1]), big.get());
+  r.CopyTo(env, req);
   void *rsp = nullptr;
   size_t rsp_len = 0;
   int rc = core_->handle_fn(core_->state, req, len, &rsp, &rsp_len);
