@@ -15,6 +15,7 @@
 #define DLHOST_QUEUE_H
 
 #include <linux/futex.h>
+#include <sched.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -185,16 +186,23 @@ class MpmcRing {
 // An event count. A consumer that found nothing does
 //
 //     uint32_t key = p.prepare_wait();
-//     if (<re-check the condition>) { p.cancel_wait(); ...use it... }
+//     if (<re-check the condition>) { p.cancel_wait(key); ...use it... }
 //     else p.commit_wait(key);            // sleeps unless notified since key
 //
 // and a producer makes the condition true, then calls notify_one/notify_all.
-// No wake-up is lost: prepare_wait (waiters++ ; fence) and notify (fence ;
-// read waiters) form a Dekker pair with the condition's own store and load,
-// so either the consumer's re-check sees the producer's store, or the
-// producer sees the waiter and bumps the epoch — and then the futex wait
-// either finds the epoch changed (returns at once) or is woken by the wake.
-// With no waiter, notify is one fence and one load: no syscall.
+// No wake-up is lost: prepare_wait (register ; fence) and notify (fence ;
+// read the count) form a Dekker pair with the condition's own store and
+// load, so either the consumer's re-check sees the producer's store, or the
+// producer sees the waiter — and then the futex wait either finds the epoch
+// changed (returns at once) or is woken by the wake.
+//
+// Epoch and waiter count share one 64-bit word (epoch in the high half, the
+// futex word; count in the low half). A notify *claims* every registered
+// waiter in one CAS (count := 0, epoch += 1) and wakes them: while that wake
+// is on its way, later notifies see no waiter and pay no syscall. (With a
+// separate count, every push until the sleeper actually ran paid a
+// FUTEX_WAKE: about one syscall per call under load.) A claimed waiter does
+// not unregister itself. With no waiter, notify is one fence and one load.
 //
 // The epoch is 32 bits: a waiter would miss a notify only if exactly 2^32
 // notifies happened between its prepare_wait and commit_wait.
@@ -207,65 +215,76 @@ class Parker {
   // Consumer thread. Registers as a waiter; returns the key for commit_wait.
   // Must be followed by exactly one cancel_wait or commit_wait.
   uint32_t prepare_wait() noexcept {
-    waiters_.fetch_add(1, std::memory_order_seq_cst);
-    // Orders our waiters_ store before the caller's re-check of its
+    uint64_t w = word_.fetch_add(1, std::memory_order_seq_cst);
+    // Orders our registration before the caller's re-check of its
     // condition (Dekker with notify's fence). The RMW already is a full
     // barrier on x86; the fence makes it so by the language rules.
     full_fence();
-    return epoch_.load(std::memory_order_acquire);
+    return static_cast<uint32_t>(w >> 32);
   }
 
-  // Consumer thread: the re-check succeeded; unregister.
-  void cancel_wait() noexcept {
-    waiters_.fetch_sub(1, std::memory_order_relaxed);
+  // Consumer thread: the re-check succeeded; unregister — unless a notify
+  // already claimed us (the epoch moved), which zeroed our registration.
+  void cancel_wait(uint32_t key) noexcept {
+    uint64_t w = word_.load(std::memory_order_relaxed);
+    while (static_cast<uint32_t>(w >> 32) == key) {
+      if (word_.compare_exchange_weak(w, w - 1, std::memory_order_relaxed)) return;
+    }
   }
 
   // Consumer thread: sleep (futex, 0% CPU) until a notify after key; returns
   // at once if one already happened. The caller re-checks its condition.
   void commit_wait(uint32_t key) noexcept {
     // Loops over EINTR and spurious returns; EAGAIN (word != key) exits.
-    while (epoch_.load(std::memory_order_acquire) == key)
-      futex(&epoch_, FUTEX_WAIT_PRIVATE, key);
-    waiters_.fetch_sub(1, std::memory_order_relaxed);
+    while (epoch() == key)
+      syscall(SYS_futex, epoch_word(), FUTEX_WAIT_PRIVATE, key, nullptr, nullptr, 0);
   }
 
-  // Producer, any thread, after making the condition true. Wakes one parked
-  // waiter (others that prepared since will not sleep on the old key).
-  void notify_one() noexcept { notify(1); }
-  // Producer, any thread: wakes every parked waiter (close, shutdown).
-  void notify_all() noexcept { notify(INT_MAX); }
+  // Producer, any thread, after making the condition true. Both claim and
+  // wake every registered waiter; each re-checks (and the queue chains a
+  // further wake if it leaves work behind).
+  void notify_one() noexcept { notify(); }
+  void notify_all() noexcept { notify(); }
 
   // Any thread; cheap hint (relaxed): is anyone registered as a waiter?
   bool has_waiters() const noexcept {
-    return waiters_.load(std::memory_order_relaxed) != 0;
+    return (word_.load(std::memory_order_relaxed) & 0xffffffffu) != 0;
   }
   // For tests: the epoch only moves (and the futex is only called) when
   // a notify found a waiter.
   uint32_t epoch() const noexcept {
-    return epoch_.load(std::memory_order_relaxed);
+    return static_cast<uint32_t>(word_.load(std::memory_order_acquire) >> 32);
   }
 
  private:
-  void notify(int n) noexcept {
-    // Orders the caller's store of the condition before our read of
-    // waiters_ (the other half of the Dekker pair in prepare_wait).
+  void notify() noexcept {
+    // Orders the caller's store of the condition before our read of the
+    // count (the other half of the Dekker pair in prepare_wait).
     full_fence();
-    if (waiters_.load(std::memory_order_relaxed) == 0) return;
-    // release: a waiter that sees the new epoch also sees the condition.
-    epoch_.fetch_add(1, std::memory_order_release);
-    futex(&epoch_, FUTEX_WAKE_PRIVATE, static_cast<uint32_t>(n));
+    uint64_t w = word_.load(std::memory_order_relaxed);
+    for (;;) {
+      if ((w & 0xffffffffu) == 0) return;
+      // release: a waiter that sees the new epoch also sees the condition.
+      uint64_t next = ((w >> 32) + 1) << 32;
+      if (word_.compare_exchange_weak(w, next, std::memory_order_release,
+                                      std::memory_order_relaxed))
+        break;
+    }
+    syscall(SYS_futex, epoch_word(), FUTEX_WAKE_PRIVATE, INT_MAX, nullptr, nullptr, 0);
   }
-  static long futex(std::atomic<uint32_t>* word, int op, uint32_t val) {
-    static_assert(sizeof(std::atomic<uint32_t>) == sizeof(uint32_t),
-                  "futex word must be a plain 32-bit integer");
-    return syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), op, val,
-                   nullptr, nullptr, 0);
+  // The futex word is the epoch: the high 32 bits of word_.
+  uint32_t* epoch_word() noexcept {
+    static_assert(sizeof(std::atomic<uint64_t>) == sizeof(uint64_t), "plain 64-bit word");
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    return reinterpret_cast<uint32_t*>(&word_) + 1;
+#else
+    return reinterpret_cast<uint32_t*>(&word_);
+#endif
   }
 
-  // Own line: waiters_/epoch_ are written only when someone parks, so the
-  // producers' hot read of waiters_ stays a shared-cache hit.
-  alignas(kCacheLine) std::atomic<uint32_t> epoch_{0};
-  std::atomic<uint32_t> waiters_{0};
+  // Own line: written only when someone parks or is woken, so the
+  // producers' hot read stays a shared-cache hit.
+  alignas(kCacheLine) std::atomic<uint64_t> word_{0};
 };
 
 // ----------------------------------------------------------------- TaskQueue
@@ -341,7 +360,7 @@ class TaskQueue {
     for (;;) {
       uint32_t key = parker_.prepare_wait();
       if (poll(v)) {
-        parker_.cancel_wait();
+        parker_.cancel_wait(key);
         return v;
       }
       parker_.commit_wait(key);
@@ -438,7 +457,13 @@ class TaskQueue {
     for (unsigned i = 1;; ++i) {
       cpu_relax();
       if (poll(v)) return true;
-      if ((i & 15) == 0 && monotonic_ns() - start >= budget) return false;
+      if ((i & 15) == 0) {
+        if (monotonic_ns() - start >= budget) return false;
+        // Let a thread that shares our core run (the JS thread, whose
+        // answer we may be waiting for): spinning alone on an
+        // oversubscribed core costs the whole budget per hand-off.
+        sched_yield();
+      }
     }
   }
 

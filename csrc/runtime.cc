@@ -12,6 +12,7 @@
 #include <climits>
 #include <cstdlib>
 #include <cstring>
+#include <sched.h>
 #include <signal.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -514,6 +515,8 @@ void RuntimeWrap::StartSpin() {
 
 void RuntimeWrap::OnIdle(uv_idle_t *h) {
   auto *self = static_cast<RuntimeWrap *>(h->data);
+  // Nothing yet: give the core to a poll thread that may share it.
+  if (self->core_->completions.empty_approx()) sched_yield();
   self->Drain();
   if (self->env_gone_ || !self->idle_active_) return;
   bool waiting = self->core_->in_flight > 0 || !self->init_reported_;

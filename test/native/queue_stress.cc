@@ -512,12 +512,12 @@ ParkerResult test_parker(int consumers, uint32_t rounds, int timeout_s) {
         }
         uint32_t key = pk.prepare_wait();
         if (take()) {
-          pk.cancel_wait();
+          pk.cancel_wait(key);
           taken.fetch_add(1, std::memory_order_relaxed);
           continue;
         }
         if (stop.load(std::memory_order_acquire)) {
-          pk.cancel_wait();
+          pk.cancel_wait(key);
           return;
         }
         parks.fetch_add(1, std::memory_order_relaxed);
@@ -616,7 +616,7 @@ CqResult test_completion_queue(int producers, uint32_t per_producer, int timeout
     if (bell.exchange(0, std::memory_order_acq_rel) == 0) {
       uint32_t key = pk.prepare_wait();
       if (bell.load(std::memory_order_acquire) != 0) {
-        pk.cancel_wait();
+        pk.cancel_wait(key);
       } else {
         pk.commit_wait(key);
       }
