@@ -28,6 +28,7 @@ namespace {
 // buffer freed by its finalizer); smaller ones are packed into one
 // ArrayBuffer per batch, which costs one allocation for the whole batch.
 constexpr size_t kBigResponse = 64 * 1024;
+constexpr size_t kSyncSlab = 64 * 1024;
 constexpr int32_t kAbortedLen = -1;
 constexpr int32_t kBigOffset = -2;
 
@@ -266,6 +267,9 @@ Napi::Function RuntimeWrap::Init(Napi::Env env) {
                      {InstanceMethod<&RuntimeWrap::Start>("start"),
                       InstanceMethod<&RuntimeWrap::Submit>("submit"),
                       InstanceMethod<&RuntimeWrap::CallSync>("callSync"),
+                      InstanceMethod<&RuntimeWrap::SyncMeta>("syncMeta"),
+                      InstanceMethod<&RuntimeWrap::SyncSlab>("syncSlab"),
+                      InstanceMethod<&RuntimeWrap::TakeBig>("takeBig"),
                       InstanceMethod<&RuntimeWrap::Unload>("unload"),
                       InstanceMethod<&RuntimeWrap::Stats>("stats"),
                       InstanceMethod<&RuntimeWrap::SetSpin>("setSpin")});
@@ -452,22 +456,52 @@ Napi::Value RuntimeWrap::CallSync(const Napi::CallbackInfo &info) {
   void *rsp = nullptr;
   size_t rsp_len = 0;
   int rc = core_->handle_fn(core_->state, req, len, &rsp, &rsp_len);
-  napi_value out;
-  if (!rsp || rsp_len == 0) {
-    napi_create_buffer(env, 0, nullptr, &out);
+  if (!rsp) rsp_len = 0;
+  if (!sync_meta_) SyncMeta(info);
+  int32_t *m = sync_meta_;
+  if (rsp_len > kSyncSlab / 4) {
+    // Big: the plugin's buffer becomes the Buffer (zero copy).
+    big_ = Napi::Persistent(Napi::Value(Napi::Buffer<char>::New(
+        env, static_cast<char *>(rsp), rsp_len, [](Napi::Env, char *p) { free(p); })));
+    m[1] = -1;
   } else {
-    void *dst;
-    napi_create_buffer_copy(env, rsp_len, rsp, &dst, &out);
+    if (slab_off_ + rsp_len > slab_cap_) {
+      Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, kSyncSlab);
+      slab_ref_ = Napi::Persistent(ab);
+      slab_ = static_cast<char *>(ab.Data());
+      slab_cap_ = kSyncSlab;
+      slab_off_ = 0;
+      slab_gen_++;
+    }
+    if (rsp_len) memcpy(slab_ + slab_off_, rsp, rsp_len);
+    m[1] = int32_t(slab_off_);
+    slab_off_ = (slab_off_ + rsp_len + 7) & ~size_t(7);
+    free(rsp);
   }
-  free(rsp);
-  if (rc != 0) {
-    Napi::Error err = Napi::Error::New(env, "plugin returned rc " + std::to_string(rc));
-    err.Set("code", "ERR_PLUGIN");
-    err.Set("rc", Napi::Number::New(env, rc));
-    err.Set("detail", Napi::Value(env, out));
-    throw err;
+  m[0] = slab_gen_;
+  m[2] = int32_t(rsp_len);
+  m[3] = rc;
+  return env.Undefined();
+}
+
+Napi::Value RuntimeWrap::SyncMeta(const Napi::CallbackInfo &info) {
+  if (!sync_meta_) {
+    Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(info.Env(), 4 * sizeof(int32_t));
+    sync_meta_ref_ = Napi::Persistent(Napi::Object(Napi::Int32Array::New(info.Env(), 4, ab, 0)));
+    sync_meta_ = static_cast<int32_t *>(ab.Data());
   }
-  return Napi::Value(env, out);
+  return sync_meta_ref_.Value();
+}
+
+Napi::Value RuntimeWrap::SyncSlab(const Napi::CallbackInfo &info) {
+  return slab_ref_.IsEmpty() ? info.Env().Undefined() : Napi::Value(slab_ref_.Value());
+}
+
+Napi::Value RuntimeWrap::TakeBig(const Napi::CallbackInfo &info) {
+  if (big_.IsEmpty()) return info.Env().Undefined();
+  Napi::Value v = big_.Value();
+  big_.Reset();
+  return v;
 }
 
 Napi::Value RuntimeWrap::Unload(const Napi::CallbackInfo &info) {

@@ -135,6 +135,9 @@ class RuntimeWrap : public Napi::ObjectWrap<RuntimeWrap> {
   Napi::Value Start(const Napi::CallbackInfo &info);
   Napi::Value Submit(const Napi::CallbackInfo &info);
   Napi::Value CallSync(const Napi::CallbackInfo &info);
+  Napi::Value SyncMeta(const Napi::CallbackInfo &info);
+  Napi::Value SyncSlab(const Napi::CallbackInfo &info);
+  Napi::Value TakeBig(const Napi::CallbackInfo &info);
   Napi::Value Unload(const Napi::CallbackInfo &info);
   Napi::Value Stats(const Napi::CallbackInfo &info);
   Napi::Value SetSpin(const Napi::CallbackInfo &info);
@@ -156,6 +159,16 @@ class RuntimeWrap : public Napi::ObjectWrap<RuntimeWrap> {
   int32_t *meta_ = nullptr;
   size_t meta_cap_ = 0;
   std::unique_ptr<Napi::AsyncContext> async_ctx_;
+  // callSync answers: copied into a slab the JS side slices (a fresh Buffer
+  // per call would cost several times the call itself). meta: [slab
+  // generation, offset or -1 (big: takeBig()), length, rc].
+  Napi::Reference<Napi::ArrayBuffer> slab_ref_;
+  char *slab_ = nullptr;
+  size_t slab_off_ = 0, slab_cap_ = 0;
+  int32_t slab_gen_ = 0;
+  Napi::ObjectReference sync_meta_ref_;
+  int32_t *sync_meta_ = nullptr;
+  Napi::Reference<Napi::Value> big_;
   uv_async_t *bell_ = nullptr;
   uv_idle_t *idle_ = nullptr;
   bool idle_active_ = false;

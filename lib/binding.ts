@@ -81,7 +81,14 @@ export interface NativeRuntime {
   start (cfg: Buffer): number | null
   /** A slot id (>= 0), or -1 queue full, -2 closed. Copies the request once. */
   submit (req: string | Uint8Array): number
-  callSync (req: string | Uint8Array): Buffer
+  /** Runs the handler; the answer is described by syncMeta() [slab generation, offset or -1, length, rc]. */
+  callSync (req: string | Uint8Array): void
+  /** The Int32Array callSync writes its answer's place into (created once). */
+  syncMeta (): Int32Array
+  /** The slab small callSync answers are copied into (a new one per generation). */
+  syncSlab (): ArrayBuffer
+  /** A big callSync answer (offset -1), handed over without a copy. */
+  takeBig (): Buffer
   unload (): void
   stats (): NativeStats
   setSpin (jsSpinNs?: number, pollerSpinNs?: number): void

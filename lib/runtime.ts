@@ -76,6 +76,9 @@ export class Runtime {
   #resolveInit!: () => void
   #rejectInit!: (e: unknown) => void
   #unloadInfo: NativeUnloadInfo | null = null
+  #syncMeta: Int32Array | undefined
+  #slab: ArrayBuffer | undefined
+  #slabGen = 0
 
   /** @internal use load() */
   constructor (lib: Library, abi: Abi, cfg: Buffer, key: string, maxQueue: number, unloadTimeoutMs: number) {
@@ -174,14 +177,27 @@ export class Runtime {
     })
   }
 
-  /** Runs the handler on this thread (host-driven plugins only), bypassing the queue. */
+  /**
+   * Runs the handler on this thread (host-driven plugins only), bypassing the
+   * queue. Small answers are slices of a shared 64 KiB slab (as Node's own
+   * Buffer pool does): keeping one keeps its slab alive.
+   */
   callSync (req: string | Uint8Array): Buffer {
     if (typeof req !== 'string' && !(req instanceof Uint8Array)) throw typeError('request must be a string or a Uint8Array')
     if (this.abi !== 'host') throw new DlhostError('ERR_NOT_SYNC', 'callSync needs a host-driven plugin (dlhost_handle)', { path: this.path })
     if (this.#state !== 'running') throw new DlhostError('ERR_RUNTIME_UNLOADED', 'the runtime is unloaded', { path: this.path })
     try {
-      return this.#native.callSync(req)
+      this.#native.callSync(req)
     } catch (err) { throw fromNative(err, this.path) }
+    const m = this.#syncMeta ??= this.#native.syncMeta()
+    if (m[0] !== this.#slabGen) {
+      this.#slab = this.#native.syncSlab()
+      this.#slabGen = m[0]
+    }
+    const len = m[2]
+    const body = m[1] === -1 ? this.#native.takeBig() : len === 0 ? EMPTY : Buffer.from(this.#slab as ArrayBuffer, m[1], len)
+    if (m[3] !== 0) throw new DlhostError('ERR_PLUGIN', `plugin returned rc ${m[3]}`, { path: this.path, rc: m[3], detail: body })
+    return body
   }
 
   /**
