@@ -540,8 +540,10 @@ Napi::Value RuntimeWrap::SetSpin(const Napi::CallbackInfo &info) {
 }
 
 void RuntimeWrap::StartSpin() {
-  last_activity_ = uv_hrtime();
+  // While the idle spin runs, completions refresh last_activity_: no clock
+  // read per submit.
   if (idle_active_ || spin_ns_ == 0 || !idle_) return;
+  last_activity_ = uv_hrtime();
   core_->js_spinning.store(true, std::memory_order_seq_cst);
   uv_idle_start(idle_, &RuntimeWrap::OnIdle);
   idle_active_ = true;
@@ -624,10 +626,21 @@ void RuntimeWrap::DrainJs() {
     }
     Napi::Value bodies = env.Undefined();
     char *dst = nullptr;
+    size_t base = 0;
     if (small_total) {
-      Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, small_total);
-      dst = static_cast<char *>(ab.Data());
-      bodies = ab;
+      if (cslab_off_ + small_total > cslab_cap_) {
+        size_t cap = std::max(kSyncSlab, small_total);
+        Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, cap);
+        cslab_ref_ = Napi::Persistent(ab);
+        cslab_ = static_cast<char *>(ab.Data());
+        cslab_cap_ = cap;
+        cslab_off_ = 0;
+      }
+      base = cslab_off_;
+      dst = cslab_ + base;
+      cslab_off_ = (base + small_total + 7) & ~size_t(7);
+      if (cslab_off_ > cslab_cap_) cslab_off_ = cslab_cap_;
+      bodies = cslab_ref_.Value();
     }
     Napi::Array bigs;
     if (any_big) bigs = Napi::Array::New(env);
@@ -650,7 +663,7 @@ void RuntimeWrap::DrainJs() {
         m[3] = int32_t(t->rsp_len);
       } else {
         if (t->rsp_len) memcpy(dst + off, t->rsp, t->rsp_len);
-        m[2] = int32_t(off);
+        m[2] = int32_t(base + off);
         m[3] = int32_t(t->rsp_len);
         off += t->rsp_len;
       }

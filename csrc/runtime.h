@@ -169,6 +169,11 @@ class RuntimeWrap : public Napi::ObjectWrap<RuntimeWrap> {
   Napi::ObjectReference sync_meta_ref_;
   int32_t *sync_meta_ = nullptr;
   Napi::Reference<Napi::Value> big_;
+  // The same for completed calls: bodies of a batch go into the current
+  // completion slab (a new ArrayBuffer per batch cost ~0.45 µs).
+  Napi::Reference<Napi::ArrayBuffer> cslab_ref_;
+  char *cslab_ = nullptr;
+  size_t cslab_off_ = 0, cslab_cap_ = 0;
   uv_async_t *bell_ = nullptr;
   uv_idle_t *idle_ = nullptr;
   bool idle_active_ = false;
