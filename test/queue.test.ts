@@ -10,8 +10,11 @@ import { spawnSync, SpawnSyncReturns } from 'child_process'
 
 const dir = path.join(__dirname, 'native')
 const bin = path.join(dir, 'out', 'queue_stress_tsan')
+// Without LD_PRELOAD: under `npm run test:asan` it preloads libasan, and a
+// ThreadSanitizer binary cannot start with ASan loaded beside it.
+const { LD_PRELOAD: _preload, ...inherited } = process.env
 const env = {
-  ...process.env,
+  ...inherited,
   TSAN_OPTIONS: ['halt_on_error=1', process.env.TSAN_OPTIONS].filter(Boolean).join(' ')
 }
 
