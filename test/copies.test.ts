@@ -3,9 +3,10 @@ import * as crypto from 'crypto'
 import * as fs from 'fs'
 import * as os from 'os'
 import * as path from 'path'
-import { spawn, execFileSync } from 'child_process'
+import { execFileSync } from 'child_process'
 import { CopyStore, openStoreCount, SYNC_SNAPSHOT_LIMIT } from '../lib/copies'
 import { DlhostError } from '../lib/errors'
+import { runChild } from './lib/helpers'
 
 const root = path.join(__dirname, '..')
 const isRoot = typeof process.getuid === 'function' && process.getuid() === 0
@@ -23,36 +24,6 @@ type Tap = Parameters<Parameters<typeof t.test>[0]>[0]
 
 function sha (buf: Buffer): string {
   return crypto.createHash('sha256').update(buf).digest('hex')
-}
-
-/** Node arguments that let a plain `node` child require .ts files the way tap does. */
-function tsLoaderArgs (): string[] {
-  const fromTap = process.execArgv.filter((a) => a.includes('@tapjs/typescript'))
-  if (fromTap.length > 0) return fromTap
-  return ['--import=' + new URL('file://' + path.join(root, 'node_modules/@tapjs/typescript/dist/esm/import.mjs')).href]
-}
-
-async function runChild (script: string, timeoutMs = 30000): Promise<{ code: number | null, signal: string | null, stdout: string, stderr: string }> {
-  const child = spawn(process.execPath, [...tsLoaderArgs(), script], {
-    cwd: root,
-    env: { ...process.env, TS_NODE_TRANSPILE_ONLY: '1' },
-    stdio: ['ignore', 'pipe', 'pipe']
-  })
-  let stdout = ''
-  let stderr = ''
-  child.stdout.on('data', (d: Buffer) => { stdout += d.toString() })
-  child.stderr.on('data', (d: Buffer) => { stderr += d.toString() })
-  return await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      child.kill('SIGKILL')
-      reject(new Error(`child did not exit within ${timeoutMs} ms; stdout=${stdout} stderr=${stderr}`))
-    }, timeoutMs)
-    child.on('exit', (code, signal) => {
-      clearTimeout(timer)
-      // let the pipes drain
-      setImmediate(() => resolve({ code, signal, stdout, stderr }))
-    })
-  })
 }
 
 async function rejectsCode (tt: Tap, p: Promise<unknown>, code: string, msg: string): Promise<unknown> {

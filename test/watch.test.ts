@@ -3,9 +3,9 @@ import * as fs from 'fs'
 import * as os from 'os'
 import * as path from 'path'
 import { EventEmitter } from 'events'
-import { spawn } from 'child_process'
 import { LibraryWatcher, type ChangeEvent, type LibraryWatcherOptions } from '../lib/watch'
 import { elfCompleteness } from '../lib/elf'
+import { runChild } from './lib/helpers'
 
 /** The type of a subtest's `t`. */
 type Tap = Parameters<Parameters<typeof t.test>[0]>[0]
@@ -84,33 +84,6 @@ function renameOver (file: string, content: string): void {
   fs.renameSync(tmp, file)
 }
 
-function tsLoaderArgs (): string[] {
-  const fromTap = process.execArgv.filter((a) => a.includes('@tapjs/typescript'))
-  if (fromTap.length > 0) return fromTap
-  return ['--import=' + new URL('file://' + path.join(root, 'node_modules/@tapjs/typescript/dist/esm/import.mjs')).href]
-}
-
-async function runChild (script: string, timeoutMs = 30000): Promise<{ code: number | null, stdout: string, stderr: string }> {
-  const child = spawn(process.execPath, [...tsLoaderArgs(), script], {
-    cwd: root,
-    env: { ...process.env, TS_NODE_TRANSPILE_ONLY: '1' },
-    stdio: ['ignore', 'pipe', 'pipe']
-  })
-  let stdout = ''
-  let stderr = ''
-  child.stdout.on('data', (d: Buffer) => { stdout += d.toString() })
-  child.stderr.on('data', (d: Buffer) => { stderr += d.toString() })
-  return await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      child.kill('SIGKILL')
-      reject(new Error(`child did not exit by itself within ${timeoutMs} ms; stdout=${stdout} stderr=${stderr}`))
-    }, timeoutMs)
-    child.on('exit', (code) => {
-      clearTimeout(timer)
-      setImmediate(() => resolve({ code, stdout, stderr }))
-    })
-  })
-}
 
 for (const mode of ['watch', 'poll'] as const) {
   const opts: LibraryWatcherOptions = mode === 'poll' ? { poll: 20 } : {}

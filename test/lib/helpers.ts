@@ -1,5 +1,5 @@
 // Shared by the tap tests (not a test file itself: tap includes *.test.ts only).
-import { spawnSync, SpawnSyncOptions } from 'child_process'
+import { spawn, spawnSync, SpawnSyncOptions } from 'child_process'
 import fs from 'fs'
 import path from 'path'
 
@@ -46,4 +46,36 @@ export function foreignCopy (src: string, dst: string, machine = 183): string {
   b.writeUInt16LE(machine, 18)
   fs.writeFileSync(dst, b)
   return dst
+}
+
+
+/** Node arguments that let a plain `node` child require .ts files the way tap does. */
+export function tsLoaderArgs (): string[] {
+  const fromTap = process.execArgv.filter((a) => a.includes('@tapjs/typescript'))
+  if (fromTap.length > 0) return fromTap
+  return ['--import=' + new URL('file://' + path.join(root, 'node_modules/@tapjs/typescript/dist/esm/import.mjs')).href]
+}
+
+/** Runs a TypeScript script in a child with tap's loader; rejects if it does not exit within timeoutMs. */
+export async function runChild (script: string, timeoutMs = 30000): Promise<{ code: number | null, signal: string | null, stdout: string, stderr: string }> {
+  const child = spawn(process.execPath, [...tsLoaderArgs(), script], {
+    cwd: root,
+    env: { ...process.env, TS_NODE_TRANSPILE_ONLY: '1' },
+    stdio: ['ignore', 'pipe', 'pipe']
+  })
+  let stdout = ''
+  let stderr = ''
+  child.stdout.on('data', (d: Buffer) => { stdout += d.toString() })
+  child.stderr.on('data', (d: Buffer) => { stderr += d.toString() })
+  return await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL')
+      reject(new Error(`child did not exit within ${timeoutMs} ms; stdout=${stdout} stderr=${stderr}`))
+    }, timeoutMs)
+    child.on('exit', (code, signal) => {
+      clearTimeout(timer)
+      // let the pipes drain
+      setImmediate(() => resolve({ code, signal, stdout, stderr }))
+    })
+  })
 }
