@@ -63,44 +63,36 @@ RuntimeCore::~RuntimeCore() {
     }
 }
 
-Task *RuntimeCore::AllocTask() {
-  if (in_flight >= max_queue) return nullptr;
-  if (free_ids.empty()) {
-    std::unique_ptr<Task[]> chunk(new Task[kChunkSize]);
-    uint32_t base = uint32_t(chunks.size()) << kChunkBits;
-    for (uint32_t i = 0; i < kChunkSize; i++) {
-      chunk[i].id = base + i;
-      chunk[i].core = this;
-      free_ids.push_back(base + i);
-    }
-    chunks.push_back(std::move(chunk));
+uint32_t RuntimeCore::Grow() {
+  std::unique_ptr<Task[]> chunk(new Task[kChunkSize]);
+  std::unique_ptr<char[]> area(new char[kChunkSize * Task::kStride]());
+  uint32_t base = uint32_t(chunks.size()) << kChunkBits;
+  for (uint32_t i = 0; i < kChunkSize; i++) {
+    chunk[i].id = base + i;
+    chunk[i].core = this;
+    chunk[i].inline_buf = area.get() + i * Task::kStride;
   }
-  uint32_t id = free_ids.front();
-  free_ids.pop_front();
-  in_flight++;
-  Task *t = Slot(id);
-  t->rc = 0;
-  t->rsp = nullptr;
-  t->rsp_len = 0;
-  return t;
+  chunks.push_back(std::move(chunk));
+  areas.push_back(std::move(area));
+  slots += kChunkSize;
+  return uint32_t(chunks.size() - 1);
 }
 
 void RuntimeCore::FreeTask(Task *t) {
   if (t->req && t->req != t->inline_buf) free(t->req);
   t->req = nullptr;
   t->req_len = 0;
+  t->rc = 0;
+  t->rsp = nullptr;
+  t->rsp_len = 0;
   t->state.store(Task::kFree, std::memory_order_release);
-  free_ids.push_back(t->id);
   in_flight--;
 }
 
-int RuntimeCore::Submit(Task *t) {
-  t->state.store(Task::kQueued, std::memory_order_relaxed);
-  switch (requests.push(t)) {
-    case TaskQueue<Task>::Push::Ok: return 0;
-    case TaskQueue<Task>::Push::Full: return -1;
-    default: return -2;
-  }
+long RuntimeCore::SubmitBatch(Task *const *tasks, size_t n) {
+  for (size_t i = 0; i < n; i++) tasks[i]->state.store(Task::kQueued, std::memory_order_relaxed);
+  size_t k = requests.push_batch(tasks, n);
+  return k == TaskQueue<Task>::kClosedBatch ? -1 : long(k);
 }
 
 Task *RuntimeCore::TakeCompletions() { return completions.pop_all(); }
@@ -266,6 +258,8 @@ Napi::Function RuntimeWrap::Init(Napi::Env env) {
   return DefineClass(env, "Runtime",
                      {InstanceMethod<&RuntimeWrap::Start>("start"),
                       InstanceMethod<&RuntimeWrap::Submit>("submit"),
+                      InstanceMethod<&RuntimeWrap::Grow>("grow"),
+                      InstanceMethod<&RuntimeWrap::SetBig>("setBig"),
                       InstanceMethod<&RuntimeWrap::CallSync>("callSync"),
                       InstanceMethod<&RuntimeWrap::SyncMeta>("syncMeta"),
                       InstanceMethod<&RuntimeWrap::SyncSlab>("syncSlab"),
@@ -415,29 +409,70 @@ static JsRequest ReadRequest(Napi::Env env, napi_value v) {
   return r;
 }
 
-// submit(req: string | TypedArray) -> slot id >= 0, -1 full, -2 closed
+// submit(staged: Int32Array [slot, len] * count, count) -> how many were
+// queued (a prefix), or -2 if the runtime is closed. The JS side stages the
+// calls of one turn: it wrote each small request (and its NUL) into the
+// slot's inline bytes, or handed a big one to setBig() (len -1). One N-API
+// call, one queue enter/leave and at most one wake-up per batch.
 Napi::Value RuntimeWrap::Submit(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
-  if (unloading_) return Napi::Number::New(env, -2);
-  JsRequest r = ReadRequest(env, info[0]);
-  size_t len = r.len;
-  Task *t = core_->AllocTask();
-  if (!t) return Napi::Number::New(env, -1);
-  t->req = len <= Task::kInline ? t->inline_buf : static_cast<char *>(malloc(len + 1));
-  if (!t->req) {
-    core_->FreeTask(t);
-    throw Napi::Error::New(env, "out of memory");
+  if (!info[0].IsTypedArray() || !info[1].IsNumber()) throw Napi::TypeError::New(env, "submit(staged, count)");
+  auto staged = info[0].As<Napi::Int32Array>();
+  size_t count = std::min<size_t>(info[1].As<Napi::Number>().Uint32Value(), staged.ElementLength() / 2);
+  const int32_t *m = staged.Data();
+  batch_.clear();
+  for (size_t i = 0; i < count; i++) {
+    uint32_t id = uint32_t(m[2 * i]);
+    int32_t len = m[2 * i + 1];
+    if (id >= core_->slots) throw Napi::RangeError::New(env, "submit: no such slot");
+    Task *t = core_->Slot(id);
+    if (t->state.load(std::memory_order_relaxed) != Task::kFree || (len >= 0 && size_t(len) > Task::kInline) ||
+        (len < 0 && !t->req))
+      throw Napi::Error::New(env, "submit: slot in use or request not staged");
+    if (len >= 0) {
+      t->req = t->inline_buf;
+      t->req_len = size_t(len);
+    }
+    t->state.store(Task::kQueued, std::memory_order_relaxed);
+    core_->in_flight++;
+    batch_.push_back(t);
   }
-  r.CopyTo(env, t->req);
-  t->req_len = len;
-  int rc = core_->Submit(t);
-  if (rc < 0) {
-    core_->FreeTask(t);
-    return Napi::Number::New(env, rc);
+  long k = unloading_ ? -1 : batch_.empty() ? 0 : core_->SubmitBatch(batch_.data(), batch_.size());
+  size_t queued = k < 0 ? 0 : size_t(k);
+  for (size_t i = queued; i < batch_.size(); i++) core_->FreeTask(batch_[i]);
+  batch_.clear();
+  if (queued) {
+    StartSpin();
+    UpdateLoopRef();
   }
-  StartSpin();
-  UpdateLoopRef();
-  return Napi::Number::New(env, t->id);
+  return Napi::Number::New(env, k < 0 ? -2.0 : double(queued));
+}
+
+// grow() -> ArrayBuffer: one more chunk of kChunkSize slots; the buffer is
+// its inline request bytes (kStride per slot), owned by the core, which
+// outlives every JS reference to it (the wrapper holds the core).
+Napi::Value RuntimeWrap::Grow(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  uint32_t c = core_->Grow();
+  return Napi::ArrayBuffer::New(env, core_->areas[c].get(), RuntimeCore::kChunkSize * Task::kStride);
+}
+
+// setBig(slot, req): a request too big for the inline bytes, copied now (the
+// caller may reuse its buffer as soon as call() returns) into a malloc.
+Napi::Value RuntimeWrap::SetBig(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  uint32_t id = info[0].As<Napi::Number>().Uint32Value();
+  if (id >= core_->slots) throw Napi::RangeError::New(env, "setBig: no such slot");
+  Task *t = core_->Slot(id);
+  if (t->state.load(std::memory_order_relaxed) != Task::kFree) throw Napi::Error::New(env, "setBig: slot in use");
+  JsRequest r = ReadRequest(env, info[1]);
+  char *req = static_cast<char *>(malloc(r.len + 1));
+  if (!req) throw Napi::Error::New(env, "out of memory");
+  r.CopyTo(env, req);
+  if (t->req && t->req != t->inline_buf) free(t->req);
+  t->req = req;
+  t->req_len = r.len;
+  return env.Undefined();
 }
 
 Napi::Value RuntimeWrap::CallSync(const Napi::CallbackInfo &info) {

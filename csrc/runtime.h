@@ -25,24 +25,28 @@ enum class Abi { kHost = 0, kNative = 1, kLua = 2 };
 
 // One call. Slots live in RuntimeCore's chunks for the core's whole life, so
 // a plugin answering twice touches valid memory and is caught by `state`.
+// The JS side owns the choice of slot (its free list), and writes small
+// requests straight into the slot's inline bytes: the one copy.
 struct Task {
   enum State : uint32_t { kFree = 0, kQueued, kTaken, kDone };
   static constexpr uint32_t kMagic = 0xd1a05c0d;
-  static constexpr size_t kInline = 112;
+  static constexpr size_t kStride = 128;         // inline bytes per slot
+  static constexpr size_t kInline = kStride - 1;  // + the NUL the ABI promises
 
   std::atomic<Task *> cq_next{nullptr};
   std::atomic<uint32_t> state{kFree};
   uint32_t magic = kMagic;
   uint32_t id = 0;  // slot index, the JS side's key for this call
   RuntimeCore *core = nullptr;
-  // Request: owned by the host; req points to inline_buf or to a malloc.
+  // Request: owned by the host; req points to inline_buf or to a malloc
+  // (big, set before submit by SetBig).
   char *req = nullptr;
   size_t req_len = 0;
   // Response: malloc'd by the plugin, owned by the host after respond.
   int rc = 0;
   void *rsp = nullptr;
   size_t rsp_len = 0;
-  char inline_buf[kInline + 1];
+  char *inline_buf = nullptr;  // kStride bytes in the chunk's area
 };
 
 }  // namespace dlhost
@@ -63,9 +67,10 @@ class RuntimeCore {
   ~RuntimeCore();
 
   // ---- JS thread
-  Task *AllocTask();           // nullptr when max_queue calls are in flight
+  uint32_t Grow();             // one more chunk of slots; returns its index
   void FreeTask(Task *t);
-  int Submit(Task *t);         // 0 ok, -1 full, -2 closed
+  // tasks[0..n) in order; how many were queued (a prefix), or -1 if closed.
+  long SubmitBatch(Task *const *tasks, size_t n);
   Task *TakeCompletions();     // FIFO list via cq_next
 
   // ---- any thread
@@ -115,7 +120,7 @@ class RuntimeCore {
 
   // Slots (JS thread only, except that workers read Task contents).
   std::vector<std::unique_ptr<Task[]>> chunks;
-  std::deque<uint32_t> free_ids;  // FIFO: a freed slot is reused last
+  std::vector<std::unique_ptr<char[]>> areas;  // kChunkSize * kStride bytes each
   uint32_t slots = 0;
   size_t in_flight = 0;
 
@@ -134,6 +139,8 @@ class RuntimeWrap : public Napi::ObjectWrap<RuntimeWrap> {
  private:
   Napi::Value Start(const Napi::CallbackInfo &info);
   Napi::Value Submit(const Napi::CallbackInfo &info);
+  Napi::Value Grow(const Napi::CallbackInfo &info);
+  Napi::Value SetBig(const Napi::CallbackInfo &info);
   Napi::Value CallSync(const Napi::CallbackInfo &info);
   Napi::Value SyncMeta(const Napi::CallbackInfo &info);
   Napi::Value SyncSlab(const Napi::CallbackInfo &info);
@@ -156,6 +163,7 @@ class RuntimeWrap : public Napi::ObjectWrap<RuntimeWrap> {
   Napi::FunctionReference on_complete_;  // (count, meta, bodies, bigs)
   Napi::FunctionReference on_event_;     // (kind, info)
   Napi::ObjectReference meta_ref_;       // Int32Array [id, rc, off, len] * n
+  std::vector<Task *> batch_;            // Submit's scratch
   int32_t *meta_ = nullptr;
   size_t meta_cap_ = 0;
   std::unique_ptr<Napi::AsyncContext> async_ctx_;

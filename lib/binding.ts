@@ -79,8 +79,17 @@ export interface NativeStats {
 export interface NativeRuntime {
   /** null: host-driven, init result arrives as an 'init' event; else init's rc. */
   start (cfg: Buffer): number | null
-  /** A slot id (>= 0), or -1 queue full, -2 closed. Copies the request once. */
-  submit (req: string | Uint8Array): number
+  /**
+   * Queues staged calls: `staged` holds [slot, len] pairs, len being the
+   * bytes the JS side wrote into the slot's inline area (NUL after them) or
+   * -1 for a request handed to setBig(). Returns how many were queued (a
+   * prefix) or -2 if the runtime is closed.
+   */
+  submit (staged: Int32Array, count: number): number
+  /** 256 more slots; returns their inline request area (128 bytes per slot, owned by the native core). */
+  grow (): ArrayBuffer
+  /** Copies a request too big for the inline area into the slot (before submit). */
+  setBig (slot: number, req: string | Uint8Array): void
   /** Runs the handler; the answer is described by syncMeta() [slab generation, offset or -1, length, rc]. */
   callSync (req: string | Uint8Array): void
   /** The Int32Array callSync writes its answer's place into (created once). */

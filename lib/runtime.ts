@@ -50,6 +50,30 @@ const live = new Map<string, { rt: Runtime, ready: Promise<Runtime> }>()
 type Resolve = (b: Buffer) => void
 type Reject = (e: unknown) => void
 
+// A Buffer over part of an ArrayBuffer, made the way Node makes its own
+// (a Uint8Array subclass whose prototype is Buffer.prototype): about half the
+// cost of Buffer.from(ab, off, len), which re-validates its arguments.
+class BufferView extends Uint8Array {}
+Object.setPrototypeOf(BufferView.prototype, Buffer.prototype)
+Object.defineProperty(BufferView.prototype, 'constructor', { value: Buffer, writable: true, configurable: true })
+/** @internal */
+export function bufferView (ab: ArrayBuffer, off: number, len: number): Buffer {
+  return new BufferView(ab, off, len) as unknown as Buffer
+}
+
+// new Promise(capture) hands out its resolvers without a closure per call.
+let capturedRes: Resolve = () => {}
+let capturedRej: Reject = () => {}
+function capture (res: Resolve, rej: Reject): void { capturedRes = res; capturedRej = rej }
+
+const CHUNK = 256 // slots per native chunk
+const STRIDE = 128 // inline request bytes per slot (NUL included)
+const INLINE = STRIDE - 1
+// Calls staged in one turn are submitted together (one N-API call, one queue
+// enter/leave, at most one wake-up); a long burst is cut into batches this big
+// so the poll thread starts early.
+const FLUSH_AT = 256
+
 export function cfgBuffer (cfg: Cfg): Buffer {
   if (cfg === undefined || cfg === null) return EMPTY
   if (typeof cfg === 'string') return Buffer.from(cfg)
@@ -67,6 +91,20 @@ export class Runtime {
   #serial: number
   #res: Array<Resolve | undefined> = []
   #rej: Array<Reject | undefined> = []
+  #maxQueue: number
+  // Calls made and not yet settled (staged, queued or running).
+  #pending = 0
+  // Slots: the JS side picks them, FIFO (a freed slot is reused last, which
+  // keeps a late second answer from a plugin away from a fresh call).
+  #free = new Int32Array(0)
+  #freeHead = 0
+  #freeCount = 0
+  // Inline request bytes, one Buffer per chunk of CHUNK slots.
+  #areas: Buffer[] = []
+  // Staged calls of this turn: [slot, len] pairs (len -1: set by setBig).
+  #staged = new Int32Array(2 * FLUSH_AT)
+  #stagedCount = 0
+  #flush = (): void => this.#submitStaged()
   #completed = 0
   #failed = 0
   #state: 'starting' | 'running' | 'unloading' | 'unloaded' = 'starting'
@@ -87,6 +125,7 @@ export class Runtime {
     this.key = key
     this.#version = lib.version
     this.#serial = lib.native.serial
+    this.#maxQueue = maxQueue
     this.#unloaded = new Promise(resolve => { this.#resolveUnloaded = resolve })
     this.#init = new Promise((resolve, reject) => { this.#resolveInit = resolve; this.#rejectInit = reject })
     try {
@@ -130,12 +169,13 @@ export class Runtime {
       const rej = this.#rej[id]
       this.#res[id] = undefined
       this.#rej[id] = undefined
+      this.#release(id)
       if (len === -1) {
         this.#failed++
         rej?.(new DlhostError('ERR_ABORTED', 'the plugin never answered this call before its threads exited', { path: this.path }))
         continue
       }
-      const body = off === -2 ? (bigs?.[i] ?? EMPTY) : len === 0 ? EMPTY : Buffer.from(bodies as ArrayBuffer, off, len)
+      const body = off === -2 ? (bigs?.[i] ?? EMPTY) : len === 0 ? EMPTY : bufferView(bodies as ArrayBuffer, off, len)
       if (rc === 0) {
         this.#completed++
         res?.(body)
@@ -143,6 +183,59 @@ export class Runtime {
         this.#failed++
         rej?.(new DlhostError('ERR_PLUGIN', `plugin returned rc ${rc}`, { path: this.path, rc, detail: body }))
       }
+    }
+  }
+
+  /** A slot back on the free list (its native half was freed already). */
+  #release (id: number): void {
+    const cap = this.#free.length
+    let tail = this.#freeHead + this.#freeCount
+    if (tail >= cap) tail -= cap
+    this.#free[tail] = id
+    this.#freeCount++
+    this.#pending--
+  }
+
+  /** CHUNK more slots (only when none is free). */
+  #grow (): void {
+    const area = Buffer.from(this.#native.grow())
+    const base = this.#areas.length * CHUNK
+    this.#areas.push(area)
+    const free = new Int32Array(base + CHUNK)
+    for (let i = 0; i < this.#freeCount; i++) free[i] = this.#free[(this.#freeHead + i) % this.#free.length]
+    for (let i = 0; i < CHUNK; i++) free[this.#freeCount + i] = base + i
+    this.#free = free
+    this.#freeHead = 0
+    this.#freeCount += CHUNK
+  }
+
+  /** Hands this turn's staged calls to the native queue in one batch. */
+  #submitStaged (): void {
+    const n = this.#stagedCount
+    if (n === 0) return
+    this.#stagedCount = 0
+    let queued: number
+    let err: unknown
+    try {
+      queued = this.#native.submit(this.#staged, n)
+    } catch (e) {
+      queued = 0
+      err = fromNative(e, this.path)
+    }
+    if (queued === n) return
+    // Refused (the runtime closed, or the native queue is full): settle them.
+    if (err === undefined) {
+      err = queued === -2
+        ? new DlhostError('ERR_RUNTIME_UNLOADED', 'the runtime is unloaded', { path: this.path })
+        : new DlhostError('ERR_QUEUE_FULL', 'the runtime queue is full', { path: this.path })
+    }
+    for (let i = Math.max(queued, 0); i < n; i++) {
+      const id = this.#staged[2 * i]
+      const rej = this.#rej[id]
+      this.#res[id] = undefined
+      this.#rej[id] = undefined
+      this.#release(id)
+      rej?.(err) // never answered: not counted as failed
     }
   }
 
@@ -159,16 +252,42 @@ export class Runtime {
     }
     const signal = options?.signal
     if (signal?.aborted === true) return Promise.reject(new DlhostError('ERR_ABORTED', 'the call was aborted', { path: this.path, cause: signal.reason }))
-    const id = this.#native.submit(req)
-    if (id < 0) {
-      return Promise.reject(id === -1
-        ? new DlhostError('ERR_QUEUE_FULL', 'the runtime queue is full', { path: this.path })
-        : new DlhostError('ERR_RUNTIME_UNLOADED', 'the runtime is unloaded', { path: this.path }))
+    if (this.#pending >= this.#maxQueue) {
+      return Promise.reject(new DlhostError('ERR_QUEUE_FULL', 'the runtime queue is full', { path: this.path }))
     }
-    const p = new Promise<Buffer>((resolve, reject) => {
-      this.#res[id] = resolve
-      this.#rej[id] = reject
-    })
+    if (this.#freeCount === 0) this.#grow()
+    const id = this.#free[this.#freeHead]
+    if (++this.#freeHead === this.#free.length) this.#freeHead = 0
+    this.#freeCount--
+    this.#pending++
+    // The one copy of the request, now (the caller may reuse its buffer as
+    // soon as call() returns): small ones into the slot's inline bytes.
+    let len = -1
+    const area = this.#areas[id >>> 8]
+    const off = (id & (CHUNK - 1)) * STRIDE
+    if (typeof req === 'string') {
+      if (req.length <= INLINE / 3) len = area.write(req, off, 'utf8')
+    } else if (req.byteLength <= INLINE) {
+      area.set(req, off)
+      len = req.byteLength
+    }
+    if (len >= 0) area[off + len] = 0
+    else {
+      try {
+        this.#native.setBig(id, req)
+      } catch (e) {
+        this.#release(id)
+        return Promise.reject(fromNative(e, this.path))
+      }
+    }
+    const p = new Promise<Buffer>(capture)
+    this.#res[id] = capturedRes
+    this.#rej[id] = capturedRej
+    const n = this.#stagedCount++
+    this.#staged[2 * n] = id
+    this.#staged[2 * n + 1] = len
+    if (n === 0) queueMicrotask(this.#flush)
+    else if (n + 1 === FLUSH_AT) this.#submitStaged()
     if (signal === undefined) return p
     return new Promise<Buffer>((resolve, reject) => {
       const onAbort = (): void => reject(new DlhostError('ERR_ABORTED', 'the call was aborted', { path: this.path, cause: signal.reason }))
@@ -195,7 +314,7 @@ export class Runtime {
       this.#slabGen = m[0]
     }
     const len = m[2]
-    const body = m[1] === -1 ? this.#native.takeBig() : len === 0 ? EMPTY : Buffer.from(this.#slab as ArrayBuffer, m[1], len)
+    const body = m[1] === -1 ? this.#native.takeBig() : len === 0 ? EMPTY : bufferView(this.#slab as ArrayBuffer, m[1], len)
     if (m[3] !== 0) throw new DlhostError('ERR_PLUGIN', `plugin returned rc ${m[3]}`, { path: this.path, rc: m[3], detail: body })
     return body
   }
@@ -206,6 +325,7 @@ export class Runtime {
    */
   unload (): Promise<void> {
     if (this.#state === 'running' || this.#state === 'starting') {
+      this.#submitStaged() // calls made before unload are answered
       this.#state = 'unloading'
       this.#native.unload()
     }
@@ -217,7 +337,7 @@ export class Runtime {
 
   get stats (): RuntimeStats {
     const s: NativeStats = this.#native.stats()
-    return { queued: s.queued, inFlight: s.inFlight, completed: this.#completed, failed: this.#failed, misuse: s.misuse, version: this.#version }
+    return { queued: s.queued + this.#stagedCount, inFlight: s.inFlight + this.#stagedCount, completed: this.#completed, failed: this.#failed, misuse: s.misuse, version: this.#version }
   }
 
   /** The library row this runtime runs in. */

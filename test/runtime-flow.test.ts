@@ -129,3 +129,34 @@ t.test('stats: queued, inFlight, completed, failed', async t => {
   await host.unload()
   t.match(host.stats, { completed: 7, failed: 3, inFlight: 0 }, 'stats stay readable after unload')
 })
+
+t.test('staged calls: each request is copied as call() returns, in call order, at every size', async t => {
+  const so = copyOf(path.join(examples, 'libecho_host.so'), t.testdir())
+  const rt = await load(so, 'staging', { pin: false })
+  t.teardown(() => rt.unload())
+  // One buffer reused for every call of a turn (600 calls: more than one
+  // batch and more than one chunk of slots), sizes around the inline limit.
+  const buf = Buffer.alloc(300)
+  const sizes = [1, 2, 63, 126, 127, 128, 129, 300]
+  const expected: Buffer[] = []
+  const order: number[] = []
+  const calls: Array<Promise<Buffer>> = []
+  for (let i = 0; i < 600; i++) {
+    buf.fill(i & 255)
+    buf[0] = 0x30 + (i % 10) // never a command word of the echo plugin
+    const req = buf.subarray(0, sizes[i % sizes.length])
+    expected.push(Buffer.from(req))
+    calls.push(rt.call(req).then(b => { order.push(i); return b }))
+  }
+  buf.fill(0xee) // after the calls returned: must change nothing
+  const got = await Promise.all(calls)
+  t.equal(got.filter((b, i) => !b.equals(expected[i])).length, 0, 'every answer echoes its request as it was at call time')
+  t.same(order, expected.map((_, i) => i), 'one poll thread: answered in call order')
+  t.ok(got.every(b => Buffer.isBuffer(b) && b instanceof Buffer), 'answers are real Buffers')
+
+  const strings = ['', 'a', 'é'.repeat(42), '€'.repeat(42), '€'.repeat(43), '😀'.repeat(21), '😀'.repeat(22),
+    'x'.repeat(127), 'x'.repeat(128), 'y'.repeat(5000), 'nul\0inside', '\ud800 lone surrogate']
+  const answers = await Promise.all(strings.map(s => rt.call(s)))
+  t.same(answers.map(b => b.toString()), strings.map(s => Buffer.from(s).toString()), 'strings are sent as UTF-8 at every length')
+  t.match(rt.stats, { queued: 0, inFlight: 0, failed: 0 })
+})
