@@ -31,6 +31,7 @@ constexpr size_t kBigResponse = 64 * 1024;
 constexpr size_t kSyncSlab = 64 * 1024;
 constexpr int32_t kAbortedLen = -1;
 constexpr int32_t kBigOffset = -2;
+constexpr size_t kDrainChunk = 256;
 
 std::atomic<uint64_t> next_core_serial{1};
 std::atomic<uint64_t> orphan_misuse{0};
@@ -639,14 +640,31 @@ void RuntimeWrap::CallJs(Napi::FunctionReference &fn, std::initializer_list<napi
 }
 
 void RuntimeWrap::DrainJs() {
-  Task *list = core_->TakeCompletions();
+  // What is there now, settled kDrainChunk at a time: each callback's
+  // microtask checkpoint lets the continuations issue their next calls, so
+  // the poll thread gets work back before its spin runs out. Whatever a
+  // throwing callback leaves stays in backlog_ for the next drain.
   Napi::Env env(env_);
-  if (list) {
+  Task *tail = backlog_;
+  while (tail && tail->cq_next.load(std::memory_order_relaxed)) tail = tail->cq_next.load(std::memory_order_relaxed);
+  if (Task *fresh = core_->TakeCompletions()) {
+    if (tail) tail->cq_next.store(fresh, std::memory_order_relaxed);
+    else backlog_ = fresh;
+  }
+  while (backlog_) {
+    Task *list = backlog_;
+    Task *last = list;
+    size_t count = 1;
+    while (count < kDrainChunk && last->cq_next.load(std::memory_order_relaxed)) {
+      last = last->cq_next.load(std::memory_order_relaxed);
+      count++;
+    }
+    backlog_ = last->cq_next.load(std::memory_order_relaxed);
+    last->cq_next.store(nullptr, std::memory_order_relaxed);
     Napi::HandleScope scope(env);
-    size_t count = 0, small_total = 0;
+    size_t small_total = 0;
     bool any_big = false;
     for (Task *t = list; t; t = t->cq_next.load(std::memory_order_relaxed)) {
-      count++;
       if (t->rsp_len == SIZE_MAX) continue;
       if (t->rsp_len >= kBigResponse) any_big = true;
       else small_total += t->rsp_len;

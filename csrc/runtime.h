@@ -164,6 +164,7 @@ class RuntimeWrap : public Napi::ObjectWrap<RuntimeWrap> {
   Napi::FunctionReference on_event_;     // (kind, info)
   Napi::ObjectReference meta_ref_;       // Int32Array [id, rc, off, len] * n
   std::vector<Task *> batch_;            // Submit's scratch
+  Task *backlog_ = nullptr;              // completions taken, not yet settled
   int32_t *meta_ = nullptr;
   size_t meta_cap_ = 0;
   std::unique_ptr<Napi::AsyncContext> async_ctx_;
