@@ -128,6 +128,8 @@ class RuntimeCore {
   static constexpr uint32_t kChunkBits = 8, kChunkSize = 1u << kChunkBits;
 };
 
+struct JsRequest;  // a request as JS handed it (runtime.cc)
+
 // class Runtime (binding). JS thread only.
 class RuntimeWrap : public Napi::ObjectWrap<RuntimeWrap> {
  public:
@@ -142,6 +144,10 @@ class RuntimeWrap : public Napi::ObjectWrap<RuntimeWrap> {
   Napi::Value Grow(const Napi::CallbackInfo &info);
   Napi::Value SetBig(const Napi::CallbackInfo &info);
   Napi::Value CallSync(const Napi::CallbackInfo &info);
+  Napi::Value SyncBytes(const Napi::CallbackInfo &info);
+  static napi_value SyncBytesCb(napi_env env, napi_callback_info info);
+  void RunSync(Napi::Env env, const JsRequest &r);
+  void EnsureSyncMeta(Napi::Env env);
   Napi::Value SyncMeta(const Napi::CallbackInfo &info);
   Napi::Value SyncSlab(const Napi::CallbackInfo &info);
   Napi::Value TakeBig(const Napi::CallbackInfo &info);

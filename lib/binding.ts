@@ -92,6 +92,8 @@ export interface NativeRuntime {
   setBig (slot: number, req: string | Uint8Array): void
   /** Runs the handler; the answer is described by syncMeta() [slab generation, offset or -1, length, rc]. */
   callSync (req: string | Uint8Array): void
+  /** callSync for Uint8Array requests as a plain function (no unwrap, no type dispatch); call it only while this object is alive. */
+  syncBytes (): (req: Uint8Array) => void
   /** The Int32Array callSync writes its answer's place into (created once). */
   syncMeta (): Int32Array
   /** The slab small callSync answers are copied into (a new one per generation). */

@@ -122,6 +122,7 @@ export class Runtime {
   #rejectInit!: (e: unknown) => void
   #unloadInfo: NativeUnloadInfo | null = null
   #syncMeta: Int32Array | undefined
+  #syncBytes: ((req: Uint8Array) => void) | undefined
   #slab: ArrayBuffer | undefined
   #slabGen = 0
 
@@ -305,11 +306,13 @@ export class Runtime {
    * Buffer pool does): keeping one keeps its slab alive.
    */
   callSync (req: string | Uint8Array): Buffer {
-    if (typeof req !== 'string' && !(req instanceof Uint8Array)) throw typeError('request must be a string or a Uint8Array')
+    const bytes = req instanceof Uint8Array
+    if (!bytes && typeof req !== 'string') throw typeError('request must be a string or a Uint8Array')
     if (this.abi !== 'host') throw new DlhostError('ERR_NOT_SYNC', 'callSync needs a host-driven plugin (dlhost_handle)', { path: this.path })
     if (this.#state !== 'running') throw new DlhostError('ERR_RUNTIME_UNLOADED', 'the runtime is unloaded', { path: this.path })
     try {
-      this.#native.callSync(req)
+      if (bytes) (this.#syncBytes ??= this.#native.syncBytes())(req)
+      else this.#native.callSync(req)
     } catch (err) { throw fromNative(err, this.path) }
     const m = this.#syncMeta ??= this.#native.syncMeta()
     if (m[0] !== this.#slabGen) {
