@@ -198,7 +198,7 @@ export class Plugin extends EventEmitter {
     let snap: Snapshot
     let elf: ElfInfo
     try {
-      snap = await this.#store.snapshot(this.path)
+      snap = await this.#store.snapshot(this.path, { deferSync: true })
       if (snap.sha256 === old.sha256 && !force) {
         this.#watcher?.markCurrent(snap.sourceStat)
         await this.#store.remove(snap.path)
@@ -271,6 +271,13 @@ export class Plugin extends EventEmitter {
         entry: this.#opts.entry,
         unloadTimeoutMs: this.#opts.unloadTimeoutMs
       })
+      // The copy's fsync ran while it loaded; no version serves before it is done.
+      try {
+        await snap.synced
+      } catch (err) {
+        await runtime.unload().catch(() => {})
+        throw err
+      }
     } catch (err) {
       await this.#store.remove(snap.path).catch(() => {})
       throw err

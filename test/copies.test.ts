@@ -421,6 +421,28 @@ t.test('close while a snapshot is in flight', async (t) => {
   t.notOk(fs.existsSync(store.dir), 'nothing left either way')
 })
 
+t.test('snapshot with deferSync: verified copy at once, fsync settles later; close waits for it', async (t) => {
+  const d = scratch(t)
+  const store = await CopyStore.create({ dir: d })
+  const src = path.join(d, 'lib.so')
+  const content = crypto.randomBytes(50_000)
+  fs.writeFileSync(src, content)
+  const snaps = await Promise.all([1, 2, 3].map(() => store.snapshot(src, { deferSync: true })))
+  for (const snap of snaps) {
+    t.ok(fs.readFileSync(snap.path).equals(content), 'the copy is complete and verified before its fsync settled')
+    t.equal(snap.sha256, sha(content))
+  }
+  await t.resolves(Promise.all(snaps.map(s => s.synced)), 'every fsync settles')
+  const plain = await store.snapshot(src)
+  await t.resolves(plain.synced, 'without deferSync, synced is settled already')
+  await store.remove(snaps[0].path) // removing a copy whose fsync ran is fine
+  const late = await store.snapshot(src, { deferSync: true })
+  await store.close() // does not leave the fsync (and its descriptor) behind
+  await t.resolves(late.synced)
+  t.notOk(fs.existsSync(store.dir))
+  await t.rejects(store.snapshot(src, null as unknown as {}), { name: 'TypeError' }, 'options must be an object')
+})
+
 t.test('process exit removes every open store', async (t) => {
   const d = scratch(t)
   const src = path.join(d, 'lib.so')
