@@ -53,7 +53,7 @@ bool ThreadAlive(pid_t tid) {
 thread_local uint64_t tls_last_core = 0;
 
 RuntimeCore::RuntimeCore(EntryPtr e, Abi a, size_t mq, uint64_t spin_ns)
-    : entry(std::move(e)), abi(a), serial(next_core_serial++), max_queue(mq), requests(mq, spin_ns) {}
+    : entry(std::move(e)), abi(a), serial(next_core_serial++), requests(mq, spin_ns) {}
 
 RuntimeCore::~RuntimeCore() {
   for (auto &chunk : chunks)
@@ -91,7 +91,6 @@ void RuntimeCore::FreeTask(Task *t) {
 }
 
 long RuntimeCore::SubmitBatch(Task *const *tasks, size_t n) {
-  for (size_t i = 0; i < n; i++) tasks[i]->state.store(Task::kQueued, std::memory_order_relaxed);
   size_t k = requests.push_batch(tasks, n);
   return k == TaskQueue<Task>::kClosedBatch ? -1 : long(k);
 }
@@ -426,16 +425,20 @@ Napi::Value RuntimeWrap::Submit(const Napi::CallbackInfo &info) {
   for (size_t i = 0; i < count; i++) {
     uint32_t id = uint32_t(m[2 * i]);
     int32_t len = m[2 * i + 1];
-    if (id >= core_->slots) throw Napi::RangeError::New(env, "submit: no such slot");
-    Task *t = core_->Slot(id);
-    if (t->state.load(std::memory_order_relaxed) != Task::kFree || (len >= 0 && size_t(len) > Task::kInline) ||
-        (len < 0 && !t->req))
-      throw Napi::Error::New(env, "submit: slot in use or request not staged");
+    Task *t = id < core_->slots ? core_->Slot(id) : nullptr;
+    if (!t || t->state.load(std::memory_order_relaxed) != Task::kFree ||
+        (len >= 0 && size_t(len) > Task::kInline) || (len < 0 && !t->req)) {
+      // A bug on the JS side (bad or repeated slot): undo the whole batch.
+      for (Task *x : batch_) core_->FreeTask(x);
+      batch_.clear();
+      throw Napi::Error::New(env, "submit: no such slot, slot in use, or request not staged");
+    }
     if (len >= 0) {
+      if (t->req && t->req != t->inline_buf) free(t->req);  // a setBig never submitted
       t->req = t->inline_buf;
       t->req_len = size_t(len);
     }
-    t->state.store(Task::kQueued, std::memory_order_relaxed);
+    t->state.store(Task::kQueued, std::memory_order_relaxed);  // also catches a slot repeated in the batch
     core_->in_flight++;
     batch_.push_back(t);
   }

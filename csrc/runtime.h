@@ -69,7 +69,8 @@ class RuntimeCore {
   // ---- JS thread
   uint32_t Grow();             // one more chunk of slots; returns its index
   void FreeTask(Task *t);
-  // tasks[0..n) in order; how many were queued (a prefix), or -1 if closed.
+  // tasks[0..n) (state kQueued already) in order; how many were queued (a
+  // prefix), or -1 if closed.
   long SubmitBatch(Task *const *tasks, size_t n);
   Task *TakeCompletions();     // FIFO list via cq_next
 
@@ -89,7 +90,6 @@ class RuntimeCore {
   EntryPtr entry;
   Abi abi;
   uint64_t serial;  // unique per core, for per-thread poller records
-  size_t max_queue;
   dlhost_queue q{this};
   TaskQueue<Task> requests;
   CompletionQueue<Task> completions;
