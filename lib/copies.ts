@@ -23,6 +23,18 @@ import { DlhostError, rangeError, typeError } from './errors'
 
 const debug = debuglog('dlhost')
 
+/** A source file read once (`read()`): its bytes, their hash and the stat they belong to. */
+export interface Source {
+  /** Absolute path of the file that was read. */
+  path: string
+  /** The content. */
+  bytes: Buffer
+  /** Hex sha256 of `bytes`. */
+  sha256: string
+  /** fstat() of the descriptor the bytes were read from, taken after reading (size and mtime unchanged since before). */
+  sourceStat: fs.Stats
+}
+
 /** What `snapshot()` made: the copy's path and the bytes it holds. */
 export interface Snapshot {
   /** Absolute path of the private copy (inside `store.dir`). */
@@ -33,6 +45,8 @@ export interface Snapshot {
   size: number
   /** The content, as read once from the source. */
   bytes: Buffer
+  /** fstat() of the copy once written (its identity for the library registry). */
+  copyStat: fs.BigIntStats
   /**
    * fstat() of the source file taken on the descriptor the bytes were read
    * from: pass it to `LibraryWatcher.markCurrent()` to say "this is loaded".
@@ -349,30 +363,58 @@ export class CopyStore {
   }
 
   /**
-   * Copy `srcPath` into the store. The source is read once; the hash is of
-   * those bytes, they are written to a new file (random name, O_EXCL,
-   * O_NOFOLLOW, mode 0700), fsync'ed, and the copy is read back and verified.
+   * Copy `srcPath` into the store: `read()` then `copy()`. The source is read
+   * once; the hash is of those bytes, they are written to a new file (random
+   * name, O_EXCL, O_NOFOLLOW, mode 0700), fsync'ed, and the copy is read back
+   * and verified.
    */
   async snapshot (srcPath: string, options: { deferSync?: boolean } = {}): Promise<Snapshot> {
-    if (typeof srcPath !== 'string') throw typeError('snapshot(path): path must be a string')
-    if (srcPath === '' || srcPath.includes('\0')) throw rangeError('snapshot(path): path must be a non-empty string without NUL bytes')
     if (options === null || typeof options !== 'object') throw typeError('snapshot(path, options): options must be an object')
+    return await this.copy(await this.read(srcPath), options)
+  }
+
+  /**
+   * Read a source file once (synchronously when small, see
+   * SYNC_SNAPSHOT_LIMIT), hash it, and say which stat the bytes belong to.
+   * A file that changes while it is read is ERR_COPY; a missing, unreadable
+   * or non-regular file has its own code.
+   */
+  async read (srcPath: string): Promise<Source> {
+    if (typeof srcPath !== 'string') throw typeError('read(path): path must be a string')
+    if (srcPath === '' || srcPath.includes('\0')) throw rangeError('read(path): path must be a non-empty string without NUL bytes')
     this.#assertOpen(srcPath)
-    const p = this.#snapshot(path.resolve(srcPath))
-    this.#pending.add(p)
-    let snap: Snapshot
-    try {
-      snap = await p
-    } finally {
-      this.#pending.delete(p)
+    return await this.#track(this.#read(path.resolve(srcPath)))
+  }
+
+  /**
+   * Write `src`'s bytes to a new private copy (random name, O_EXCL,
+   * O_NOFOLLOW, mode 0700), fsync it and verify it by reading it back. With
+   * `deferSync` the returned snapshot's `synced` settles when the fsync has
+   * (it runs on the threadpool meanwhile); otherwise it already has.
+   */
+  async copy (src: Source, options: { deferSync?: boolean } = {}): Promise<Snapshot> {
+    if (src === null || typeof src !== 'object' || !Buffer.isBuffer(src.bytes) || typeof src.sha256 !== 'string' || typeof src.path !== 'string') {
+      throw typeError('copy(src): src must be what read() returned')
     }
+    if (options === null || typeof options !== 'object') throw typeError('copy(src, options): options must be an object')
+    this.#assertOpen(src.path)
+    const snap = await this.#track(this.#copy(src))
     if (options.deferSync !== true) await snap.synced
     return snap
   }
 
-  async #snapshot (srcPath: string): Promise<Snapshot> {
+  /** close() waits for what is in flight. */
+  async #track<T> (p: Promise<T>): Promise<T> {
+    this.#pending.add(p)
+    try {
+      return await p
+    } finally {
+      this.#pending.delete(p)
+    }
+  }
+
+  async #read (srcPath: string): Promise<Source> {
     const io = pickIo(srcPath)
-    // ── read the source once ──
     let bytes: Buffer
     let sourceStat: fs.Stats
     let src: number
@@ -402,9 +444,12 @@ export class CopyStore {
     } finally {
       await io.close(src).catch(() => {})
     }
-    const digest = sha256(bytes)
+    return { path: srcPath, bytes, sha256: sha256(bytes), sourceStat }
+  }
 
-    // ── write the copy ──
+  async #copy (src: Source): Promise<Snapshot> {
+    const { path: srcPath, bytes, sha256: digest, sourceStat } = src
+    const io = bytes.length <= SYNC_SNAPSHOT_LIMIT ? syncIo : asyncIo
     const name = this.#name()
     if (typeof name !== 'string' || name === '' || name === '.' || name === '..' || name.includes('/') || name.includes('\0')) {
       throw new DlhostError('ERR_COPY', `invalid copy name ${JSON.stringify(name)}`, { path: srcPath })
@@ -413,6 +458,7 @@ export class CopyStore {
     const copyPath = path.join(this.#dir, name)
     let created = false
     let synced: Promise<void> | undefined
+    let copyStat: fs.BigIntStats | undefined
     try {
       const out = await io.open(copyPath,
         fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | O_NOFOLLOW, 0o700)
@@ -422,6 +468,7 @@ export class CopyStore {
       try {
         await io.fchmod(out, 0o700) // whatever the umask; dlopen needs read
         await io.writeAll(out, bytes)
+        copyStat = fs.fstatSync(out, { bigint: true })
         // The fsync runs on the threadpool while the copy is verified (and,
         // with deferSync, loaded): it is the slowest step (~0.3 ms on disk)
         // and nothing before the swap needs it done. It owns `out` now.
@@ -456,7 +503,7 @@ export class CopyStore {
       throw this.#closedError(srcPath)
     }
     debug('copied %s -> %s (%d bytes, sha256 %s, %s io)', srcPath, copyPath, bytes.length, digest, io.kind)
-    return { path: copyPath, sha256: digest, size: bytes.length, bytes, sourceStat, synced: synced as Promise<void> }
+    return { path: copyPath, sha256: digest, size: bytes.length, bytes, copyStat: copyStat as fs.BigIntStats, sourceStat, synced: synced as Promise<void> }
   }
 
   /**
@@ -485,13 +532,14 @@ export class CopyStore {
   #fsyncAndClose (fd: number, copyPath: string, srcPath: string): Promise<void> {
     const p = new Promise<void>((resolve, reject) => {
       fs.fsync(fd, err => {
-        fs.close(fd, () => {
-          if (err === null) resolve()
-          else {
-            reject(new DlhostError('ERR_COPY', `cannot fsync the copy ${copyPath} of ${srcPath}: ${errMessage(err)}`,
-              { path: srcPath, loaderMessage: errMessage(err), cause: err }))
-          }
-        })
+        // close() of a file just fsync'd is a few µs: not worth a second
+        // threadpool round trip while a reload waits for this.
+        try { fs.closeSync(fd) } catch {}
+        if (err === null) resolve()
+        else {
+          reject(new DlhostError('ERR_COPY', `cannot fsync the copy ${copyPath} of ${srcPath}: ${errMessage(err)}`,
+            { path: srcPath, loaderMessage: errMessage(err), cause: err }))
+        }
       })
     })
     // close() waits for it; a caller that never awaits it sees no unhandled rejection.

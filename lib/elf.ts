@@ -596,13 +596,16 @@ export function parseElf (buf: Buffer, path?: string): ElfInfo {
  * Is `buf` a complete ELF file? True when the ELF header, the program header
  * table, the section header table and every section's and segment's bytes lie
  * inside the buffer and parse. Never throws. Used to decide that a rebuilt
- * .so has been written completely.
+ * .so has been written completely: only the structure is checked (symbols
+ * and the dynamic section are parseElf's), because this runs between "the
+ * file settled" and the reload, and a structurally whole file that is
+ * otherwise bad is a bad build to report, not one to wait for.
  */
 export function elfCompleteness (buf: Buffer): ElfCompleteness {
   try {
     const b = asBuffer(buf)
     if (b === undefined) return { complete: false, reason: 'not a Buffer' }
-    analyze(new BufferSource(b))
+    layout(new BufferSource(b))
     return { complete: true }
   } catch (err) {
     return { complete: false, reason: err instanceof DlhostError && err.reason !== undefined ? err.reason : String((err as Error)?.message ?? err) }

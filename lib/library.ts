@@ -102,16 +102,15 @@ function factsFor (path: string, n: { realPath: string, key: string, dev: number
 }
 
 /**
- * @internal The reload layer already read, hashed and parsed a private copy:
- * record those facts so open() does not read the file a second time.
+ * @internal The reload layer already read, hashed and parsed a private copy
+ * (at `realPath`, whose fstat is `st`): record those facts so open() does not
+ * read the file a second time.
  */
-export function seedFacts (path: string, sha256: string, elf: ElfInfo): void {
-  const st = fs.statSync(path, { bigint: true })
-  const realPath = fs.realpathSync(path)
+export function seedFacts (realPath: string, st: fs.BigIntStats, sha256: string, elf: ElfInfo): void {
   const key = `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}`
   const id = identityKey(realPath, key)
   if (factsByIdentity.has(id)) return
-  checkHostCompatible(elf, path)
+  checkHostCompatible(elf, realPath)
   factsByIdentity.set(id, {
     elf,
     version: { sha256, seq: seqFor(realPath, sha256), dev: Number(st.dev), ino: Number(st.ino), size: Number(st.size), mtimeMs: Number(st.mtimeNs) / 1e6 }

@@ -5,20 +5,23 @@
  * ('shadow' side by side, or 'drain' one at a time) and rolls back on any
  * failure. JS thread only.
  */
+import { createHash } from 'crypto'
 import diagnostics from 'diagnostics_channel'
 import { EventEmitter } from 'events'
+import fs from 'fs'
 import { debuglog } from 'util'
-import { CopyStore, Snapshot } from './copies'
-import { checkHostCompatible, detectAbi, ElfInfo, parseElf, stuckReasons } from './elf'
+import { CopyStore, Snapshot, Source } from './copies'
+import { checkHostCompatible, detectAbi, elfCompleteness, ElfInfo, parseElf, stuckReasons } from './elf'
 import { DlhostError, rangeError, typeError } from './errors'
 import { binding } from './binding'
-import { Abi, CallOptions, Cfg, cfgBuffer, load, Runtime } from './runtime'
-import { LibraryWatcher } from './watch'
-import { seedFacts } from './library'
+import { Abi, CallOptions, Cfg, frozenCfg, load, Runtime } from './runtime'
+import { ChangeEvent, LibraryWatcher } from './watch'
+import { Library, open, seedFacts } from './library'
 
 const debug = debuglog('dlhost')
 const reloadChannel = diagnostics.channel('dlhost:reload')
 const errorChannel = diagnostics.channel('dlhost:error')
+const prepareChannel = diagnostics.channel('dlhost:prepare')
 
 export type Strategy = 'auto' | 'shadow' | 'drain'
 
@@ -42,6 +45,13 @@ export interface ReloadableOptions {
   maxQueue?: number
   /** Parent of the private 0700 copy directory (default os.tmpdir()). */
   copyDir?: string
+  /**
+   * What to do while a watched change settles (default 'load'): 'copy'
+   * makes the private copy (write, fsync, verify, parse); 'load' also
+   * dlopens it (its constructors run) when the swap will be side by side
+   * and the build can be unloaded again; 'off' waits for the file to settle.
+   */
+  prepare?: 'load' | 'copy' | 'off'
   entry?: Abi
   unloadTimeoutMs?: number
 }
@@ -60,7 +70,15 @@ export interface VersionState extends PluginVersion {
   inFlight: number
 }
 
-export interface ReloadEvent { from: PluginVersion, to: PluginVersion, ms: number, strategy: 'shadow' | 'drain' }
+export interface ReloadEvent {
+  from: PluginVersion
+  to: PluginVersion
+  /** From the file settled (a watched change) or the reload() call, to the new version serving. */
+  ms: number
+  strategy: 'shadow' | 'drain'
+  /** The new version's private copy was made (written, fsync'd, verified, parsed) while the file settled. */
+  prepared: boolean
+}
 export interface DrainedEvent { version: PluginVersion }
 export interface StuckEvent { version: PluginVersion, reason: string }
 
@@ -70,8 +88,18 @@ interface Version extends PluginVersion {
   inFlight: number
   state: 'serving' | 'draining' | 'gone'
   idle: (() => void) | null
+  /** performance.now() when it started taking new calls. */
+  servingSince: number
   /** Set once: the version's unload, shared by retire, drain and close. */
   leaving: Promise<boolean> | null
+}
+
+/** A private copy made while the file settled, waiting for the reload that takes it. */
+interface Prepared {
+  snap: Snapshot
+  elf: ElfInfo
+  /** The copy dlopen'ed already (prepare: 'load'), or null. */
+  lib: Library | null
 }
 
 interface Held {
@@ -101,6 +129,13 @@ export class Plugin extends EventEmitter {
   #queuedReload: Promise<void> | null = null
   #closing: Promise<void> | null = null
   #reloads = 0
+  // Preparing while the file settles: at most one copy in the making and one
+  // ready; a newer settle period while one is in the making runs after it.
+  #prepared: Prepared | null = null
+  #preparing: Promise<void> | null = null
+  #prepareAgain = false
+  // The newest settled change, for the (possibly coalesced) reload that takes it.
+  #change: ChangeEvent | null = null
 
   /** @internal use reloadable() */
   constructor (path: string, cfg: Buffer, opts: ReloadableOptions, store: CopyStore) {
@@ -121,10 +156,18 @@ export class Plugin extends EventEmitter {
     const w = this.#opts.watch ?? true
     if (w !== false) {
       const wo: WatchOptions = typeof w === 'object' ? w : {}
-      const watcher = new LibraryWatcher(this.path, { settleMs: this.#opts.settleMs ?? 50, poll: wo.poll ?? false, files: wo.files })
+      const watcher = new LibraryWatcher(this.path, {
+        settleMs: this.#opts.settleMs ?? 50,
+        poll: wo.poll ?? false,
+        files: wo.files,
+        // The content prepared while it settled parsed whole already.
+        isComplete: buf => this.#isPrepared(buf) || elfCompleteness(buf).complete
+      })
       watcher.markCurrent(snap.sourceStat)
+      if (this.#opts.prepare !== 'off') watcher.on('settling', () => this.#prepare())
       watcher.on('change', ev => {
         debug('change %s (%s: %s)', this.path, ev.reason, ev.trigger)
+        if (ev.reason === 'library') this.#change = ev
         this.#requestReload(ev.reason === 'file').catch(() => {})
       })
       watcher.on('error', err => this.#fail(err))
@@ -193,35 +236,75 @@ export class Plugin extends EventEmitter {
   }
 
   async #reload (force: boolean): Promise<void> {
-    const t0 = performance.now()
+    // A watched change carries the content it settled with: while the file
+    // still has that stat, load exactly that and count from the moment it
+    // settled. Else (reload(), or the file moved on) read the file now.
+    let change = this.#change
+    this.#change = null
+    if (change !== null && (change.bytes === undefined || !unchanged(this.path, change.stat))) change = null
+    const t0 = change?.settledAt ?? performance.now()
     const old = this.#current
     let snap: Snapshot
     let elf: ElfInfo
+    let prepared = false
+    // The prepared copy's dlopen reference, held until the version's runtime has its own.
+    let preloaded: Library | null = null
     try {
-      snap = await this.#store.snapshot(this.path, { deferSync: true })
-      if (snap.sha256 === old.sha256 && !force) {
-        this.#watcher?.markCurrent(snap.sourceStat)
-        await this.#store.remove(snap.path)
+      let src: Source
+      let ready: Prepared | null
+      if (change?.bytes !== undefined) {
+        const bytes = change.bytes
+        ready = this.#preparing === null ? this.#takePrepared(bytes) : await this.#takePreparedLater(bytes)
+        src = { path: this.path, bytes, sha256: ready?.snap.sha256 ?? sha256(bytes), sourceStat: change.stat }
+      } else {
+        src = await this.#store.read(this.path)
+        ready = this.#preparing === null ? this.#takePrepared(src.bytes) : await this.#takePreparedLater(src.bytes)
+      }
+      if (src.sha256 === old.sha256 && !force) {
+        if (ready !== null) this.#discard(ready)
+        this.#watcher?.markCurrent(src.sourceStat)
         return
       }
-      elf = this.#validate(snap, old)
+      if (ready !== null) {
+        // Same content, copied while the file settled: only the checks that
+        // depend on the serving version are left.
+        snap = { ...ready.snap, sourceStat: src.sourceStat }
+        elf = ready.elf
+        prepared = true
+        preloaded = ready.lib
+        this.#checkEntry(elf, old, snap)
+      } else {
+        snap = await this.#store.copy(src, { deferSync: true })
+        elf = this.#validate(snap, old)
+      }
     } catch (err) {
+      preloaded?.release()
       this.#fail(err)
       throw err
     }
     let strategy: 'shadow' | 'drain'
+    let next: Version
     try {
-      strategy = this.#choose(old)
-    } catch (err) {
-      await this.#store.remove(snap.path)
-      this.#fail(err)
-      throw err
+      try {
+        strategy = this.#choose(old)
+      } catch (err) {
+        await this.#store.remove(snap.path)
+        this.#fail(err)
+        throw err
+      }
+      if (strategy === 'shadow') next = await this.#shadow(old, snap, elf)
+      else {
+        // One after the other: the new build is dlopen'ed only once the old one left.
+        preloaded?.release()
+        next = await this.#drain(old, snap, elf)
+      }
+    } finally {
+      preloaded?.release()
     }
-    const next = strategy === 'shadow' ? await this.#shadow(old, snap, elf) : await this.#drain(old, snap, elf)
     this.#watcher?.markCurrent(snap.sourceStat)
     this.#reloads++
-    const ev: ReloadEvent = { from: publicVersion(old), to: publicVersion(next), ms: performance.now() - t0, strategy }
-    debug('reload %s: %d -> %d in %s ms (%s)', this.path, ev.from.seq, ev.to.seq, ev.ms.toFixed(2), strategy)
+    const ev: ReloadEvent = { from: publicVersion(old), to: publicVersion(next), ms: next.servingSince - t0, strategy, prepared }
+    debug('reload %s: %d -> %d in %s ms (%s%s)', this.path, ev.from.seq, ev.to.seq, ev.ms.toFixed(2), strategy, prepared ? ', prepared while settling' : '')
     if (reloadChannel.hasSubscribers) reloadChannel.publish({ path: this.path, ...ev })
     this.emit('reload', ev)
   }
@@ -241,29 +324,135 @@ export class Plugin extends EventEmitter {
     throw new DlhostError('ERR_STUCK', `${this.path} cannot be reloaded in this process (${reason}); restart the process`, { path: this.path, reason })
   }
 
-  /** Static checks of a new build: ELF for this machine, an entry of the same ABI. */
+  /** Static checks of a new build: ELF for this machine, an entry of the same ABI. Removes the copy if it fails. */
   #validate (snap: Snapshot, old: Version | null): ElfInfo {
     let elf: ElfInfo
     try {
       elf = parseElf(snap.bytes, this.path)
       checkHostCompatible(elf, this.path)
-      const { abi, entry } = detectAbi(elf)
-      const want = this.#opts.entry ?? old?.runtime.abi ?? null
-      if (abi === null) throw new DlhostError('ERR_SYMBOL_MISSING', `${this.path} exports no plugin entry (dlhost_init, dlhost_handle or libffi_init)`, { path: this.path })
-      if (want !== null && abi !== want && !(this.#opts.entry !== undefined && elf.exports.includes(entryOf(want)))) {
-        throw new DlhostError('ERR_SYMBOL_MISSING', `${this.path}: the new build's entry is ${entry} (${abi}), the running one is ${want}`, { path: this.path })
-      }
     } catch (err) {
       void this.#store.remove(snap.path)
       throw err
     }
+    this.#checkEntry(elf, old, snap)
     return elf
+  }
+
+  /** The build has a plugin entry, of the serving version's ABI (or the one asked for). */
+  #checkEntry (elf: ElfInfo, old: Version | null, snap: Snapshot): void {
+    const { abi, entry } = detectAbi(elf)
+    const want = this.#opts.entry ?? old?.runtime.abi ?? null
+    let err: DlhostError | null = null
+    if (abi === null) err = new DlhostError('ERR_SYMBOL_MISSING', `${this.path} exports no plugin entry (dlhost_init, dlhost_handle or libffi_init)`, { path: this.path })
+    else if (want !== null && abi !== want && !(this.#opts.entry !== undefined && elf.exports.includes(entryOf(want)))) {
+      err = new DlhostError('ERR_SYMBOL_MISSING', `${this.path}: the new build's entry is ${entry} (${abi}), the running one is ${want}`, { path: this.path })
+    }
+    if (err === null) return
+    void this.#store.remove(snap.path)
+    throw err
+  }
+
+  /**
+   * While the file settles (a 'settling' event), make the copy the reload
+   * will want: read, hash, write, fsync, verify and parse now, so that once
+   * the file has settled only the load is left. A content that is
+   * incomplete, serving already, or does not parse is not prepared (the
+   * reload then reports it). Never throws.
+   */
+  #prepare (): void {
+    if (this.#closing !== null) return
+    if (this.#preparing !== null) { this.#prepareAgain = true; return }
+    this.#preparing = (async () => {
+      do {
+        this.#prepareAgain = false
+        try {
+          await this.#prepareOnce()
+        } catch (err) {
+          debug('prepare %s: %s', this.path, (err as Error)?.message)
+        }
+      } while (this.#prepareAgain && this.#closing === null)
+    })().finally(() => { this.#preparing = null })
+  }
+
+  async #prepareOnce (): Promise<void> {
+    const src = await this.#store.read(this.path)
+    if (src.sha256 === this.#current.sha256 || src.sha256 === this.#prepared?.snap.sha256) return
+    if (!elfCompleteness(src.bytes).complete) return
+    const snap = await this.#store.copy(src, { deferSync: true })
+    let elf: ElfInfo
+    try {
+      elf = parseElf(snap.bytes, this.path)
+      checkHostCompatible(elf, this.path)
+    } catch (err) {
+      await this.#store.remove(snap.path).catch(() => {})
+      throw err
+    }
+    let lib: Library | null = null
+    if (this.#mayPreload(elf)) {
+      try {
+        seedFacts(snap.path, snap.copyStat, snap.sha256, elf)
+        lib = open(snap.path, { pin: false, global: this.#opts.global })
+      } catch (err) {
+        await this.#store.remove(snap.path).catch(() => {})
+        throw err
+      }
+    }
+    snap.synced.catch(() => {}) // the reload that takes it sees the error
+    this.#discardPrepared()
+    const p: Prepared = { snap, elf, lib }
+    if (this.#closing !== null) { this.#discard(p); return }
+    this.#prepared = p
+    debug('prepared %s: %s%s', this.path, snap.sha256, lib !== null ? ' (loaded)' : '')
+    if (prepareChannel.hasSubscribers) prepareChannel.publish({ path: this.path, sha256: snap.sha256, copy: snap.path, loaded: lib !== null })
+  }
+
+  /**
+   * Only a build that will be swapped in side by side and can leave the
+   * process again is dlopen'ed before it settled: one that can't coexist
+   * (Go, GNU_UNIQUE) or can't unload (NODELETE) waits for its turn.
+   */
+  #mayPreload (elf: ElfInfo): boolean {
+    if ((this.#opts.prepare ?? 'load') !== 'load') return false
+    const old = this.#current.elf
+    const shadow = this.strategy === 'shadow' || (this.strategy === 'auto' && !old.goRuntime && old.gnuUnique.length === 0)
+    return shadow && !elf.goRuntime && elf.gnuUnique.length === 0 && !elf.nodelete && whyStuck(elf) === null
+  }
+
+  /** Is this the content of the copy prepared (and parsed) while it settled? */
+  #isPrepared (buf: Buffer): boolean {
+    return this.#prepared !== null && this.#prepared.snap.bytes.equals(buf)
+  }
+
+  /** The copy prepared for this content, or null; any other is discarded. */
+  #takePrepared (bytes: Buffer): Prepared | null {
+    const p = this.#prepared
+    if (p === null) return null
+    this.#prepared = null
+    if (p.snap.bytes.equals(bytes)) return p
+    this.#discard(p)
+    return null
+  }
+
+  /** #takePrepared once the copy in the making is done. */
+  async #takePreparedLater (bytes: Buffer): Promise<Prepared | null> {
+    await this.#preparing
+    return this.#takePrepared(bytes)
+  }
+
+  #discardPrepared (): void {
+    if (this.#prepared !== null) this.#discard(this.#prepared)
+    this.#prepared = null
+  }
+
+  #discard (p: Prepared): void {
+    p.lib?.release()
+    void p.snap.synced.catch(() => {}).then(async () => await this.#store.remove(p.snap.path)).catch(() => {})
   }
 
   async #loadVersion (snap: Snapshot, elf: ElfInfo): Promise<Version> {
     let runtime: Runtime
     try {
-      seedFacts(snap.path, snap.sha256, elf)
+      seedFacts(snap.path, snap.copyStat, snap.sha256, elf)
       runtime = await load(snap.path, this.#cfg, {
         pin: this.#opts.pin ?? false,
         global: this.#opts.global,
@@ -285,7 +474,7 @@ export class Plugin extends EventEmitter {
     // Numbered only once it loaded: a bad build takes no seq.
     let seq = this.#seqs.get(snap.sha256)
     if (seq === undefined) this.#seqs.set(snap.sha256, seq = this.#seqs.size + 1)
-    const v: Version = { seq, sha256: snap.sha256, copy: snap.path, loadedAt: Date.now(), runtime, elf, inFlight: 0, state: 'serving', idle: null, leaving: null }
+    const v: Version = { seq, sha256: snap.sha256, copy: snap.path, loadedAt: Date.now(), runtime, elf, inFlight: 0, state: 'serving', idle: null, servingSince: 0, leaving: null }
     this.#versions.push(v)
     return v
   }
@@ -299,6 +488,7 @@ export class Plugin extends EventEmitter {
       throw err
     }
     this.#current = next
+    next.servingSince = performance.now()
     old.state = 'draining'
     void this.#retire(old)
     return next
@@ -323,6 +513,7 @@ export class Plugin extends EventEmitter {
         throw err
       }
       this.#current = next
+      next.servingSince = performance.now()
       if (unmapped) await this.#store.remove(old.copy).catch(() => {})
       return next
     } finally {
@@ -382,6 +573,8 @@ export class Plugin extends EventEmitter {
       this.#closing = (async () => {
         this.#watcher?.close()
         await this.#chain
+        await this.#preparing
+        this.#discardPrepared()
         await Promise.all(this.#versions.map(v => this.#unloadVersion(v, true).catch(err => this.#fail(err))))
         await this.#store.close()
       })()
@@ -390,6 +583,17 @@ export class Plugin extends EventEmitter {
   }
 
   async [Symbol.asyncDispose] (): Promise<void> { await this.close() }
+}
+
+/** Does `file` still have this stat (same inode, size, mtime and ctime)? */
+function unchanged (file: string, st: fs.Stats): boolean {
+  const now = fs.statSync(file, { throwIfNoEntry: false })
+  return now !== undefined && now.ino === st.ino && now.dev === st.dev && now.size === st.size &&
+    now.mtimeMs === st.mtimeMs && now.ctimeMs === st.ctimeMs
+}
+
+function sha256 (buf: Buffer): string {
+  return createHash('sha256').update(buf).digest('hex')
 }
 
 function entryOf (abi: Abi): string {
@@ -410,10 +614,12 @@ export async function reloadable (path: string, cfg?: Cfg, options: ReloadableOp
   const strategy = options.strategy ?? 'auto'
   if (!['auto', 'shadow', 'drain'].includes(strategy)) throw typeError("options.strategy must be 'auto', 'shadow' or 'drain'")
   if (options.settleMs !== undefined && (typeof options.settleMs !== 'number' || options.settleMs < 0)) throw rangeError('options.settleMs must be a number >= 0')
+  if (options.prepare !== undefined && !['load', 'copy', 'off'].includes(options.prepare)) throw typeError("options.prepare must be 'load', 'copy' or 'off'")
   const w = options.watch
   if (w !== undefined && typeof w !== 'boolean' && (w === null || typeof w !== 'object')) throw typeError('options.watch must be a boolean or an object')
+  const cfgBuf = frozenCfg(cfg) // before the store: a bad cfg must not leave one behind
   const store = await CopyStore.create({ dir: options.copyDir })
-  const plugin = new Plugin(path, cfgBuffer(cfg), options, store)
+  const plugin = new Plugin(path, cfgBuf, options, store)
   try {
     await plugin.start()
   } catch (err) {

@@ -372,6 +372,26 @@ function pickAbi (lib: Library, entry: Abi | undefined): Abi {
   throw new DlhostError('ERR_SYMBOL_MISSING', `${lib.path} exports no plugin entry (dlhost_init, dlhost_handle or libffi_init)`, { path: lib.path })
 }
 
+// A reloadable plugin loads every version with the same cfg Buffer: hash it once.
+const cfgHashes = new WeakMap<Buffer, string>()
+function cfgHash (cfg: Buffer): string {
+  let h = cfgHashes.get(cfg)
+  if (h === undefined) {
+    h = createHash('sha256').update(cfg).digest('hex')
+    // Only a Buffer nobody else writes to may be remembered: cfgBuffer()
+    // wraps a caller's Uint8Array as is, frozenCfg() makes a private copy.
+    if (frozenCfgs.has(cfg)) cfgHashes.set(cfg, h)
+  }
+  return h
+}
+const frozenCfgs = new WeakSet<Buffer>()
+/** @internal A cfg Buffer that will never change (the plugin's own copy): its hash may be cached. */
+export function frozenCfg (cfg: Cfg): Buffer {
+  const b = Buffer.from(cfgBuffer(cfg)) // a private copy
+  frozenCfgs.add(b)
+  return b
+}
+
 /** Loads a runtime, or returns the live one for the same library identity and cfg. */
 export async function load (path: string, cfg?: Cfg, options: LoadOptions = {}): Promise<Runtime> {
   if (options === null || typeof options !== 'object') throw typeError('options must be an object')
@@ -383,7 +403,7 @@ export async function load (path: string, cfg?: Cfg, options: LoadOptions = {}):
   const cfgBuf = cfgBuffer(cfg)
   const lib = open(path, { pin: options.pin ?? true, global: options.global ?? false })
   try {
-    const key = `${lib.realPath}\0${lib.native.key}\0${createHash('sha256').update(cfgBuf).digest('hex')}`
+    const key = `${lib.realPath}\0${lib.native.key}\0${cfgHash(cfgBuf)}`
     const existing = live.get(key)
     if (existing !== undefined) return await existing.ready
     const abi = pickAbi(lib, options.entry)

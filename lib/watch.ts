@@ -30,6 +30,7 @@ import * as path from 'path'
 import { debuglog } from 'util'
 import { DlhostError, rangeError, typeError } from './errors'
 import { elfCompleteness } from './elf'
+import { SYNC_SNAPSHOT_LIMIT } from './copies'
 
 const debug = debuglog('dlhost')
 
@@ -76,6 +77,20 @@ export interface ChangeEvent {
   trigger: string
   /** The settled stat of `trigger` (for 'library': what `markCurrent` wants once loaded). */
   stat: fs.Stats
+  /**
+   * For 'library': the content judged complete, read after it settled and
+   * belonging to `stat` (load exactly this: the file may move on).
+   */
+  bytes?: Buffer
+  /** performance.now() when the file was seen settled (stable for settleMs). */
+  settledAt: number
+}
+
+/** A library change seen and not settled yet: its owner may prepare (read, copy, validate) meanwhile. */
+export interface SettlingEvent {
+  path: string
+  /** The stat the settle period started from. */
+  stat: fs.Stats
 }
 
 export interface LibraryWatcherOptions {
@@ -91,6 +106,7 @@ export interface LibraryWatcherOptions {
 
 type Events = {
   change: [ChangeEvent]
+  settling: [SettlingEvent]
   error: [Error]
 }
 
@@ -172,7 +188,7 @@ async function statOrNull (p: string): Promise<fs.Stats | null> {
 
 function realpathOrNull (p: string): string | null {
   try {
-    return fs.realpathSync(p)
+    return fs.realpathSync.native(p) // one syscall, not an lstat per component
   } catch {
     return null
   }
@@ -184,7 +200,8 @@ function defaultIsComplete (buf: Buffer): boolean {
 
 /**
  * Watches a library path (and extra files) and emits `'change'` once per
- * settled, complete change. Events: `'change'` (ChangeEvent), `'error'`.
+ * settled, complete change. Events: `'change'` (ChangeEvent), `'settling'`
+ * (SettlingEvent: each settle period of the library starts), `'error'`.
  */
 export class LibraryWatcher extends EventEmitter<Events> {
   /** The library's absolute path. */
@@ -519,6 +536,7 @@ export class LibraryWatcher extends EventEmitter<Events> {
     if (prev === null || this.#closed) return // missing: its appearance will be an event
     let cur: fs.Stats
     for (;;) {
+      this.#emitSettling(t, prev)
       await this.#delay(this.settleMs)
       if (this.#closed) return
       const st = await statOrNull(t.file)
@@ -529,13 +547,14 @@ export class LibraryWatcher extends EventEmitter<Events> {
       }
       prev = st
     }
+    const settledAt = performance.now()
     t.observed = statKey(cur)
     if (this.#mode === 'watch') this.#refreshPoints(t)
     if (!cur.isFile()) return
     if (sameIdentity(cur, t.last)) return
     if (t.kind === 'file') {
       t.last = identity(cur)
-      this.#emitChange(t, cur)
+      this.#emitChange(t, cur, undefined, settledAt)
       return
     }
     const buf = await readStable(t.file, cur)
@@ -562,11 +581,22 @@ export class LibraryWatcher extends EventEmitter<Events> {
     }
     if (this.#closed || sameIdentity(cur, t.last)) return // markCurrent() while we read
     t.last = identity(cur)
-    this.#emitChange(t, cur)
+    this.#emitChange(t, cur, buf, settledAt)
   }
 
-  #emitChange (t: Target, st: fs.Stats): void {
-    const ev: ChangeEvent = { path: this.path, reason: t.kind, trigger: t.file, stat: st }
+  /** A settle period of the library starts (not for what is already current). */
+  #emitSettling (t: Target, st: fs.Stats): void {
+    if (t.kind !== 'library' || !st.isFile() || sameIdentity(st, t.last) || this.listenerCount('settling') === 0) return
+    try {
+      this.emit('settling', { path: this.path, stat: st })
+    } catch (err) {
+      process.nextTick(() => { throw err })
+    }
+  }
+
+  #emitChange (t: Target, st: fs.Stats, bytes: Buffer | undefined, settledAt: number): void {
+    const ev: ChangeEvent = { path: this.path, reason: t.kind, trigger: t.file, stat: st, settledAt }
+    if (bytes !== undefined) ev.bytes = bytes
     debug('watch: %s changed (%s, %d bytes)', t.file, t.kind, st.size)
     try {
       this.emit('change', ev)
@@ -605,6 +635,34 @@ export class LibraryWatcher extends EventEmitter<Events> {
   }
 }
 
+function readStableSync (file: string, expected: fs.Stats): Buffer | 'changed' | null {
+  let fd: number
+  try {
+    fd = fs.openSync(file, fs.constants.O_RDONLY | (fs.constants.O_NONBLOCK ?? 0))
+  } catch (err) {
+    return errCode(err) === 'ENOENT' ? 'changed' : null
+  }
+  try {
+    if (!sameStable(fs.fstatSync(fd), expected)) return 'changed'
+    // One read of one byte more than expected: a longer file has changed.
+    const buf = Buffer.allocUnsafe(expected.size + 1)
+    let len = 0
+    for (;;) {
+      const n = fs.readSync(fd, buf, len, buf.length - len, null)
+      if (n === 0) break
+      len += n
+      if (len === buf.length) return 'changed'
+    }
+    const after = fs.fstatSync(fd)
+    if (!sameStable(after, expected) || len !== after.size) return 'changed'
+    return buf.subarray(0, len)
+  } catch {
+    return null
+  } finally {
+    try { fs.closeSync(fd) } catch {}
+  }
+}
+
 /** The nearest directory that exists: `dir` itself or an ancestor. */
 function nearestExistingDir (dir: string): string {
   let cur = dir
@@ -622,6 +680,10 @@ function nearestExistingDir (dir: string): string {
  * judged settled: 'changed' if it moved on meanwhile, null if unreadable.
  */
 async function readStable (file: string, expected: fs.Stats): Promise<Buffer | 'changed' | null> {
+  // Small files synchronously (as CopyStore reads them): a threadpool round
+  // trip per step would cost more than the read, and this is on the way
+  // from "settled" to "serving".
+  if (expected.size <= SYNC_SNAPSHOT_LIMIT) return readStableSync(file, expected)
   let fh: fs.promises.FileHandle
   try {
     fh = await fs.promises.open(file, fs.constants.O_RDONLY | (fs.constants.O_NONBLOCK ?? 0))

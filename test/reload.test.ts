@@ -3,8 +3,8 @@ import { execFileSync } from 'child_process'
 import diagnostics from 'diagnostics_channel'
 import fs from 'fs'
 import path from 'path'
-import { reloadable, Plugin, DlhostError } from '../lib/index'
-import { foreignCopy, root } from './lib/helpers'
+import { reloadable, Plugin, DlhostError, type ReloadEvent } from '../lib/index'
+import { foreignCopy, inMaps, root } from './lib/helpers'
 
 const echo = path.join(root, 'examples', 'echo-host', 'echo.c')
 const include = path.join(root, 'csrc', 'include')
@@ -269,9 +269,84 @@ t.test('watch: extra files reload the same library; reload events go to diagnost
   t.equal((await plugin.call('version')).toString(), '1')
 })
 
+/** Polls `cond` (every 5 ms) until it holds; fails the wait after `ms`. */
+async function until (what: string, cond: () => boolean, ms = 10000): Promise<void> {
+  const end = Date.now() + ms
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for: ${what}`)
+    await new Promise(resolve => setTimeout(resolve, 5))
+  }
+}
+
+t.test('watch: the new build is prepared while the file settles, and a superseded one is discarded', async t => {
+  const dir = t.testdir()
+  const build = (n: number): Buffer => fs.readFileSync(cc(path.join(dir, `v${n}.so`), echo, [`-DPLUGIN_VERSION="${n}"`]))
+  const builds = [build(1), build(2), build(3)]
+  interface PrepareMsg { path: string, sha256: string, copy: string, loaded: boolean }
+  const cases = [
+    ['shadow', 'load', true],
+    ['shadow', 'copy', false],
+    ['drain', 'load', false], // one at a time: never dlopen'ed beside the old one
+    ['shadow', 'off', false]
+  ] as const
+  for (const [strategy, prepare, preloads] of cases) {
+    await t.test(`${strategy}, prepare: '${prepare}'`, async t => {
+      const so = path.join(dir, `lib-${strategy}-${prepare}.so`)
+      install(so, builds[0] as Buffer)
+      const msgs: PrepareMsg[] = []
+      const waiters: Array<() => void> = []
+      const onPrepare = (m: unknown): void => {
+        if ((m as PrepareMsg).path !== so) return
+        msgs.push(m as PrepareMsg)
+        waiters.shift()?.()
+      }
+      const nextPrepare = async (): Promise<PrepareMsg> => {
+        const n = msgs.length
+        await new Promise<void>(resolve => waiters.push(resolve))
+        return msgs[n] as PrepareMsg
+      }
+      diagnostics.subscribe('dlhost:prepare', onPrepare)
+      t.teardown(() => diagnostics.unsubscribe('dlhost:prepare', onPrepare))
+      // A settle period long enough for both builds below to land inside it.
+      const settleMs = 400
+      const plugin = await reloadable(so, null, { strategy, prepare, settleMs })
+      t.teardown(() => plugin.close())
+      const copies = path.dirname(plugin.version.copy)
+      const reloaded = once<ReloadEvent>(plugin, 'reload')
+      if (prepare !== 'off') {
+        let p = nextPrepare()
+        install(so, builds[1] as Buffer)
+        const m2 = await p
+        t.ok(fs.existsSync(m2.copy), 'v2 copied while it settles')
+        t.equal(m2.loaded, preloads, `v2 ${preloads ? 'dlopen\'ed' : 'not dlopen\'ed'} before it settled`)
+        t.equal(inMaps(m2.copy), preloads, 'as /proc/self/maps shows')
+        p = nextPrepare()
+        install(so, builds[2] as Buffer) // v3 before v2 settled: v2 never serves
+        const m3 = await p
+        t.not(m3.copy, m2.copy)
+        await until('the superseded copy is removed', () => !fs.existsSync(m2.copy))
+        t.notOk(inMaps(m2.copy), 'the superseded build is unmapped')
+        const ev = await reloaded
+        t.equal(ev.prepared, true, 'the reload took the prepared copy')
+        t.equal(ev.to.copy, m3.copy)
+        t.ok(ev.ms >= 0 && ev.ms < settleMs, `counted from the file settled, not from its change (${ev.ms.toFixed(3)} ms)`)
+      } else {
+        install(so, builds[1] as Buffer)
+        const ev = await reloaded
+        t.equal(ev.prepared, false)
+        t.same(msgs, [], 'nothing prepared')
+      }
+      t.equal((await plugin.call('version')).toString(), prepare === 'off' ? '2' : '3')
+      await until('only the serving copy is left', () => fs.readdirSync(copies).length === 1)
+      t.same(copyMappings(copies).filter(l => !l.includes(plugin.version.copy)), [], 'nothing else of the store is mapped')
+    })
+  }
+})
+
 t.test('bad arguments', async t => {
   await t.rejects(reloadable(42 as unknown as string), TypeError)
   await t.rejects(reloadable('/x.so', null, { strategy: 'fast' as 'auto' }), TypeError)
   await t.rejects(reloadable('/x.so', null, { settleMs: -1 }), RangeError)
+  await t.rejects(reloadable('/x.so', null, { prepare: 'all' as 'load' }), TypeError)
   await t.rejects(reloadable('/nonexistent/lib.so'), { code: 'ERR_NOT_FOUND' })
 })
