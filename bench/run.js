@@ -56,6 +56,7 @@ const ONLY = new Set(String(opt('only', 'seq,pipe,sync,spin,spin1,reload,storm')
 const NO_IDLE = flag('no-idle')
 const ROUND_MS = QUICK ? 150 : 300 // one round of one subject
 const SWAPS = QUICK ? 10 : 20 // reloads per strategy
+const WATCH_SETTLE_MS = 20 // settle period of the watched reload cases
 const STORM_MS = QUICK ? 500 : 700 // one steady / storm window
 const STORM_PAIRS = QUICK ? 3 : 6
 const IDLE_MS = 1000 // idle period whose CPU is measured
@@ -514,6 +515,56 @@ async function benchReload (variants) {
       }
     }
 
+    // ---- watched: the file is replaced, the watcher sees it settle, the
+    // reload event says how long from "settled" to "new version serving"
+    // (the copy was prepared while the file settled, see docs/reload.md).
+    const keepAlive = setInterval(() => {}, 1000) // watchers and their timers are unref'd
+    try {
+      const wcases = [['shadow', 'shadow', 'load'], ['shadow, prepare: copy', 'shadow', 'copy'], ['shadow, prepare: off', 'shadow', 'off'], ['drain', 'drain', 'load']]
+      const wruns = []
+      for (const [label, strategy, prepare] of wcases) {
+        const target = path.join(dir, `watched-${strategy}-${prepare}.so`)
+        install(variants[0].path, target)
+        const plugin = await dlhost.reloadable(target, null, { strategy, prepare, settleMs: WATCH_SETTLE_MS })
+        wruns.push({ label, strategy, target, plugin, ms: [], prepared: 0, firstCallUs: [], cur: 0 })
+      }
+      for (let i = -3; i < SWAPS; i++) {
+        for (const run of wruns) {
+          const { plugin, strategy, target } = run
+          run.cur ^= 1
+          const reloaded = new Promise(resolve => plugin.once('reload', resolve))
+          const drained = strategy === 'shadow' ? new Promise(resolve => plugin.once('drained', resolve)) : null
+          install(variants[run.cur].path, target)
+          const ev = await Promise.race([reloaded, sleep(5000).then(() => { throw new Error(`${run.label}: no reload event`) })])
+          const t1 = now()
+          const v = (await plugin.call('version')).toString()
+          const t2 = now()
+          if (v !== variants[run.cur].version) throw new Error(`${run.label}: expected version ${variants[run.cur].version}, got ${v}`)
+          if (drained) await Promise.race([drained, sleep(2000)])
+          if (i >= 0) {
+            run.ms.push(ev.ms)
+            if (ev.prepared) run.prepared++
+            run.firstCallUs.push((t2 - t1) * 1000)
+          }
+        }
+      }
+      out.watched = { settleMs: WATCH_SETTLE_MS, cases: {} }
+      for (const run of wruns) {
+        await run.plugin.close()
+        const s = summarize(Float64Array.from(run.ms))
+        out.watched.cases[run.label] = {
+          medianMs: round3(s.median),
+          p90Ms: round3(quantile(Float64Array.from(run.ms).sort(), 0.9)),
+          minMs: round3(s.min),
+          maxMs: round3(s.max),
+          prepared: `${run.prepared}/${run.ms.length}`,
+          firstCallUs: round3(median(run.firstCallUs))
+        }
+      }
+    } finally {
+      clearInterval(keepAlive)
+    }
+
     // ---- breakdown, timed from outside, same file size
     const N = SWAPS
     const src = path.join(dir, 'src.so')
@@ -531,26 +582,28 @@ async function benchReload (variants) {
         snapMs.push(now() - t0)
       }
       b.snapshotMs = round3(median(snapMs))
-      // the snapshot's steps, replicated with the same fs calls
+      // the snapshot's steps, replicated with the same (synchronous, as for
+      // any file up to 4 MiB) fs calls
       const steps = { readMs: [], sha256Ms: [], writeMs: [], fsyncMs: [], verifyMs: [] }
       for (let i = 0; i < N; i++) {
         let t = now()
-        const fh = await fs.promises.open(src, 'r')
-        await fh.stat(); const bytes = await fh.readFile(); await fh.stat(); await fh.close()
+        const fd = fs.openSync(src, 'r')
+        const st0 = fs.fstatSync(fd); const bytes = Buffer.allocUnsafe(st0.size + 1)
+        const n = fs.readSync(fd, bytes, 0, bytes.length, null); fs.readSync(fd, bytes, n, 1, null); fs.fstatSync(fd); fs.closeSync(fd)
         let t2 = now(); steps.readMs.push(t2 - t); t = t2
-        crypto.createHash('sha256').update(bytes).digest('hex')
+        crypto.createHash('sha256').update(bytes.subarray(0, n)).digest('hex')
         t2 = now(); steps.sha256Ms.push(t2 - t); t = t2
         const cp = path.join(store.dir, `bench-${i}.so`)
-        const o = await fs.promises.open(cp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o700)
-        await o.chmod(0o700); await o.writeFile(bytes)
+        const o = fs.openSync(cp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o700)
+        fs.fchmodSync(o, 0o700); fs.writeSync(o, bytes, 0, n)
         t2 = now(); steps.writeMs.push(t2 - t); t = t2
-        await o.sync()
+        fs.fsyncSync(o)
         t2 = now(); steps.fsyncMs.push(t2 - t); t = t2
-        await o.close()
-        const back = await fs.promises.readFile(cp)
+        fs.closeSync(o)
+        const back = fs.readFileSync(cp)
         crypto.createHash('sha256').update(back).digest('hex')
         t2 = now(); steps.verifyMs.push(t2 - t)
-        await fs.promises.unlink(cp)
+        fs.unlinkSync(cp)
       }
       b.snapshotSteps = Object.fromEntries(Object.entries(steps).map(([k, v]) => [k, round3(median(v))]))
       // validate: parseElf + checkHostCompatible + detectAbi on the bytes
@@ -706,8 +759,10 @@ function targets (r) {
   if (p) add('pipelined host, 1024 in flight', p.callsPerSec, 'calls/s', '≥ 3 M', p.callsPerSec >= 3e6, Math.max(...p.roundCallsPerSec))
   const cs = r.callSync?.find(x => x.name === 'callSync')
   if (cs) add('callSync, 64 B', cs.nsPerCall, 'ns', '≤ 150', cs.nsPerCall <= 150, Math.min(...cs.roundNs))
+  const ws = r.reload?.watched?.cases?.shadow
+  if (ws) add('shadow swap, file settled → serving, median', ws.medianMs, 'ms', '≤ 1', ws.medianMs <= 1)
   const sh = r.reload?.strategies?.shadow
-  if (sh) add('reload latency, shadow, median', sh.medianMs, 'ms', '≤ 1', sh.medianMs <= 1)
+  if (sh) add('  (reload() call → serving, no settle window)', sh.medianMs, 'ms', '≤ 1', sh.medianMs <= 1)
   if (r.storm) add('throughput during reload storm', r.storm.ratio * 100, '% of steady', '≥ 90', r.storm.ratio >= 0.9)
   if (r.spin) {
     const worst = Math.max(...r.spin.map(x => x.idleCpuPct))
@@ -759,16 +814,22 @@ function render (r) {
     out.push(table(`4. Reload latency (reload() on a ${r.reload.soBytes}-byte host-driven plugin, ${r.reload.swaps} swaps)`,
       ['strategy', 'median ms', 'p90 ms', 'min ms', 'max ms', "'reload' ev ms", 'first call µs', 'old retired ms'],
       Object.entries(s).map(([k, x]) => [k, fmt(x.medianMs, 3), fmt(x.p90Ms, 3), fmt(x.minMs, 3), fmt(x.maxMs, 3), fmt(x.eventMedianMs, 3), fmt(x.firstCallUs, 1), fmt(x.retireMs, 3)])))
+    const w = r.reload.watched
+    if (w) {
+      out.push(table(`   watched: file replaced (rename), settled after ${w.settleMs} ms, 'reload' event ms = settled → new version serving`,
+        ['case', 'median ms', 'p90 ms', 'min ms', 'max ms', 'prepared', 'first call µs'],
+        Object.entries(w.cases).map(([k, x]) => [k, fmt(x.medianMs, 3), fmt(x.p90Ms, 3), fmt(x.minMs, 3), fmt(x.maxMs, 3), x.prepared, fmt(x.firstCallUs, 1)])))
+    }
     const b = r.reload.breakdown
     const st = b.snapshotSteps
     out.push(table('   breakdown (each timed alone, median ms)',
       ['step', 'ms', 'what'],
       [
-        ['snapshot', fmt(b.snapshotMs, 3), 'CopyStore.snapshot: read + sha256 + write + fsync + read back + verify'],
-        ['  read', fmt(st.readMs, 3), 'open + fstat + readFile + fstat + close (4-5 threadpool hops)'],
+        ['snapshot', fmt(b.snapshotMs, 3), 'CopyStore.snapshot: read + sha256 + write + fsync (threadpool) + read back + verify'],
+        ['  read', fmt(st.readMs, 3), 'open + fstat + read + fstat + close (synchronous)'],
         ['  sha256', fmt(st.sha256Ms, 3), 'hash of the bytes'],
         ['  write', fmt(st.writeMs, 3), 'open O_EXCL + fchmod + write'],
-        ['  fsync', fmt(st.fsyncMs, 3), 'fsync of the copy'],
+        ['  fsync', fmt(st.fsyncMs, 3), 'fsync of the copy (here synchronous; a reload overlaps it with verify + load)'],
         ['  verify', fmt(st.verifyMs, 3), 'close + read back + sha256'],
         ['validate', fmt(b.validateMs, 3), 'parseElf + checkHostCompatible + detectAbi'],
         ['open()', fmt(b.openMs, 3), 'stat + realpath + facts (read, sha256, ELF) + dlopen'],
