@@ -840,8 +840,8 @@ function render (r) {
         ['isMapped', fmt(b.isMappedMs, 3), 'dl_iterate_phdr by path'],
         ['remove copy', fmt(b.removeMs, 3), 'unlink'],
         ['lean prototype', fmt(b.leanMs, 3), 'sync read + sha256 + validate + write (no fsync/verify) + load(maxQueue 1024)'],
-        ['shadow rest', fmt(b.shadowRestMs, 3), 'shadow median − snapshot − validate − load'],
-        ['drain rest', fmt(b.drainRestMs, 3), 'drain median − snapshot − validate − load − unload']
+        ['shadow rest', fmt(b.shadowRestMs, 3), 'shadow median − snapshot − validate − load (negative: the steps overlap)'],
+        ['drain rest', fmt(b.drainRestMs, 3), 'drain median − snapshot − validate − load − unload (negative: overlap)']
       ]))
   }
   if (r.storm) {

@@ -534,6 +534,13 @@ export class LibraryWatcher extends EventEmitter<Events> {
   async #settleOnce (t: Target): Promise<void> {
     let prev = await statOrNull(t.file)
     if (prev === null || this.#closed) return // missing: its appearance will be an event
+    if (sameIdentity(prev, t.last)) {
+      // What is current already: nothing to settle (a change after this
+      // stat is another event, or another poll), so no settle period to
+      // sit through while a real change waits behind it.
+      t.observed = statKey(prev)
+      return
+    }
     let cur: fs.Stats
     for (;;) {
       this.#emitSettling(t, prev)

@@ -289,6 +289,37 @@ t.test('watch: the new build is prepared while the file settles, and a supersede
     ['drain', 'load', false], // one at a time: never dlopen'ed beside the old one
     ['shadow', 'off', false]
   ] as const
+  await t.test('reload() takes the prepared copy of the same content before the file settled', async t => {
+    const so = path.join(dir, 'lib-explicit.so')
+    install(so, builds[0] as Buffer)
+    let prepared: PrepareMsg | null = null
+    const got = new Promise<void>((resolve, reject) => {
+      // (a ref'd timer: the watcher alone does not keep the process alive)
+      const timer = setTimeout(() => reject(new Error('nothing prepared within 10 s')), 10000)
+      const on = (m: unknown): void => {
+        if ((m as PrepareMsg).path !== so) return
+        prepared = m as PrepareMsg
+        diagnostics.unsubscribe('dlhost:prepare', on)
+        clearTimeout(timer)
+        resolve()
+      }
+      diagnostics.subscribe('dlhost:prepare', on)
+    })
+    const plugin = await reloadable(so, null, { settleMs: 60000 })
+    t.teardown(() => plugin.close())
+    install(so, builds[1] as Buffer)
+    await got
+    const events: ReloadEvent[] = []
+    plugin.on('reload', ev => events.push(ev))
+    await plugin.reload()
+    t.equal(events.length, 1)
+    t.equal(events[0]?.prepared, true, 'prepared')
+    t.equal(plugin.version.copy, (prepared as PrepareMsg | null)?.copy, 'the prepared copy serves')
+    t.equal((await plugin.call('version')).toString(), '2')
+    await plugin.close()
+    t.equal(events.length, 1, 'the watcher, closed before it settled, reloaded nothing more')
+  })
+
   for (const [strategy, prepare, preloads] of cases) {
     await t.test(`${strategy}, prepare: '${prepare}'`, async t => {
       const so = path.join(dir, `lib-${strategy}-${prepare}.so`)

@@ -93,11 +93,17 @@ for (const mode of ['watch', 'poll'] as const) {
     const lib = path.join(d, 'libplugin.so')
     fs.writeFileSync(lib, build('v1'))
     const [w, rec] = watcher(t, lib, opts)
+    const settling: Array<{ stat: fs.Stats, at: number }> = []
+    w.on('settling', (ev) => {
+      t.equal(ev.path, lib)
+      settling.push({ stat: ev.stat, at: performance.now() })
+    })
     w.start()
     t.equal(w.mode, mode)
     // unrelated files in the same directory do not trigger
     fs.writeFileSync(path.join(d, 'other.so'), build('other'))
     const v2 = build('v2-by-rename')
+    const t0 = performance.now()
     renameOver(lib, v2)
     const e = await rec.nth(1)
     t.equal(e.reason, 'library')
@@ -105,6 +111,12 @@ for (const mode of ['watch', 'poll'] as const) {
     t.equal(e.trigger, lib)
     t.equal(e.stat.size, Buffer.byteLength(v2))
     t.equal(e.stat.ino, fs.statSync(lib).ino, 'the new inode')
+    t.equal(e.bytes?.toString(), v2, 'the event carries the settled content')
+    t.ok(e.settledAt >= t0 + w.settleMs && e.settledAt <= performance.now(), 'settledAt: once stable for settleMs')
+    const s = settling.find(x => x.stat.ino === e.stat.ino)
+    t.ok(s !== undefined && s.at <= e.settledAt - w.settleMs, "a 'settling' event came a settle period before")
+    const otherIno = fs.statSync(path.join(d, 'other.so')).ino
+    t.ok(settling.every(x => x.stat.ino !== otherIno), 'never for other files in the directory')
     await barrier(t, rec, lib, 1)
     t.same(rec.errors, [])
   })
