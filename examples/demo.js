@@ -64,7 +64,7 @@ async function level3 () {
   cc(lib, source)
   const plugin = await dlhost.reloadable(lib, 'demo', { settleMs: 50 })
   const events = []
-  plugin.on('reload', e => events.push(`reload v${e.from.seq} -> v${e.to.seq} in ${e.ms.toFixed(1)} ms (${e.strategy})`))
+  plugin.on('reload', e => events.push(`reload v${e.from.seq} -> v${e.to.seq} in ${e.ms.toFixed(1)} ms after the file settled (${e.strategy}${e.prepared ? ', copy prepared while it settled' : ''})`))
   plugin.on('error', e => events.push(`rejected a bad build: ${e.code} (${e.message.split('\n')[0]})`))
   plugin.on('drained', e => events.push(`v${e.version.seq} drained, dlclosed and verified unmapped`))
 
