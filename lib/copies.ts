@@ -86,7 +86,8 @@ function errMessage (err: unknown): string {
   return err instanceof Error ? err.message : String(err)
 }
 
-function sha256 (buf: Buffer): string {
+/** Hex sha256 of the bytes. */
+export function sha256 (buf: Buffer): string {
   return crypto.createHash('sha256').update(buf).digest('hex')
 }
 

@@ -5,17 +5,16 @@
  * ('shadow' side by side, or 'drain' one at a time) and rolls back on any
  * failure. JS thread only.
  */
-import { createHash } from 'crypto'
 import diagnostics from 'diagnostics_channel'
 import { EventEmitter } from 'events'
 import fs from 'fs'
 import { debuglog } from 'util'
-import { CopyStore, Snapshot, Source } from './copies'
+import { CopyStore, sha256, Snapshot, Source } from './copies'
 import { checkHostCompatible, detectAbi, elfCompleteness, ElfInfo, parseElf, stuckReasons } from './elf'
 import { DlhostError, rangeError, typeError } from './errors'
 import { binding } from './binding'
 import { Abi, CallOptions, Cfg, frozenCfg, load, Runtime } from './runtime'
-import { ChangeEvent, LibraryWatcher } from './watch'
+import { ChangeEvent, LibraryWatcher, statKey } from './watch'
 import { Library, open, seedFacts } from './library'
 
 const debug = debuglog('dlhost')
@@ -241,7 +240,7 @@ export class Plugin extends EventEmitter {
     // settled. Else (reload(), or the file moved on) read the file now.
     let change = this.#change
     this.#change = null
-    if (change !== null && (change.bytes === undefined || !unchanged(this.path, change.stat))) change = null
+    if (change !== null && (change.bytes === undefined || statKey(fs.statSync(this.path, { throwIfNoEntry: false }) ?? null) !== statKey(change.stat))) change = null
     const t0 = change?.settledAt ?? performance.now()
     const old = this.#current
     let snap: Snapshot
@@ -250,16 +249,11 @@ export class Plugin extends EventEmitter {
     // The prepared copy's dlopen reference, held until the version's runtime has its own.
     let preloaded: Library | null = null
     try {
-      let src: Source
-      let ready: Prepared | null
-      if (change?.bytes !== undefined) {
-        const bytes = change.bytes
-        ready = this.#preparing === null ? this.#takePrepared(bytes) : await this.#takePreparedLater(bytes)
-        src = { path: this.path, bytes, sha256: ready?.snap.sha256 ?? sha256(bytes), sourceStat: change.stat }
-      } else {
-        src = await this.#store.read(this.path)
-        ready = this.#preparing === null ? this.#takePrepared(src.bytes) : await this.#takePreparedLater(src.bytes)
-      }
+      const read: Source | null = change?.bytes !== undefined ? null : await this.#store.read(this.path)
+      const bytes = read?.bytes ?? change?.bytes as Buffer
+      const ready = this.#preparing === null ? this.#takePrepared(bytes) : await this.#takePreparedLater(bytes)
+      // A prepared copy's hash is known; the watcher's bytes are hashed only without one.
+      const src: Source = read ?? { path: this.path, bytes, sha256: ready?.snap.sha256 ?? sha256(bytes), sourceStat: (change as ChangeEvent).stat }
       if (src.sha256 === old.sha256 && !force) {
         if (ready !== null) this.#discard(ready)
         this.#watcher?.markCurrent(src.sourceStat)
@@ -583,17 +577,6 @@ export class Plugin extends EventEmitter {
   }
 
   async [Symbol.asyncDispose] (): Promise<void> { await this.close() }
-}
-
-/** Does `file` still have this stat (same inode, size, mtime and ctime)? */
-function unchanged (file: string, st: fs.Stats): boolean {
-  const now = fs.statSync(file, { throwIfNoEntry: false })
-  return now !== undefined && now.ino === st.ino && now.dev === st.dev && now.size === st.size &&
-    now.mtimeMs === st.mtimeMs && now.ctimeMs === st.ctimeMs
-}
-
-function sha256 (buf: Buffer): string {
-  return createHash('sha256').update(buf).digest('hex')
 }
 
 function entryOf (abi: Abi): string {

@@ -372,23 +372,17 @@ function pickAbi (lib: Library, entry: Abi | undefined): Abi {
   throw new DlhostError('ERR_SYMBOL_MISSING', `${lib.path} exports no plugin entry (dlhost_init, dlhost_handle or libffi_init)`, { path: lib.path })
 }
 
-// A reloadable plugin loads every version with the same cfg Buffer: hash it once.
-const cfgHashes = new WeakMap<Buffer, string>()
+// A reloadable plugin loads every version with the same cfg Buffer: its
+// private copy (frozenCfg) is hashed once. Any other cfg is hashed per load,
+// since a caller's Uint8Array may change between loads.
+const frozenCfgHashes = new WeakMap<Buffer, string>()
 function cfgHash (cfg: Buffer): string {
-  let h = cfgHashes.get(cfg)
-  if (h === undefined) {
-    h = createHash('sha256').update(cfg).digest('hex')
-    // Only a Buffer nobody else writes to may be remembered: cfgBuffer()
-    // wraps a caller's Uint8Array as is, frozenCfg() makes a private copy.
-    if (frozenCfgs.has(cfg)) cfgHashes.set(cfg, h)
-  }
-  return h
+  return frozenCfgHashes.get(cfg) ?? createHash('sha256').update(cfg).digest('hex')
 }
-const frozenCfgs = new WeakSet<Buffer>()
-/** @internal A cfg Buffer that will never change (the plugin's own copy): its hash may be cached. */
+/** @internal A private, never-written copy of `cfg`, its hash computed once. */
 export function frozenCfg (cfg: Cfg): Buffer {
-  const b = Buffer.from(cfgBuffer(cfg)) // a private copy
-  frozenCfgs.add(b)
+  const b = Buffer.from(cfgBuffer(cfg))
+  frozenCfgHashes.set(b, createHash('sha256').update(b).digest('hex'))
   return b
 }
 

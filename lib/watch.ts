@@ -152,7 +152,8 @@ function errCode (err: unknown): string | undefined {
   return typeof c === 'string' ? c : undefined
 }
 
-function statKey (st: fs.Stats | null): string {
+/** What a change is judged by, ctime included: equal keys, same file content. */
+export function statKey (st: fs.Stats | null): string {
   return st === null ? 'missing' : `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`
 }
 
