@@ -8,9 +8,12 @@
       "target_name": "dlhost",
       "sources": [
         "csrc/addon.cc",
-        "csrc/library.cc",
+        "csrc/registry.cc",
         "csrc/library_wrap.cc",
-        "csrc/runtime.cc",
+        "csrc/js_util.cc",
+        "csrc/runtime_core.cc",
+        "csrc/runtime_wrap.cc",
+        "csrc/completions.cc",
         "csrc/host_abi.cc"
       ],
       "include_dirs": [

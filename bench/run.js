@@ -33,8 +33,8 @@ function requireRetry (id) {
   }
 }
 const dlhost = requireRetry(path.join(pkg, 'dist'))
-const { CopyStore } = require(path.join(pkg, 'dist', 'copies'))
-const elf = require(path.join(pkg, 'dist', 'elf'))
+const { CopyStore } = require(path.join(pkg, 'dist', 'reload', 'copies'))
+const elf = { ...require(path.join(pkg, 'dist', 'elf')), ...require(path.join(pkg, 'dist', 'rules')) }
 const { binding } = require(path.join(pkg, 'dist', 'binding'))
 
 // ------------------------------------------------------------------ options

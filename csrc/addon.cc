@@ -1,43 +1,23 @@
-// Module entry: per-environment instance data and the cleanup hook.
-#include "addon.h"
-
+// addon.cc: the module entry. Makes the environment's instance data and
+// exports the classes, the functions and every layout constant (constants.h)
+// that lib/binding.ts reads. JS thread only. Nothing includes this file.
 #include <dlfcn.h>
+#include <napi.h>
 
+#include "constants.h"
+#include "env_state.h"
 #include "include/dlhost.h"
+#include "js_util.h"
 #include "library_wrap.h"
-#include "runtime.h"
+#include "registry.h"
+#include "runtime_wrap.h"
 
 namespace dlhost {
-
-void ThrowCoded(Napi::Env env, const std::string &code, const std::string &message,
-                const std::string &loader_message) {
-  Napi::Error err = Napi::Error::New(env, message);
-  err.Set("code", code);
-  if (!loader_message.empty()) err.Set("loaderMessage", loader_message);
-  throw err;
-}
-
-Napi::Object RowToJs(Napi::Env env, const Row &row) {
-  Napi::Object o = Napi::Object::New(env);
-  o.Set("serial", double(row.serial));
-  o.Set("realPath", row.id.real_path);
-  o.Set("dev", double(row.id.dev));
-  o.Set("ino", double(row.id.ino));
-  o.Set("size", double(row.id.size));
-  o.Set("mtimeMs", double(row.id.mtime_ns) / 1e6);
-  o.Set("key", std::to_string(row.id.dev) + ":" + std::to_string(row.id.ino) + ":" +
-                   std::to_string(row.id.size) + ":" + std::to_string(row.id.mtime_ns));
-  o.Set("refs", double(row.refs));
-  o.Set("runtimes", double(row.runtimes));
-  o.Set("pinned", row.pinned);
-  o.Set("mapped", row.mapped);
-  o.Set("dlclosed", row.dlclosed);
-  return o;
-}
+namespace {
 
 // Plugins resolve the host ABI by name at their dlopen. Node loads addons
 // RTLD_LOCAL, so re-open ourselves RTLD_GLOBAL (no new mapping: NOLOAD).
-static void ExportHostSymbols() {
+void ExportHostSymbols() {
   static bool done = false;
   if (done) return;
   Dl_info info;
@@ -46,39 +26,7 @@ static void ExportHostSymbols() {
   }
 }
 
-Addon::Addon(Napi::Env env, Napi::Object exports) : env_(env) {
-  ExportHostSymbols();
-  DefineAddon(exports,
-              {InstanceMethod<&Addon::Libraries>("libraries"),
-               InstanceMethod<&Addon::IsMapped>("isMapped"),
-               InstanceValue("Library", LibraryWrap::Init(env)),
-               InstanceValue("Runtime", RuntimeWrap::Init(env)),
-               InstanceValue("abiVersion", Napi::Number::New(env, DLHOST_ABI_VERSION))});
-  napi_add_env_cleanup_hook(env, CleanupHook, this);
-}
-
-Addon::~Addon() {
-  napi_remove_env_cleanup_hook(env_, CleanupHook, this);
-  Teardown();
-}
-
-void Addon::CleanupHook(void *arg) { static_cast<Addon *>(arg)->Teardown(); }
-
-void Addon::Teardown() {
-  if (torn_down) return;
-  torn_down = true;
-  // Runtimes first: they drain and leave their libraries (bounded wait).
-  for (RuntimeWrap *rt : runtimes) rt->TeardownFromEnv();
-  runtimes.clear();
-  for (auto &ref : libs) {
-    if (ref->released) continue;
-    ref->released = true;
-    Registry::Get().Release(ref->entry);
-  }
-  libs.clear();
-}
-
-Napi::Value Addon::Libraries(const Napi::CallbackInfo &info) {
+Napi::Value Libraries(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   std::vector<Row> rows = Registry::Get().Snapshot();
   Napi::Array out = Napi::Array::New(env, rows.size());
@@ -86,12 +34,70 @@ Napi::Value Addon::Libraries(const Napi::CallbackInfo &info) {
   return out;
 }
 
-Napi::Value Addon::IsMapped(const Napi::CallbackInfo &info) {
+Napi::Value IsMapped(const Napi::CallbackInfo &info) {
   if (!info[0].IsString()) throw Napi::TypeError::New(info.Env(), "isMapped(path: string)");
   return Napi::Boolean::New(info.Env(), Registry::IsMapped(info[0].As<Napi::String>()));
 }
 
+// identify(path) -> the identity open() would give the file now.
+Napi::Value Identify(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsString()) throw Napi::TypeError::New(env, "identify(path: string)");
+  Napi::Object o = Napi::Object::New(env);
+  try {
+    SetIdentity(o, Identity::Of(info[0].As<Napi::String>()));
+  } catch (const LoadError &e) {
+    ThrowLoadError(env, e);
+  }
+  return o;
+}
+
+Napi::Object Constants(Napi::Env env) {
+  Napi::Object c = Napi::Object::New(env);
+  c.Set("SLOT_STRIDE", double(kSlotStride));
+  c.Set("SLOT_INLINE", double(kSlotInline));
+  c.Set("CHUNK_SLOTS", double(kChunkSlots));
+  c.Set("CHUNK_BITS", double(kChunkBits));
+  c.Set("ABORTED_LEN", double(kAbortedLen));
+  c.Set("BIG_OFFSET", double(kBigOffset));
+  c.Set("SYNC_BIG_OFFSET", double(kSyncBigOffset));
+  c.Set("SUBMIT_CLOSED", double(kSubmitClosed));
+  c.Set("ABI_HOST", double(Abi::kHost));
+  c.Set("ABI_NATIVE", double(Abi::kNative));
+  c.Set("ABI_LUA", double(Abi::kLua));
+  c.Set("OPEN_PIN", double(kPin));
+  c.Set("OPEN_GLOBAL", double(kGlobal));
+  c.Set("OPEN_LAZY", double(kLazy));
+  c.Set("DEFAULT_SPIN_NS", double(kDefaultSpinNs));
+  c.Set("DEFAULT_MAX_QUEUE", double(kDefaultMaxQueue));
+  c.Set("MAX_MAX_QUEUE", double(kMaxMaxQueue));
+  c.Set("DEFAULT_UNLOAD_TIMEOUT_MS", double(kDefaultUnloadTimeoutMs));
+  c.Set("DEFAULT_SETTLE_MS", double(kDefaultSettleMs));
+  c.Set("ABI_VERSION", double(DLHOST_ABI_VERSION));
+  c.Freeze();
+  return c;
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  ExportHostSymbols();
+  auto *state = new EnvState();
+  env.SetInstanceData(state);  // deleted when the environment goes
+  Napi::Function library = LibraryWrap::Init(env);
+  state->library_class = Napi::Persistent(library);
+  exports.Set("Library", library);
+  exports.Set("Runtime", RuntimeWrap::Init(env));
+  exports.Set("libraries", Napi::Function::New<Libraries>(env, "libraries"));
+  exports.Set("isMapped", Napi::Function::New<IsMapped>(env, "isMapped"));
+  exports.Set("identify", Napi::Function::New<Identify>(env, "identify"));
+  exports.Set("abiVersion", Napi::Number::New(env, DLHOST_ABI_VERSION));
+  exports.Set("constants", Constants(env));
+  return exports;
+}
+
+}  // namespace
 }  // namespace dlhost
 
-using DlhostAddon = dlhost::Addon;
-NODE_API_ADDON(DlhostAddon)
+static Napi::Object DlhostInit(Napi::Env env, Napi::Object exports) {
+  return dlhost::Init(env, exports);
+}
+NODE_API_MODULE(dlhost, DlhostInit)

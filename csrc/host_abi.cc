@@ -1,10 +1,10 @@
-// The host ABI exported to plugins (dlhost.h). Called on plugin threads.
+// host_abi.cc: the host ABI exported to plugins (dlhost.h). Plugin threads.
 // These are the only symbols the addon exports (-fvisibility=hidden).
 #include <climits>
 #include <cstring>
 
 #include "include/dlhost.h"
-#include "runtime.h"
+#include "runtime_core.h"
 
 using dlhost::Task;
 

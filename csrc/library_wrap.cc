@@ -1,5 +1,7 @@
-// class Library (binding): JS thread only.
+// library_wrap.cc: class Library (binding). JS thread only.
 #include "library_wrap.h"
+
+#include "js_util.h"
 
 namespace dlhost {
 
@@ -11,58 +13,59 @@ Napi::Function LibraryWrap::Init(Napi::Env env) {
                       InstanceMethod<&LibraryWrap::Pin>("pin")});
 }
 
-LibraryWrap::LibraryWrap(const Napi::CallbackInfo &info)
-    : Napi::ObjectWrap<LibraryWrap>(info), addon_(Addon::Of(info.Env())) {
+LibraryWrap *LibraryWrap::FromValue(Napi::Env env, Napi::Value v) {
+  EnvState *st = EnvState::Of(env);
+  if (!v.IsObject() || !st || st->library_class.IsEmpty()) return nullptr;
+  Napi::Object o = v.As<Napi::Object>();
+  if (!o.InstanceOf(st->library_class.Value())) return nullptr;
+  return Unwrap(o);
+}
+
+LibraryWrap::LibraryWrap(const Napi::CallbackInfo &info) : Napi::ObjectWrap<LibraryWrap>(info) {
   Napi::Env env = info.Env();
   if (!info[0].IsString() || !info[1].IsNumber())
     throw Napi::TypeError::New(env, "Library(path: string, flags: number)");
   std::string path = info[0].As<Napi::String>();
   uint32_t flags = info[1].As<Napi::Number>().Uint32Value();
-  ref_ = std::make_shared<LibRef>();
   try {
-    ref_->entry = Registry::Get().Open(path, flags);
+    entry_ = Registry::Get().Open(path, flags);
   } catch (const LoadError &e) {
-    ref_->released = true;
-    ThrowCoded(env, e.code, e.message, e.loader_message);
+    ThrowLoadError(env, e);
   }
-  addon_->libs.insert(ref_);
-  const Identity &id = ref_->entry->id;
+  released_ = false;
+  hook_.Arm(env, &LibraryWrap::OnEnvCleanup, this);
   Napi::Object self = info.This().As<Napi::Object>();
-  self.Set("realPath", id.real_path);
-  self.Set("dev", double(id.dev));
-  self.Set("ino", double(id.ino));
-  self.Set("size", double(id.size));
-  self.Set("mtimeMs", double(id.mtime_ns) / 1e6);
-  self.Set("key", std::to_string(id.dev) + ":" + std::to_string(id.ino) + ":" +
-                      std::to_string(id.size) + ":" + std::to_string(id.mtime_ns));
-  self.Set("serial", double(ref_->entry->serial));
+  SetIdentity(self, entry_->id);
+  self.Set("serial", double(entry_->serial));
 }
 
-LibraryWrap::~LibraryWrap() {
-  if (!ref_ || ref_->released) return;
-  ref_->released = true;
-  Registry::Get().Release(ref_->entry);
-  if (!addon_->torn_down) addon_->libs.erase(ref_);
+LibraryWrap::~LibraryWrap() { Drop(); }
+
+void LibraryWrap::OnEnvCleanup(void *self) { static_cast<LibraryWrap *>(self)->Drop(); }
+
+ReleaseResult LibraryWrap::Drop() {
+  hook_.Disarm();
+  if (released_) return {};
+  released_ = true;
+  return Registry::Get().Release(entry_);
 }
 
 Napi::Value LibraryWrap::State(const Napi::CallbackInfo &info) {
-  return RowToJs(info.Env(), Registry::Get().RowOf(ref_->entry));
+  return RowToJs(info.Env(), Registry::Get().RowOf(entry_));
 }
 
 Napi::Value LibraryWrap::Has(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   if (!info[0].IsString()) throw Napi::TypeError::New(env, "has(symbol: string)");
-  if (ref_->released) ThrowCoded(env, "ERR_RELEASED", "the library was released");
+  if (released_) ThrowCoded(env, "ERR_RELEASED", "the library was released");
   std::string name = info[0].As<Napi::String>();
-  return Napi::Boolean::New(env, Registry::Get().Symbol(ref_->entry, name.c_str()) != nullptr);
+  return Napi::Boolean::New(env, Registry::Get().Symbol(entry_, name.c_str()) != nullptr);
 }
 
 Napi::Value LibraryWrap::Release(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
-  if (ref_->released) return env.Null();
-  ref_->released = true;
-  addon_->libs.erase(ref_);
-  ReleaseResult r = Registry::Get().Release(ref_->entry);
+  if (released_) return env.Null();
+  ReleaseResult r = Drop();
   Napi::Object out = Napi::Object::New(env);
   out.Set("dlclosed", r.dlclosed);
   out.Set("mapped", r.mapped);
@@ -70,8 +73,8 @@ Napi::Value LibraryWrap::Release(const Napi::CallbackInfo &info) {
 }
 
 Napi::Value LibraryWrap::Pin(const Napi::CallbackInfo &info) {
-  if (ref_->released) ThrowCoded(info.Env(), "ERR_RELEASED", "the library was released");
-  Registry::Get().Pin(ref_->entry);
+  if (released_) ThrowCoded(info.Env(), "ERR_RELEASED", "the library was released");
+  Registry::Get().Pin(entry_);
   return info.Env().Undefined();
 }
 

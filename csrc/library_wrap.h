@@ -1,9 +1,11 @@
-// The JS face of one open() reference: class Library in the binding.
+// library_wrap.h: class Library (binding), the JS face of one open()
+// reference. JS thread only.
 #pragma once
 
 #include <napi.h>
 
-#include "addon.h"
+#include "env_state.h"
+#include "registry.h"
 
 namespace dlhost {
 
@@ -13,16 +15,23 @@ class LibraryWrap : public Napi::ObjectWrap<LibraryWrap> {
   explicit LibraryWrap(const Napi::CallbackInfo &info);
   ~LibraryWrap();  // finalizer: the safety net when release() was never called
 
-  const EntryPtr &entry() const { return ref_->entry; }
-  bool released() const { return ref_->released; }
+  // The wrapper behind `v` when it is a Library of this environment, else null.
+  static LibraryWrap *FromValue(Napi::Env env, Napi::Value v);
+  const EntryPtr &entry() const { return entry_; }
+  bool released() const { return released_; }
 
  private:
   Napi::Value State(const Napi::CallbackInfo &info);
   Napi::Value Has(const Napi::CallbackInfo &info);
   Napi::Value Release(const Napi::CallbackInfo &info);
   Napi::Value Pin(const Napi::CallbackInfo &info);
-  std::shared_ptr<LibRef> ref_;
-  Addon *addon_;
+  // Drops the reference once (release(), finalizer, environment teardown).
+  ReleaseResult Drop();
+  static void OnEnvCleanup(void *self);
+
+  EntryPtr entry_;
+  bool released_ = true;
+  CleanupHook hook_;
 };
 
 }  // namespace dlhost

@@ -23,12 +23,13 @@
 #include <atomic>
 #include <cstdlib>
 #include <new>
-#include <chrono>
 #include <climits>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
-#include <new>
+
+#include "clock.h"
+#include "constants.h"
 
 namespace dlhost {
 
@@ -58,12 +59,6 @@ inline void full_fence() noexcept {
 #endif
 }
 
-inline uint64_t monotonic_ns() noexcept {
-  return static_cast<uint64_t>(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(
-          std::chrono::steady_clock::now().time_since_epoch())
-          .count());
-}
 
 // ------------------------------------------------------------------ MpmcRing
 //
@@ -322,12 +317,9 @@ class TaskQueue {
  public:
   enum class Push { Ok, Full, Closed };
 
-  // Spin budget of a consumer before it parks. Waking a parked thread costs
-  // 25-50 us on the target VMs (more if its CPU went idle), while a spinning
-  // consumer takes a task in well under 2 us. Spinning about as long as a
-  // wake-up costs bounds the loss of either choice to 2x (the classic
-  // spin-then-block rule); 0 parks at once.
-  static constexpr uint64_t kDefaultSpinNs = 50000;
+  // Spin budget of a consumer before it parks (constants.h says why; 0 parks
+  // at once).
+  static constexpr uint64_t kDefaultSpinNs = dlhost::kDefaultSpinNs;
 
   // max_queue: tasks queued at most (>= 1). The ring is max_queue rounded up
   // to a power of two; when max_queue is not one, the bound is checked from

@@ -6,16 +6,21 @@
 import path from 'path'
 import nodeGypBuild from 'node-gyp-build'
 
-/** The registry's row for one library identity (process-wide counts). */
-export interface NativeRow {
-  serial: number
+/** What a library is: the file behind the real path when it was opened. */
+export interface NativeIdentity {
   realPath: string
   dev: number
   ino: number
   size: number
   mtimeMs: number
-  /** `${dev}:${ino}:${size}:${mtimeNs}`: with realPath, the identity. */
+  mtimeNs: bigint
+  /** "dev:ino:size:mtimeNs", made by the native side only: with realPath, the identity. */
   key: string
+}
+
+/** The registry's row for one library identity (process-wide counts). */
+export interface NativeRow extends NativeIdentity {
+  serial: number
   refs: number
   runtimes: number
   pinned: boolean
@@ -23,6 +28,8 @@ export interface NativeRow {
   mapped: boolean
   /** dlclose ran (a row that is dlclosed and mapped is stuck). */
   dlclosed: boolean
+  /** A runtime's plugin threads outlived its unload: kept mapped for ever. */
+  threadsStuck: boolean
 }
 
 export interface NativeReleaseResult {
@@ -31,13 +38,7 @@ export interface NativeReleaseResult {
 }
 
 /** One open() reference. Its finalizer releases it if release() never ran. */
-export interface NativeLibrary {
-  readonly realPath: string
-  readonly dev: number
-  readonly ino: number
-  readonly size: number
-  readonly mtimeMs: number
-  readonly key: string
+export interface NativeLibrary extends Readonly<NativeIdentity> {
   readonly serial: number
   state (): NativeRow
   has (symbol: string): boolean
@@ -46,13 +47,36 @@ export interface NativeLibrary {
   pin (): void
 }
 
-export const OPEN_PIN = 1
-export const OPEN_GLOBAL = 2
-export const OPEN_LAZY = 4
-
-export const ABI_HOST = 0
-export const ABI_NATIVE = 1
-export const ABI_LUA = 2
+/** Layout, protocol constants and defaults: csrc/constants.h is their one home. */
+export interface NativeConstants {
+  /** Inline request bytes per slot (NUL included). */
+  SLOT_STRIDE: number
+  /** Longest request written inline (SLOT_STRIDE - 1). */
+  SLOT_INLINE: number
+  /** Slots per grow(). */
+  CHUNK_SLOTS: number
+  CHUNK_BITS: number
+  /** Completion meta length of a call that was never answered. */
+  ABORTED_LEN: number
+  /** Completion meta offset of a body handed over as its own Buffer. */
+  BIG_OFFSET: number
+  /** callSync meta offset of a big answer (takeBig()). */
+  SYNC_BIG_OFFSET: number
+  /** submit() result when the runtime is closed. */
+  SUBMIT_CLOSED: number
+  ABI_HOST: number
+  ABI_NATIVE: number
+  ABI_LUA: number
+  OPEN_PIN: number
+  OPEN_GLOBAL: number
+  OPEN_LAZY: number
+  DEFAULT_SPIN_NS: number
+  DEFAULT_MAX_QUEUE: number
+  MAX_MAX_QUEUE: number
+  DEFAULT_UNLOAD_TIMEOUT_MS: number
+  DEFAULT_SETTLE_MS: number
+  ABI_VERSION: number
+}
 
 /** Completed calls of one batch: meta holds [id, rc, offset, length] per call. */
 export type CompleteCallback = (count: number, meta: Int32Array, bodies: ArrayBuffer | undefined, bigs: Array<Buffer | undefined> | undefined) => void
@@ -69,7 +93,6 @@ export type EventCallback = ((kind: 'init', rc: number) => void) & ((kind: 'unlo
 
 export interface NativeStats {
   queued: number
-  inFlight: number
   misuse: number
   aborted: number
   pollers: number
@@ -83,14 +106,20 @@ export interface NativeRuntime {
    * Queues staged calls: `staged` holds [slot, len] pairs, len being the
    * bytes the JS side wrote into the slot's inline area (NUL after them) or
    * -1 for a request handed to setBig(). Returns how many were queued (a
-   * prefix) or -2 if the runtime is closed.
+   * prefix) or SUBMIT_CLOSED if the runtime is closed.
    */
   submit (staged: Int32Array, count: number): number
-  /** 256 more slots; returns their inline request area (128 bytes per slot, owned by the native core). */
+  /** CHUNK_SLOTS more slots; returns their inline request area (SLOT_STRIDE bytes per slot, owned by the native core). */
   grow (): ArrayBuffer
+  /**
+   * Int32Array [pending]: the calls made and not settled, written by the
+   * TypeScript side (the one count); the native side reads it to keep the
+   * event loop alive while calls are in flight.
+   */
+  counters (): Int32Array
   /** Copies a request too big for the inline area into the slot (before submit). */
   setBig (slot: number, req: string | Uint8Array): void
-  /** Runs the handler; the answer is described by syncMeta() [slab generation, offset or -1, length, rc]. */
+  /** Runs the handler; the answer is described by syncMeta() [slab generation, offset or SYNC_BIG_OFFSET, length, rc]. */
   callSync (req: string | Uint8Array): void
   /** callSync for Uint8Array requests as a plain function (no unwrap, no type dispatch); call it only while this object is alive. */
   syncBytes (): (req: Uint8Array) => void
@@ -98,7 +127,7 @@ export interface NativeRuntime {
   syncMeta (): Int32Array
   /** The slab small callSync answers are copied into (a new one per generation). */
   syncSlab (): ArrayBuffer
-  /** A big callSync answer (offset -1), handed over without a copy. */
+  /** A big callSync answer (offset SYNC_BIG_OFFSET), handed over without a copy. */
   takeBig (): Buffer
   unload (): void
   stats (): NativeStats
@@ -107,12 +136,16 @@ export interface NativeRuntime {
 
 export interface NativeBinding {
   abiVersion: number
+  constants: NativeConstants
   Library: new (path: string, flags: number) => NativeLibrary
   Runtime: new (library: NativeLibrary, abi: number, maxQueue: number,
     onComplete: CompleteCallback, onEvent: (kind: string, info: number | NativeUnloadInfo) => void,
     unloadTimeoutMs: number) => NativeRuntime
   libraries (): NativeRow[]
   isMapped (path: string): boolean
+  /** The identity open() would give the file now (realpath + stat). */
+  identify (path: string): NativeIdentity
 }
 
 export const binding: NativeBinding = nodeGypBuild(path.join(__dirname, '..')) as NativeBinding
+export const C: Readonly<NativeConstants> = binding.constants

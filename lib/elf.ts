@@ -12,8 +12,7 @@
  * table reads as '' rather than failing the whole file.
  */
 import * as fs from 'fs'
-import * as os from 'os'
-import { DlhostError, DlhostErrorCode, typeError } from './errors'
+import { DlhostError, errnoError, notRegularError, typeError } from './errors'
 
 export type ElfType = 'ET_NONE' | 'ET_REL' | 'ET_EXEC' | 'ET_DYN' | 'ET_CORE' | `ET_0x${string}`
 
@@ -127,22 +126,6 @@ const MACHINE_NAMES: Record<number, string> = {
   243: 'RISC-V',
   247: 'BPF',
   258: 'LoongArch'
-}
-
-/** process.arch → the ELF this process can load. */
-const HOST_MACHINES: Record<string, { machine: number, class: 32 | 64 }> = {
-  x64: { machine: 62, class: 64 },
-  arm64: { machine: 183, class: 64 },
-  ia32: { machine: 3, class: 32 },
-  arm: { machine: 40, class: 32 },
-  ppc: { machine: 20, class: 32 },
-  ppc64: { machine: 21, class: 64 },
-  s390: { machine: 22, class: 32 },
-  s390x: { machine: 22, class: 64 },
-  riscv64: { machine: 243, class: 64 },
-  loong64: { machine: 258, class: 64 },
-  mips: { machine: 8, class: 32 },
-  mipsel: { machine: 8, class: 32 }
 }
 
 /** Whole files up to this size are read into memory; larger ones are read piecewise. */
@@ -612,33 +595,6 @@ export function elfCompleteness (buf: Buffer): ElfCompleteness {
   }
 }
 
-/**
- * `elfCompleteness` of a file on disk. Never throws: a missing or unreadable
- * file is simply not complete (with the OS's reason).
- */
-export function elfFileCompleteness (path: string): ElfCompleteness {
-  try {
-    readElfFileSync(path)
-    return { complete: true }
-  } catch (err) {
-    if (err instanceof DlhostError) return { complete: false, reason: err.reason ?? err.message }
-    return { complete: false, reason: String((err as Error)?.message ?? err) }
-  }
-}
-
-function fsError (err: unknown, path: string): unknown {
-  const e = err as NodeJS.ErrnoException
-  let code: DlhostErrorCode | undefined
-  switch (e?.code) {
-    case 'ENOENT': case 'ENOTDIR': case 'ELOOP': case 'ENAMETOOLONG': code = 'ERR_NOT_FOUND'; break
-    case 'EISDIR': code = 'ERR_IS_DIRECTORY'; break
-    case 'EACCES': case 'EPERM': case 'EIO': case 'EMFILE': case 'ENFILE': code = 'ERR_ACCESS'; break
-  }
-  if (code === undefined) return err
-  const what = code === 'ERR_NOT_FOUND' ? 'no such file' : code === 'ERR_IS_DIRECTORY' ? 'is a directory' : 'cannot read'
-  return new DlhostError(code, `${path}: ${what} (${String(e.code)})`, { path, loaderMessage: e.message, cause: err })
-}
-
 function checkPath (path: unknown): asserts path is string {
   if (typeof path !== 'string') {
     throw typeError(`path must be a string, got ${path === null ? 'null' : typeof path}`)
@@ -648,122 +604,37 @@ function checkPath (path: unknown): asserts path is string {
 }
 
 function notRegular (path: string, st: fs.Stats): DlhostError | undefined {
-  if (st.isDirectory()) return new DlhostError('ERR_IS_DIRECTORY', `${path}: is a directory`, { path })
-  if (!st.isFile()) return notElf(path, 'not a regular file')
+  if (st.isDirectory()) return errnoError(Object.assign(new Error('is a directory'), { code: 'EISDIR' }), path)
+  if (!st.isFile()) return notRegularError(path)
   return undefined
 }
 
 /**
- * Reads and parses an ELF file (synchronously). Files up to 64 MiB are read
- * whole; bigger ones piecewise (headers, tables and the dynamic sections
- * only). Errors: ERR_NOT_FOUND, ERR_IS_DIRECTORY, ERR_ACCESS, ERR_NOT_ELF
- * (also for a non-regular file such as a FIFO or a device), ERR_INVALID_ARG
- * for an empty path or one with a NUL byte; TypeError ERR_INVALID_ARG_TYPE for
- * a non-string path.
+ * Reads and parses an ELF file without blocking the event loop. Files up to
+ * 64 MiB are read whole; bigger ones piecewise (headers, tables and the
+ * dynamic sections only). Errors: ERR_NOT_FOUND, ERR_IS_DIRECTORY,
+ * ERR_ACCESS, ERR_NOT_ELF (also for a non-regular file such as a FIFO or a
+ * device), ERR_INVALID_ARG for an empty path or one with a NUL byte;
+ * TypeError ERR_INVALID_ARG_TYPE for a non-string path.
  */
-export function readElfFileSync (path: string): ElfInfo {
-  checkPath(path)
-  let fd: number
-  try {
-    fd = fs.openSync(path, fs.constants.O_RDONLY | (fs.constants.O_NONBLOCK ?? 0))
-  } catch (err) { throw fsError(err, path) }
-  try {
-    let st: fs.Stats
-    try { st = fs.fstatSync(fd) } catch (err) { throw fsError(err, path) }
-    const bad = notRegular(path, st)
-    if (bad !== undefined) throw bad
-    if (st.size <= WHOLE_READ_LIMIT) {
-      let buf: Buffer
-      try { buf = fs.readFileSync(fd) } catch (err) { throw fsError(err, path) }
-      return parseElf(buf, path)
-    }
-    return run(path, () => analyze(new FdSource(fd, st.size), path))
-  } finally {
-    fs.closeSync(fd)
-  }
-}
-
-/** Async `readElfFileSync`: the file is read without blocking the event loop (up to 64 MiB). */
 export async function readElfFile (path: string): Promise<ElfInfo> {
   checkPath(path)
   let fh: fs.promises.FileHandle
   try {
     fh = await fs.promises.open(path, fs.constants.O_RDONLY | (fs.constants.O_NONBLOCK ?? 0))
-  } catch (err) { throw fsError(err, path) }
+  } catch (err) { throw errnoError(err, path) }
   try {
     let st: fs.Stats
-    try { st = await fh.stat() } catch (err) { throw fsError(err, path) }
+    try { st = await fh.stat() } catch (err) { throw errnoError(err, path) }
     const bad = notRegular(path, st)
     if (bad !== undefined) throw bad
     if (st.size <= WHOLE_READ_LIMIT) {
       let buf: Buffer
-      try { buf = await fh.readFile() } catch (err) { throw fsError(err, path) }
+      try { buf = await fh.readFile() } catch (err) { throw errnoError(err, path) }
       return parseElf(buf, path)
     }
     return run(path, () => analyze(new FdSource(fh.fd, st.size), path))
   } finally {
     await fh.close()
   }
-}
-
-/** What this process can load: ELF class, byte order and e_machine (undefined machine: unknown arch). */
-export function hostElf (): { class: 32 | 64, endian: 'le' | 'be', machine: number | undefined, machineName: string } {
-  const m = HOST_MACHINES[process.arch]
-  const endian = os.endianness() === 'LE' ? 'le' : 'be'
-  const cls: 32 | 64 = m?.class ?? (/64/.test(process.arch) ? 64 : 32)
-  return { class: cls, endian, machine: m?.machine, machineName: m !== undefined ? machineName(m.machine) : process.arch }
-}
-
-function describe (c: 32 | 64, e: 'le' | 'be', name: string): string {
-  return `${name} (ELF${c}, ${e === 'le' ? 'little' : 'big'} endian)`
-}
-
-/**
- * Throws unless this process could dlopen the object: `ERR_WRONG_ARCH` when
- * class, byte order or machine differ from this process's; `ERR_NOT_ELF` when
- * it is not a shared object (ET_DYN), or is a position-independent executable.
- */
-export function checkHostCompatible (info: ElfInfo, path?: string): void {
-  const p = path ?? info.path
-  const host = hostElf()
-  if (info.class !== host.class || info.endian !== host.endian || (host.machine !== undefined && info.machine !== host.machine)) {
-    throw new DlhostError('ERR_WRONG_ARCH',
-      `${p ?? 'library'}: built for ${describe(info.class, info.endian, info.machineName)}, this process is ${describe(host.class, host.endian, host.machineName)}`,
-      { path: p, reason: `machine ${info.machineName}` })
-  }
-  if (info.type !== 'ET_DYN') {
-    throw notElf(p, `not a shared object (${info.type})`)
-  }
-  if (info.pie) {
-    throw notElf(p, 'a position-independent executable, not a shared library (glibc refuses to dlopen it)')
-  }
-}
-
-/**
- * Why a library would stay mapped after dlclose, in a fixed order:
- * 'NODELETE', 'GNU_UNIQUE', 'TLS destructors pending', 'Go runtime'.
- * An empty array means there is no static reason (dlhost still measures).
- */
-export function stuckReasons (info: ElfInfo): string[] {
-  const out: string[] = []
-  if (info.nodelete) out.push('NODELETE')
-  if (info.gnuUnique.length > 0) out.push('GNU_UNIQUE')
-  if (info.tls && info.threadAtexit) out.push('TLS destructors pending')
-  if (info.goRuntime) out.push('Go runtime')
-  return out
-}
-
-export type Abi = 'native' | 'host' | 'lua-resty-ffi'
-
-/**
- * The plugin ABI a library offers, by its exported entry symbol, in order of
- * precedence: `dlhost_init` (native, plugin-driven), `dlhost_handle` (host-driven),
- * `libffi_init` (lua-resty-ffi compatible). `{ abi: null, entry: null }` when none.
- */
-export function detectAbi (info: ElfInfo): { abi: Abi | null, entry: string | null } {
-  const has = new Set(info.exports)
-  if (has.has('dlhost_init')) return { abi: 'native', entry: 'dlhost_init' }
-  if (has.has('dlhost_handle')) return { abi: 'host', entry: 'dlhost_handle' }
-  if (has.has('libffi_init')) return { abi: 'lua-resty-ffi', entry: 'libffi_init' }
-  return { abi: null, entry: null }
 }

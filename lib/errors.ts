@@ -1,3 +1,9 @@
+/**
+ * Errors: the stable codes, the DlhostError class, coded TypeError and
+ * RangeError, the one errno → code mapping, and the conversion of the
+ * native side's errors. Every error dlhost raises is made here.
+ */
+
 /** Stable error codes. Every error dlhost raises carries one of these. */
 export const codes = {
   ERR_NOT_FOUND: 'ERR_NOT_FOUND',
@@ -18,7 +24,9 @@ export const codes = {
   ERR_ABORTED: 'ERR_ABORTED',
   ERR_CLOSED: 'ERR_CLOSED',
   ERR_COPY: 'ERR_COPY',
-  ERR_INVALID_ARG: 'ERR_INVALID_ARG'
+  ERR_INVALID_ARG: 'ERR_INVALID_ARG',
+  /** The native side raised a code this table does not know: a dlhost bug. */
+  ERR_INTERNAL: 'ERR_INTERNAL'
 } as const
 
 export type DlhostErrorCode = keyof typeof codes
@@ -42,7 +50,7 @@ export class DlhostError extends Error {
   readonly rc?: number
   /** A failing plugin's response body (ERR_PLUGIN). */
   readonly detail?: Buffer
-  /** Why a library could not leave the process (ERR_STUCK). */
+  /** Why a library could not leave the process (ERR_STUCK), or what is wrong with a file. */
   readonly reason?: string
 
   constructor (code: DlhostErrorCode, message: string, opts: DlhostErrorOptions = {}) {
@@ -71,12 +79,67 @@ export function rangeError (message: string): RangeError & { code: 'ERR_OUT_OF_R
   return e
 }
 
-/** Native code throws plain Errors with `code` and `loaderMessage`; this makes them DlhostErrors. */
+// ─── errno → code: the one mapping ────────────────────────────────────────
+
+const ERRNO_CODES: Record<string, DlhostErrorCode> = {
+  ENOENT: 'ERR_NOT_FOUND',
+  ENOTDIR: 'ERR_NOT_FOUND',
+  ELOOP: 'ERR_NOT_FOUND',
+  ENAMETOOLONG: 'ERR_NOT_FOUND',
+  EISDIR: 'ERR_IS_DIRECTORY',
+  EACCES: 'ERR_ACCESS',
+  EPERM: 'ERR_ACCESS',
+  EROFS: 'ERR_ACCESS',
+  EIO: 'ERR_ACCESS',
+  EMFILE: 'ERR_ACCESS',
+  ENFILE: 'ERR_ACCESS'
+}
+
+const ERRNO_WHAT: Partial<Record<DlhostErrorCode, string>> = {
+  ERR_NOT_FOUND: 'no such file',
+  ERR_IS_DIRECTORY: 'is a directory',
+  ERR_ACCESS: 'cannot read'
+}
+
+function errnoOf (err: unknown): string | undefined {
+  const c = (err as { code?: unknown } | null)?.code
+  return typeof c === 'string' && c.startsWith('E') && !c.startsWith('ERR_') ? c : undefined
+}
+
+/**
+ * A file-system error (an fs error, or the errno name the native side
+ * reports) as a coded DlhostError: missing → ERR_NOT_FOUND, a directory →
+ * ERR_IS_DIRECTORY, unreadable or out of descriptors → ERR_ACCESS, anything
+ * else → `fallback` (ERR_ACCESS unless the caller knows better, e.g.
+ * ERR_COPY while writing a copy).
+ */
+export function errnoError (err: unknown, path: string, fallback: DlhostErrorCode = 'ERR_ACCESS', errno = errnoOf(err)): DlhostError {
+  const mapped = errno !== undefined ? ERRNO_CODES[errno] : undefined
+  const code = mapped ?? fallback
+  const msg = err instanceof Error ? err.message : String(err)
+  const what = mapped !== undefined ? ERRNO_WHAT[mapped] : undefined
+  const text = what !== undefined ? `${path}: ${what} (${errno ?? 'unknown'})` : `${path}: ${msg}`
+  return new DlhostError(code, text, { path, loaderMessage: msg, cause: err })
+}
+
+/** The one rule for a path that is not a regular file (a FIFO, a device, a socket). */
+export function notRegularError (path: string): DlhostError {
+  const reason = 'not a regular file'
+  return new DlhostError('ERR_NOT_ELF', `${path}: ${reason}`, { path, reason })
+}
+
+/**
+ * Native code throws plain Errors with `code` (or an errno name as
+ * `errnoCode`) and `loaderMessage`; this makes them DlhostErrors. A code
+ * this table does not know is ERR_INTERNAL, never dropped.
+ */
 export function fromNative (err: unknown, path?: string): unknown {
   if (err instanceof DlhostError || !(err instanceof Error)) return err
-  const e = err as Error & { code?: unknown, loaderMessage?: string, rc?: number, detail?: Buffer }
-  if (typeof e.code !== 'string' || !(e.code in codes)) return err
-  return new DlhostError(e.code as DlhostErrorCode, err.message, {
+  const e = err as Error & { code?: unknown, errnoCode?: unknown, loaderMessage?: string, rc?: number, detail?: Buffer }
+  if (typeof e.errnoCode === 'string') return errnoError(err, path ?? '', 'ERR_ACCESS', e.errnoCode)
+  if (typeof e.code !== 'string') return err
+  const known = Object.prototype.hasOwnProperty.call(codes, e.code)
+  return new DlhostError(known ? e.code as DlhostErrorCode : 'ERR_INTERNAL', known ? err.message : `${err.message} (native code ${e.code})`, {
     path, loaderMessage: e.loaderMessage, rc: e.rc, detail: e.detail
   })
 }

@@ -13,5 +13,5 @@ export type { InspectReport } from './inspect'
 import { binding } from './binding'
 /** The plugin ABI version this build of dlhost implements (DLHOST_ABI_VERSION). */
 export const abiVersion: number = binding.abiVersion
-export { reloadable, Plugin } from './plugin'
-export type { Strategy, ReloadableOptions, WatchOptions, PluginVersion, VersionState, ReloadEvent, DrainedEvent, StuckEvent } from './plugin'
+export { reloadable, Plugin } from './reload/plugin'
+export type { Strategy, ReloadableOptions, WatchOptions, PluginVersion, VersionState, ReloadEvent, DrainedEvent, StuckEvent } from './reload/plugin'

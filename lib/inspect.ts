@@ -31,8 +31,9 @@
  * the second copy binds to the first copy's unique objects, so versions
  * would share (and, if the layout changed, corrupt) that state.
  */
+import { readElfFile } from './elf'
 import { DlhostError, typeError } from './errors'
-import { Abi, checkHostCompatible, detectAbi, readElfFile, stuckReasons } from './elf'
+import { Abi, autoStrategy, checkHostCompatible, coexistBlockers, detectAbi, stuckReasons, unloadBlockers } from './rules'
 
 export type Verdict = 'unloadable' | 'conditional' | 'stuck'
 
@@ -70,14 +71,12 @@ export interface InspectReport {
   /** Why not, when loadable is false (the ERR_WRONG_ARCH / ERR_NOT_ELF message). */
   loadError?: { code: string, message: string }
   /**
-   * What DESIGN.md's 'auto' reload rule picks from these facts: 'shadow'
+   * What the 'auto' reload rule (rules.ts) picks from these facts: 'shadow'
    * (coexists and unloads), 'drain' (unloads but cannot coexist), 'restart'
    * (never leaves the process: isolate it in a child process or restart).
    */
   autoStrategy: 'shadow' | 'drain' | 'restart'
 }
-
-const HARD = new Set(['NODELETE', 'GNU_UNIQUE', 'Go runtime'])
 
 /**
  * Reads the ELF file at `path` and diagnoses it. A library built for another
@@ -101,15 +100,12 @@ export async function inspect (path: string): Promise<InspectReport> {
     if (!(err instanceof DlhostError)) throw err
     loadError = { code: err.code, message: err.message }
   }
-  const reasons = stuckReasons(info)
-  const hard = reasons.filter(r => HARD.has(r))
-  const warnings = reasons.filter(r => !HARD.has(r))
+  const reasons: string[] = stuckReasons(info)
+  const hard: string[] = unloadBlockers(info)
+  const warnings = reasons.filter(r => !hard.includes(r))
   if (info.staticTls) warnings.push('static TLS')
   const verdict: Verdict = hard.length > 0 ? 'stuck' : reasons.length > 0 ? 'conditional' : 'unloadable'
-  const coexistBlockers: string[] = []
-  if (info.goRuntime) coexistBlockers.push('Go runtime')
-  if (info.gnuUnique.length > 0) coexistBlockers.push('GNU_UNIQUE')
-  const canCoexist = coexistBlockers.length === 0
+  const blockers: string[] = coexistBlockers(info)
   const { abi, entry } = detectAbi(info)
   const report: InspectReport = {
     path,
@@ -130,10 +126,10 @@ export async function inspect (path: string): Promise<InspectReport> {
     machine: info.machineName,
     class: info.class,
     endian: info.endian,
-    canCoexist,
-    coexistBlockers,
+    canCoexist: blockers.length === 0,
+    coexistBlockers: blockers,
     loadable: loadError === undefined,
-    autoStrategy: hard.length > 0 ? 'restart' : canCoexist ? 'shadow' : 'drain'
+    autoStrategy: autoStrategy(info)
   }
   if (info.soname !== undefined) report.soname = info.soname
   if (loadError !== undefined) report.loadError = loadError

@@ -6,9 +6,10 @@
  */
 import { createHash } from 'crypto'
 import fs from 'fs'
-import { binding, NativeLibrary, NativeRow, OPEN_GLOBAL, OPEN_LAZY, OPEN_PIN } from './binding'
-import { checkHostCompatible, ElfInfo, parseElf, stuckReasons } from './elf'
-import { DlhostError, fromNative, typeError } from './errors'
+import { binding, C, NativeIdentity, NativeLibrary, NativeRow } from './binding'
+import { ElfInfo, parseElf } from './elf'
+import { errnoError, fromNative, typeError } from './errors'
+import { checkHostCompatible, stuckReason } from './rules'
 
 export interface OpenOptions {
   /** Never dlclose (default true, as in lua-resty-ffi). Once pinned, stays pinned. */
@@ -17,6 +18,18 @@ export interface OpenOptions {
   global?: boolean
   /** RTLD_LAZY instead of RTLD_NOW. */
   lazy?: boolean
+  /**
+   * @internal What the caller already read, hashed and parsed of exactly
+   * this file (the reload layer's private copies): open() then does not
+   * read it a second time.
+   */
+  known?: KnownContent
+}
+
+/** @internal A file's content facts, computed by whoever read it. */
+export interface KnownContent {
+  sha256: string
+  elf: ElfInfo
 }
 
 /** What a loaded library is: the content and the file it came from. */
@@ -52,21 +65,10 @@ interface Facts {
 // identity; seq numbers are handed out per real path and content.
 const factsByIdentity = new Map<string, Facts>()
 const contentsByPath = new Map<string, string[]>()
-/** Rows whose runtime left plugin threads behind: never unmapped, say why. */
-export const threadStuck = new Map<number, string>()
 
-function identityKey (realPath: string, key: string): string {
-  return `${realPath}\0${key}`
-}
-
-/** Maps an fs error to a coded DlhostError. */
-export function fsError (err: unknown, path: string): unknown {
-  const code = (err as NodeJS.ErrnoException)?.code
-  const msg = (err as Error)?.message ?? String(err)
-  if (code === 'ENOENT' || code === 'ENOTDIR' || code === 'ELOOP') return new DlhostError('ERR_NOT_FOUND', `no such library: ${path}`, { path, loaderMessage: msg })
-  if (code === 'EACCES' || code === 'EPERM') return new DlhostError('ERR_ACCESS', `cannot read ${path}`, { path, loaderMessage: msg })
-  if (code === 'EISDIR') return new DlhostError('ERR_IS_DIRECTORY', `${path} is a directory`, { path })
-  return err
+/** The facts cache's key: the real path and the native side's identity key. */
+function identityKey (id: NativeIdentity): string {
+  return `${id.realPath}\0${id.key}`
 }
 
 function seqFor (realPath: string, sha256: string): number {
@@ -77,60 +79,33 @@ function seqFor (realPath: string, sha256: string): number {
   return i + 1
 }
 
-/** Reads the file once: sha256, ELF facts, and a check that this process can load it. */
-function readFacts (path: string, realPath: string, st: { dev: number, ino: number, size: number, mtimeMs: number }): Facts {
-  let bytes: Buffer
-  try { bytes = fs.readFileSync(path) } catch (err) { throw fsError(err, path) }
-  const elf = parseElf(bytes, path)
-  checkHostCompatible(elf, path)
-  const sha256 = createHash('sha256').update(bytes).digest('hex')
-  return {
-    elf,
-    version: { sha256, seq: seqFor(realPath, sha256), dev: st.dev, ino: st.ino, size: st.size, mtimeMs: st.mtimeMs }
+/** Facts of one identity: read, hashed and parsed once (or handed over by the caller who did). */
+function factsFor (path: string, id: NativeIdentity, known: KnownContent | undefined): Facts {
+  const k = identityKey(id)
+  let f = factsByIdentity.get(k)
+  if (f !== undefined) return f
+  let sha256: string
+  let elf: ElfInfo
+  if (known !== undefined) {
+    ({ sha256, elf } = known) // parsed and checked by the caller
+  } else {
+    let bytes: Buffer
+    try { bytes = fs.readFileSync(path) } catch (err) { throw errnoError(err, path) }
+    elf = parseElf(bytes, path)
+    checkHostCompatible(elf, path)
+    sha256 = createHash('sha256').update(bytes).digest('hex')
   }
-}
-
-/** Facts for an identity the native registry reported (cached). */
-function factsFor (path: string, n: { realPath: string, key: string, dev: number, ino: number, size: number, mtimeMs: number }): Facts {
-  const id = identityKey(n.realPath, n.key)
-  let f = factsByIdentity.get(id)
-  if (f === undefined) {
-    f = readFacts(path, n.realPath, n)
-    factsByIdentity.set(id, f)
-  }
+  f = { elf, version: { sha256, seq: seqFor(id.realPath, sha256), dev: id.dev, ino: id.ino, size: id.size, mtimeMs: id.mtimeMs } }
+  factsByIdentity.set(k, f)
   return f
 }
 
-/**
- * @internal The reload layer already read, hashed and parsed a private copy
- * (at `realPath`, whose fstat is `st`): record those facts so open() does not
- * read the file a second time.
- */
-export function seedFacts (realPath: string, st: fs.BigIntStats, sha256: string, elf: ElfInfo): void {
-  const key = `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}`
-  const id = identityKey(realPath, key)
-  if (factsByIdentity.has(id)) return
-  checkHostCompatible(elf, realPath)
-  factsByIdentity.set(id, {
-    elf,
-    version: { sha256, seq: seqFor(realPath, sha256), dev: Number(st.dev), ino: Number(st.ino), size: Number(st.size), mtimeMs: Number(st.mtimeNs) / 1e6 }
-  })
-}
-
-export function factsOfRow (row: NativeRow): Facts | undefined {
-  return factsByIdentity.get(identityKey(row.realPath, row.key))
-}
-
-function stuckOf (row: NativeRow, facts: Facts | undefined): string | null {
-  const t = threadStuck.get(row.serial)
-  if (t !== undefined && row.mapped) return t
-  if (!row.dlclosed || !row.mapped) return null
-  const reasons = facts ? stuckReasons(facts.elf) : []
-  return reasons[0] ?? 'still mapped (another object depends on it, or it was loaded outside dlhost)'
+function stuckOf (row: NativeRow): string | null {
+  return stuckReason(row, factsByIdentity.get(identityKey(row))?.elf)
 }
 
 export function rowOf (n: NativeRow): LibraryRow {
-  const facts = factsOfRow(n)
+  const facts = factsByIdentity.get(identityKey(n))
   return {
     path: n.realPath,
     version: facts?.version ?? null,
@@ -138,7 +113,7 @@ export function rowOf (n: NativeRow): LibraryRow {
     pinned: n.pinned,
     runtimes: n.runtimes,
     mapped: n.mapped,
-    stuck: stuckOf(n, facts)
+    stuck: stuckOf(n)
   }
 }
 
@@ -165,12 +140,9 @@ export class Library {
   get refs (): number { return this.native.state().refs }
   get pinned (): boolean { return this.native.state().pinned }
   /** Is the object in the process now? Measured (dl_iterate_phdr by path), not assumed. */
-  get mapped (): boolean { return binding.isMapped(this.realPath) }
+  get mapped (): boolean { return isMapped(this.realPath) }
   /** null, or why the library stayed mapped after its last release (NODELETE, GNU_UNIQUE, …). */
-  get stuck (): string | null {
-    const row = this.native.state()
-    return stuckOf(row, factsOfRow(row))
-  }
+  get stuck (): string | null { return stuckOf(this.native.state()) }
 
   get released (): boolean { return this.#released }
 
@@ -201,6 +173,11 @@ function checkBool (name: string, v: unknown): boolean | undefined {
   return v
 }
 
+/** @internal Is an object loaded from exactly this path in the process? Asked of the loader (dl_iterate_phdr). */
+export function isMapped (path: string): boolean {
+  return binding.isMapped(path)
+}
+
 /** Opens (or shares) a library and returns a new reference to it. Synchronous. */
 export function open (path: string, options: OpenOptions = {}): Library {
   if (typeof path !== 'string') throw typeError('path must be a string')
@@ -209,26 +186,22 @@ export function open (path: string, options: OpenOptions = {}): Library {
   const pin = checkBool('pin', options.pin) ?? true
   const global = checkBool('global', options.global) ?? false
   const lazy = checkBool('lazy', options.lazy) ?? false
-  let st: fs.BigIntStats
-  let realPath: string
-  try {
-    st = fs.statSync(path, { bigint: true })
-    realPath = fs.realpathSync.native(path) // one syscall, not an lstat per component
-  } catch (err) { throw fsError(err, path) }
-  if (st.isDirectory()) throw new DlhostError('ERR_IS_DIRECTORY', `${path} is a directory`, { path })
-  if (!st.isFile()) throw new DlhostError('ERR_NOT_ELF', `${path} is not a regular file`, { path })
   // Validate before dlopen: the loader's messages for these are vague, and a
-  // foreign or truncated file deserves its own code. Same key format as the
-  // native registry's, so each identity is read and hashed once.
-  const key = `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}`
-  factsFor(path, { realPath, key, dev: Number(st.dev), ino: Number(st.ino), size: Number(st.size), mtimeMs: Number(st.mtimeNs) / 1e6 })
+  // foreign or truncated file deserves its own code. Each identity is read
+  // and hashed once. Content the caller knows was validated by the caller.
+  const known = options.known
+  let id: NativeIdentity | undefined
+  if (known === undefined) {
+    try { id = binding.identify(path) } catch (err) { throw fromNative(err, path) }
+    factsFor(path, id, undefined)
+  }
   let native: NativeLibrary
-  const flags = (pin ? OPEN_PIN : 0) | (global ? OPEN_GLOBAL : 0) | (lazy ? OPEN_LAZY : 0)
+  const flags = (pin ? C.OPEN_PIN : 0) | (global ? C.OPEN_GLOBAL : 0) | (lazy ? C.OPEN_LAZY : 0)
   try {
     native = new binding.Library(path, flags)
   } catch (err) { throw fromNative(err, path) }
   // Normally the same identity; if the file changed in between, read what dlopen mapped.
-  const facts = factsFor(path, native)
+  const facts = factsFor(path, native, known)
   return new Library(path, native, facts)
 }
 

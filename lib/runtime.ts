@@ -4,11 +4,12 @@
  * settles a whole batch of finished calls in one callback. JS thread only.
  */
 import { createHash } from 'crypto'
-import { ABI_HOST, ABI_LUA, ABI_NATIVE, binding, NativeRuntime, NativeStats, NativeUnloadInfo } from './binding'
+import { binding, C, NativeRuntime, NativeStats, NativeUnloadInfo } from './binding'
 import { DlhostError, fromNative, rangeError, typeError } from './errors'
-import { Library, LibraryRow, LibraryVersion, open, rowOf, threadStuck } from './library'
+import { KnownContent, Library, LibraryRow, LibraryVersion, open, rowOf } from './library'
+import { Abi, abiOf, ENTRY, isAbi, NO_ENTRY_MESSAGE } from './rules'
 
-export type Abi = 'host' | 'native' | 'lua-resty-ffi'
+export type { Abi } from './rules'
 export type Cfg = string | Uint8Array | Record<string, unknown> | unknown[] | null | undefined
 
 export interface LoadOptions {
@@ -22,6 +23,8 @@ export interface LoadOptions {
   entry?: Abi
   /** How long unload waits for plugin threads to exit before reporting stuck (default 5000). */
   unloadTimeoutMs?: number
+  /** @internal See OpenOptions.known. */
+  known?: KnownContent
 }
 
 export interface CallOptions {
@@ -39,8 +42,7 @@ export interface RuntimeStats {
   version: LibraryVersion
 }
 
-const ABI_CODES: Record<Abi, number> = { host: ABI_HOST, native: ABI_NATIVE, 'lua-resty-ffi': ABI_LUA }
-const ENTRY: Record<Abi, string> = { native: 'dlhost_init', host: 'dlhost_handle', 'lua-resty-ffi': 'libffi_init' }
+const ABI_CODES: Record<Abi, number> = { host: C.ABI_HOST, native: C.ABI_NATIVE, 'lua-resty-ffi': C.ABI_LUA }
 const EMPTY = Buffer.alloc(0)
 
 // Live runtimes of this environment, by identity + cfg: the strong reference
@@ -74,9 +76,13 @@ function fail (res: Resolve | undefined, err: unknown): void {
   res?.(Promise.reject(err) as unknown as Buffer)
 }
 
-const CHUNK = 256 // slots per native chunk
-const STRIDE = 128 // inline request bytes per slot (NUL included)
-const INLINE = STRIDE - 1
+const CHUNK = C.CHUNK_SLOTS
+const CHUNK_BITS = C.CHUNK_BITS
+const STRIDE = C.SLOT_STRIDE
+const INLINE = C.SLOT_INLINE
+const ABORTED_LEN = C.ABORTED_LEN
+const BIG_OFFSET = C.BIG_OFFSET
+const SYNC_BIG_OFFSET = C.SYNC_BIG_OFFSET
 // Calls staged in one turn are submitted together (one N-API call, one queue
 // enter/leave, at most one wake-up); a long burst is cut into batches this big
 // so the poll thread starts early.
@@ -99,8 +105,10 @@ export class Runtime {
   #serial: number
   #res: Array<Resolve | undefined> = []
   #maxQueue: number
-  // Calls made and not yet settled (staged, queued or running).
-  #pending = 0
+  // [pending]: calls made and not yet settled (staged, queued or running).
+  // The one count of calls in flight and the one place maxQueue is
+  // enforced; the native side reads it to keep the event loop alive.
+  #counters: Int32Array
   // Slots: the JS side picks them, FIFO (a freed slot is reused last, which
   // keeps a late second answer from a plugin away from a fresh call).
   #free = new Int32Array(0)
@@ -141,6 +149,7 @@ export class Runtime {
         (count, meta, bodies, bigs) => this.#complete(count, meta, bodies, bigs),
         (kind, info) => this.#event(kind, info), unloadTimeoutMs)
     } catch (err) { throw fromNative(err, lib.path) }
+    this.#counters = this.#native.counters()
     const rc = this.#native.start(cfg)
     if (rc !== null) this.#initDone(rc)
   }
@@ -163,7 +172,6 @@ export class Runtime {
     const u = info as NativeUnloadInfo
     this.#unloadInfo = u
     this.#state = 'unloaded'
-    if (u.threadsStuck) threadStuck.set(this.#serial, 'plugin threads still running')
     this.#resolveUnloaded()
   }
 
@@ -175,13 +183,13 @@ export class Runtime {
       const len = meta[m + 3]
       const res = this.#res[id]
       this.#res[id] = undefined
-      this.#release(id)
-      if (len === -1) {
+      this.#freeSlot(id)
+      if (len === ABORTED_LEN) {
         this.#failed++
         fail(res, new DlhostError('ERR_ABORTED', 'the plugin never answered this call before its threads exited', { path: this.path }))
         continue
       }
-      const body = off === -2 ? (bigs?.[i] ?? EMPTY) : len === 0 ? EMPTY : bufferView(bodies as ArrayBuffer, off, len)
+      const body = off === BIG_OFFSET ? (bigs?.[i] ?? EMPTY) : len === 0 ? EMPTY : bufferView(bodies as ArrayBuffer, off, len)
       if (rc === 0) {
         this.#completed++
         res?.(body)
@@ -193,13 +201,13 @@ export class Runtime {
   }
 
   /** A slot back on the free list (its native half was freed already). */
-  #release (id: number): void {
+  #freeSlot (id: number): void {
     const cap = this.#free.length
     let tail = this.#freeHead + this.#freeCount
     if (tail >= cap) tail -= cap
     this.#free[tail] = id
     this.#freeCount++
-    this.#pending--
+    this.#counters[0]--
   }
 
   /** CHUNK more slots (only when none is free). */
@@ -231,7 +239,7 @@ export class Runtime {
     if (queued === n) return
     // Refused (the runtime closed, or the native queue is full): settle them.
     if (err === undefined) {
-      err = queued === -2
+      err = queued === C.SUBMIT_CLOSED
         ? new DlhostError('ERR_RUNTIME_UNLOADED', 'the runtime is unloaded', { path: this.path })
         : new DlhostError('ERR_QUEUE_FULL', 'the runtime queue is full', { path: this.path })
     }
@@ -239,7 +247,7 @@ export class Runtime {
       const id = this.#staged[2 * i]
       const res = this.#res[id]
       this.#res[id] = undefined
-      this.#release(id)
+      this.#freeSlot(id)
       fail(res, err) // never answered: not counted as failed
     }
   }
@@ -257,18 +265,19 @@ export class Runtime {
     }
     const signal = options?.signal
     if (signal?.aborted === true) return Promise.reject(new DlhostError('ERR_ABORTED', 'the call was aborted', { path: this.path, cause: signal.reason }))
-    if (this.#pending >= this.#maxQueue) {
+    const counters = this.#counters
+    if (counters[0] >= this.#maxQueue) {
       return Promise.reject(new DlhostError('ERR_QUEUE_FULL', 'the runtime queue is full', { path: this.path }))
     }
     if (this.#freeCount === 0) this.#grow()
     const id = this.#free[this.#freeHead]
     if (++this.#freeHead === this.#free.length) this.#freeHead = 0
     this.#freeCount--
-    this.#pending++
+    counters[0]++
     // The one copy of the request, now (the caller may reuse its buffer as
     // soon as call() returns): small ones into the slot's inline bytes.
     let len = -1
-    const area = this.#areas[id >>> 8]
+    const area = this.#areas[id >>> CHUNK_BITS]
     const off = (id & (CHUNK - 1)) * STRIDE
     if (typeof req === 'string') {
       if (req.length <= INLINE / 3) len = area.write(req, off, 'utf8')
@@ -281,7 +290,7 @@ export class Runtime {
       try {
         this.#native.setBig(id, req)
       } catch (e) {
-        this.#release(id)
+        this.#freeSlot(id)
         return Promise.reject(fromNative(e, this.path))
       }
     }
@@ -320,7 +329,7 @@ export class Runtime {
       this.#slabGen = m[0]
     }
     const len = m[2]
-    const body = m[1] === -1 ? this.#native.takeBig() : len === 0 ? EMPTY : bufferView(this.#slab as ArrayBuffer, m[1], len)
+    const body = m[1] === SYNC_BIG_OFFSET ? this.#native.takeBig() : len === 0 ? EMPTY : bufferView(this.#slab as ArrayBuffer, m[1], len)
     if (m[3] !== 0) throw new DlhostError('ERR_PLUGIN', `plugin returned rc ${m[3]}`, { path: this.path, rc: m[3], detail: body })
     return body
   }
@@ -343,7 +352,7 @@ export class Runtime {
 
   get stats (): RuntimeStats {
     const s: NativeStats = this.#native.stats()
-    return { queued: s.queued + this.#stagedCount, inFlight: s.inFlight + this.#stagedCount, completed: this.#completed, failed: this.#failed, misuse: s.misuse, version: this.#version }
+    return { queued: s.queued + this.#stagedCount, inFlight: this.#counters[0], completed: this.#completed, failed: this.#failed, misuse: s.misuse, version: this.#version }
   }
 
   /** The library row this runtime runs in. */
@@ -360,16 +369,15 @@ export class Runtime {
   setSpin (jsSpinNs?: number, pollerSpinNs?: number): void { this.#native.setSpin(jsSpinNs, pollerSpinNs) }
 }
 
+/** The ABI asked for (the native side resolves its entry and says if it is missing), else the detected one. */
 function pickAbi (lib: Library, entry: Abi | undefined): Abi {
   if (entry !== undefined) {
-    if (!(entry in ENTRY)) throw typeError(`options.entry must be one of ${Object.keys(ENTRY).join(', ')}`)
-    if (!lib.has(ENTRY[entry])) throw new DlhostError('ERR_SYMBOL_MISSING', `${lib.path} does not export ${ENTRY[entry]}`, { path: lib.path })
+    if (!isAbi(entry)) throw typeError(`options.entry must be one of ${Object.keys(ENTRY).join(', ')}`)
     return entry
   }
-  for (const abi of ['native', 'host', 'lua-resty-ffi'] as const) {
-    if (lib.has(ENTRY[abi])) return abi
-  }
-  throw new DlhostError('ERR_SYMBOL_MISSING', `${lib.path} exports no plugin entry (dlhost_init, dlhost_handle or libffi_init)`, { path: lib.path })
+  const { abi } = abiOf(s => lib.has(s))
+  if (abi === null) throw new DlhostError('ERR_SYMBOL_MISSING', `${lib.path} ${NO_ENTRY_MESSAGE}`, { path: lib.path })
+  return abi
 }
 
 // A reloadable plugin loads every version with the same cfg Buffer: its
@@ -389,13 +397,13 @@ export function frozenCfg (cfg: Cfg): Buffer {
 /** Loads a runtime, or returns the live one for the same library identity and cfg. */
 export async function load (path: string, cfg?: Cfg, options: LoadOptions = {}): Promise<Runtime> {
   if (options === null || typeof options !== 'object') throw typeError('options must be an object')
-  const maxQueue = options.maxQueue ?? 65536
+  const maxQueue = options.maxQueue ?? C.DEFAULT_MAX_QUEUE
   if (!Number.isInteger(maxQueue)) throw typeError('options.maxQueue must be an integer')
-  if (maxQueue < 1 || maxQueue > 2 ** 24) throw rangeError('options.maxQueue must be between 1 and 16777216')
-  const unloadTimeoutMs = options.unloadTimeoutMs ?? 5000
+  if (maxQueue < 1 || maxQueue > C.MAX_MAX_QUEUE) throw rangeError(`options.maxQueue must be between 1 and ${C.MAX_MAX_QUEUE}`)
+  const unloadTimeoutMs = options.unloadTimeoutMs ?? C.DEFAULT_UNLOAD_TIMEOUT_MS
   if (typeof unloadTimeoutMs !== 'number' || !(unloadTimeoutMs >= 0)) throw typeError('options.unloadTimeoutMs must be a number >= 0')
   const cfgBuf = cfgBuffer(cfg)
-  const lib = open(path, { pin: options.pin ?? true, global: options.global ?? false })
+  const lib = open(path, { pin: options.pin ?? true, global: options.global ?? false, known: options.known })
   try {
     const key = `${lib.realPath}\0${lib.native.key}\0${cfgHash(cfgBuf)}`
     const existing = live.get(key)

@@ -4,7 +4,7 @@ import * as fs from 'fs'
 import * as os from 'os'
 import * as path from 'path'
 import { execFileSync } from 'child_process'
-import { CopyStore, openStoreCount, SYNC_SNAPSHOT_LIMIT } from '../lib/copies'
+import { CopyStore, openStoreCount, SYNC_SNAPSHOT_LIMIT } from '../lib/reload/copies'
 import { DlhostError } from '../lib/errors'
 import { runChild } from './lib/helpers'
 
@@ -257,7 +257,7 @@ t.test('snapshot: source errors', async (t) => {
   await rejectsCode(t, store.snapshot(path.join(d, 'file', 'x.so')), 'ERR_NOT_FOUND', 'ENOTDIR is not found')
   const fifo = path.join(d, 'fifo')
   execFileSync('mkfifo', [fifo])
-  const e3 = await rejectsCode(t, store.snapshot(fifo), 'ERR_COPY', 'a FIFO is refused, without hanging') as DlhostError
+  const e3 = await rejectsCode(t, store.snapshot(fifo), 'ERR_NOT_ELF', 'a FIFO is refused, without hanging') as DlhostError
   t.match(e3.message, /not a regular file/)
   t.same(fs.readdirSync(store.dir), [], 'nothing left in the store')
 
@@ -281,7 +281,7 @@ t.test('snapshot: unreadable source is ERR_ACCESS', async (t) => {
   // root reads anything: simulate the kernel saying EACCES (small files are
   // snapshotted with synchronous I/O)
   const realOpenSync = fs.openSync
-  const mocked = t.mockRequire<typeof import('../lib/copies')>('../lib/copies', {
+  const mocked = t.mockRequire<typeof import('../lib/reload/copies')>('../lib/reload/copies', {
     fs: {
       ...fs,
       openSync: (p: fs.PathLike, flags?: fs.OpenMode, mode?: fs.Mode | null) => {
@@ -306,7 +306,7 @@ t.test('snapshot: disk errors and verification failures are ERR_COPY and leave n
   const realWriteSync = fs.writeSync
   let mode: 'enospc' | 'corrupt' | 'ok' = 'enospc'
   const copyFds = new Set<number>()
-  const mocked = t.mockRequire<typeof import('../lib/copies')>('../lib/copies', {
+  const mocked = t.mockRequire<typeof import('../lib/reload/copies')>('../lib/reload/copies', {
     fs: {
       ...fs,
       openSync: (p: fs.PathLike, flags?: fs.OpenMode, m?: fs.Mode | null) => {
@@ -480,7 +480,7 @@ t.test('process exit removes every open store', async (t) => {
   const d = scratch(t)
   const src = path.join(d, 'lib.so')
   fs.writeFileSync(src, 'library bytes')
-  const mod = JSON.stringify(path.join(root, 'lib', 'copies.ts'))
+  const mod = JSON.stringify(path.join(root, 'lib', 'reload', 'copies.ts'))
   const cases: Array<[string, string]> = [
     ['natural exit', ''],
     ['process.exit(3)', 'process.exit(3)'],

@@ -5,10 +5,13 @@ import { execFileSync, spawnSync } from 'child_process'
 import * as fs from 'fs'
 import * as path from 'path'
 import {
-  parseElf, elfCompleteness, elfFileCompleteness, checkHostCompatible, stuckReasons, detectAbi,
-  readElfFile, readElfFileSync, hostElf, machineName, ElfInfo
+  parseElf, elfCompleteness, readElfFile, machineName, ElfInfo
 } from '../lib/elf'
 import { DlhostError } from '../lib/errors'
+import { checkHostCompatible, detectAbi, hostElf, stuckReasons } from '../lib/rules'
+
+// A regular file, read whole and parsed (readElfFile's synchronous twin for these tests).
+const readElfSync = (p: string): ElfInfo => parseElf(fs.readFileSync(p), p)
 
 const OUT = path.join(__dirname, 'fixtures', 'out')
 const fx = (name: string): string => path.join(OUT, name)
@@ -263,7 +266,7 @@ t.test('C fixtures: the facts match readelf', async t => {
       t.equal(info.symbolSource, 'sections')
       t.same(elfCompleteness(buf), { complete: true })
       t.same(parseElf(new Uint8Array(buf) as Buffer, file), info, 'a plain Uint8Array works too')
-      t.same(readElfFileSync(file), info, 'readElfFileSync agrees')
+      t.same(readElfSync(file), info, 'readElfFileSync agrees')
       t.same(await readElfFile(file), info, 'readElfFile agrees')
       t.doesNotThrow(() => checkHostCompatible(info), 'loadable by this process')
     })
@@ -271,7 +274,7 @@ t.test('C fixtures: the facts match readelf', async t => {
 })
 
 t.test('stuckReasons and the facts behind them', async t => {
-  const info = (n: string): ElfInfo => readElfFileSync(fx(n))
+  const info = (n: string): ElfInfo => readElfSync(fx(n))
   t.same(stuckReasons(info('plain.so')), [], 'plain C library: nothing keeps it')
   t.same(stuckReasons(info('plain2.so')), [])
   const nd = info('nodelete.so')
@@ -297,7 +300,7 @@ t.test('stuckReasons and the facts behind them', async t => {
 t.test('Go c-shared library', async t => {
   const file = goFixture(t)
   if (file === undefined) return
-  const info = readElfFileSync(file)
+  const info = readElfSync(file)
   assertMatchesReadelf(t, info, file)
   t.equal(info.goRuntime, true, 'Go runtime detected')
   t.ok(/\.go\.buildinfo|\.note\.go\.buildid/.test(readelf(['-S'], file)), 'readelf sees Go sections too')
@@ -311,7 +314,7 @@ t.test('Go c-shared library', async t => {
 })
 
 t.test('detectAbi precedence', async t => {
-  const base = readElfFileSync(fx('plain.so'))
+  const base = readElfSync(fx('plain.so'))
   const with_ = (...exports: string[]): ElfInfo => ({ ...base, exports })
   t.same(detectAbi(base), { abi: null, entry: null })
   t.same(detectAbi(with_('libffi_init')), { abi: 'lua-resty-ffi', entry: 'libffi_init' })
@@ -438,7 +441,7 @@ t.test('another machine: ERR_WRONG_ARCH', async t => {
   b.writeUInt16LE(183, 18) // EM_AARCH64
   const file = path.join(dir, 'plain-aarch64.so')
   fs.writeFileSync(file, b)
-  const info = readElfFileSync(file)
+  const info = readElfSync(file)
   t.equal(info.machine, 183)
   t.equal(info.machineName, 'AArch64')
   t.match(truth(file).machineLine, /AArch64/, 'readelf agrees')
@@ -448,13 +451,13 @@ t.test('another machine: ERR_WRONG_ARCH', async t => {
   t.equal(machineName(4242), 'EM_4242')
   // Class and byte order matter as much as e_machine.
   const host = hostElf()
-  const plain = readElfFileSync(fx('plain.so'))
+  const plain = readElfSync(fx('plain.so'))
   t.throws(() => checkHostCompatible({ ...plain, class: host.class === 64 ? 32 : 64 }), { code: 'ERR_WRONG_ARCH' })
   t.throws(() => checkHostCompatible({ ...plain, endian: host.endian === 'le' ? 'be' : 'le' }), { code: 'ERR_WRONG_ARCH' })
 })
 
 t.test('not a shared object: ERR_NOT_ELF from checkHostCompatible', async t => {
-  const plain = readElfFileSync(fx('plain.so'))
+  const plain = readElfSync(fx('plain.so'))
   t.throws(() => checkHostCompatible({ ...plain, type: 'ET_EXEC' }, '/x'), { code: 'ERR_NOT_ELF', path: '/x' })
   t.throws(() => checkHostCompatible({ ...plain, type: 'ET_REL' }), { code: 'ERR_NOT_ELF' })
   t.throws(() => checkHostCompatible({ ...plain, pie: true }), { code: 'ERR_NOT_ELF', message: /position-independent executable/ })
@@ -462,7 +465,7 @@ t.test('not a shared object: ERR_NOT_ELF from checkHostCompatible', async t => {
 
 t.test('a big file (node itself, > 64 MiB) is read piecewise and agrees with readelf', async t => {
   const exe = fs.realpathSync(process.execPath)
-  const info = readElfFileSync(exe)
+  const info = readElfSync(exe)
   const r = truth(exe)
   t.equal(info.type, r.type)
   t.equal(info.class, r.class)
@@ -478,7 +481,7 @@ t.test('32-bit little-endian shared object from the compiler, when it can make o
   const file = path.join(dir, 'x32.so')
   const cc = spawnSync(process.env.CC ?? 'cc', ['-m32', '-fPIC', '-shared', '-nostdlib', '-Wl,-soname,libx32.so', '-o', file, path.join(dir, 'x.c')], { stdio: 'ignore' })
   if (cc.status !== 0) { t.plan(0, 'cc -m32 cannot link here'); return }
-  const info = readElfFileSync(file)
+  const info = readElfSync(file)
   assertMatchesReadelf(t, info, file)
   t.equal(info.class, 32)
   t.same(info.exports, ['f32', 'v32'])
@@ -552,33 +555,32 @@ t.test('stripped section headers: symbols via PT_DYNAMIC and DT_GNU_HASH', async
 
 t.test('files: errors and completeness', async t => {
   const dir = t.testdir({ 'text.txt': 'just text\n', 'empty.so': '', sub: {} })
-  t.throws(() => readElfFileSync(path.join(dir, 'missing.so')), { code: 'ERR_NOT_FOUND' })
   await t.rejects(readElfFile(path.join(dir, 'missing.so')), { code: 'ERR_NOT_FOUND' })
-  t.throws(() => readElfFileSync(path.join(dir, 'text.txt', 'x.so')), { code: 'ERR_NOT_FOUND' }, 'a file as a directory')
-  t.throws(() => readElfFileSync(path.join(dir, 'sub')), { code: 'ERR_IS_DIRECTORY' })
+  await t.rejects(readElfFile(path.join(dir, 'missing.so')), { code: 'ERR_NOT_FOUND' })
+  await t.rejects(readElfFile(path.join(dir, 'text.txt', 'x.so')), { code: 'ERR_NOT_FOUND' }, 'a file as a directory')
   await t.rejects(readElfFile(path.join(dir, 'sub')), { code: 'ERR_IS_DIRECTORY' })
-  t.throws(() => readElfFileSync(path.join(dir, 'text.txt')), { code: 'ERR_NOT_ELF' })
-  t.throws(() => readElfFileSync(path.join(dir, 'empty.so')), { code: 'ERR_NOT_ELF', reason: /empty/ })
-  t.throws(() => readElfFileSync('/dev/null'), { code: 'ERR_NOT_ELF', reason: /regular/ }, 'a device')
-  t.throws(() => readElfFileSync(42 as unknown as string), { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE' })
-  t.throws(() => readElfFileSync(''), { code: 'ERR_INVALID_ARG' })
-  t.throws(() => readElfFileSync('a\0b'), { code: 'ERR_INVALID_ARG' })
+  await t.rejects(readElfFile(path.join(dir, 'sub')), { code: 'ERR_IS_DIRECTORY' })
+  await t.rejects(readElfFile(path.join(dir, 'text.txt')), { code: 'ERR_NOT_ELF' })
+  await t.rejects(readElfFile(path.join(dir, 'empty.so')), { code: 'ERR_NOT_ELF', reason: /empty/ })
+  await t.rejects(readElfFile('/dev/null'), { code: 'ERR_NOT_ELF', reason: /regular/ }, 'a device')
+  await t.rejects(readElfFile(42 as unknown as string), { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE' })
+  await t.rejects(readElfFile(''), { code: 'ERR_INVALID_ARG' })
+  await t.rejects(readElfFile('a\0b'), { code: 'ERR_INVALID_ARG' })
   const fifo = path.join(dir, 'fifo')
   if (spawnSync('mkfifo', [fifo]).status === 0) {
-    t.throws(() => readElfFileSync(fifo), { code: 'ERR_NOT_ELF' }, 'a FIFO neither blocks nor parses')
+    await t.rejects(readElfFile(fifo), { code: 'ERR_NOT_ELF' }, 'a FIFO neither blocks nor parses')
   }
   if (process.getuid?.() !== 0) {
     const locked = path.join(dir, 'locked.so')
     fs.copyFileSync(fx('plain.so'), locked)
     fs.chmodSync(locked, 0)
-    t.throws(() => readElfFileSync(locked), { code: 'ERR_ACCESS' })
+    await t.rejects(readElfFile(locked), { code: 'ERR_ACCESS' })
   }
-  t.same(elfFileCompleteness(fx('plain.so')), { complete: true })
-  t.match(elfFileCompleteness(path.join(dir, 'missing.so')), { complete: false, reason: /no such file/ })
+  t.same(elfCompleteness(fs.readFileSync(fx('plain.so'))), { complete: true })
   const half = path.join(dir, 'half.so')
   const full = fs.readFileSync(fx('tls.so'))
   fs.writeFileSync(half, full.subarray(0, full.length >> 1))
-  t.match(elfFileCompleteness(half), { complete: false, reason: /truncated|outside/ })
+  t.match(elfCompleteness(fs.readFileSync(half)), { complete: false, reason: /truncated|outside/ })
   fs.appendFileSync(half, full.subarray(full.length >> 1))
-  t.same(elfFileCompleteness(half), { complete: true }, 'complete once the rest is written')
+  t.same(elfCompleteness(fs.readFileSync(half)), { complete: true }, 'complete once the rest is written')
 })

@@ -5,7 +5,7 @@ import { execFileSync, spawnSync } from 'child_process'
 import * as fs from 'fs'
 import * as path from 'path'
 import { inspect, InspectReport } from '../lib/inspect'
-import { hostElf } from '../lib/elf'
+import { hostElf } from '../lib/rules'
 import { main, CliIo } from '../lib/cli'
 
 const ROOT = path.join(__dirname, '..')

@@ -3,7 +3,7 @@ import * as fs from 'fs'
 import * as os from 'os'
 import * as path from 'path'
 import { EventEmitter } from 'events'
-import { LibraryWatcher, type ChangeEvent, type LibraryWatcherOptions } from '../lib/watch'
+import { LibraryWatcher, type ChangeEvent, type LibraryWatcherOptions } from '../lib/reload/watch'
 import { elfCompleteness } from '../lib/elf'
 import { runChild } from './lib/helpers'
 
@@ -329,7 +329,7 @@ t.test('fs.watch failing (ENOSPC) falls back to polling', async (t) => {
   const d = scratch(t)
   const lib = path.join(d, 'libplugin.so')
   fs.writeFileSync(lib, build('v1'))
-  const mocked = t.mockRequire<typeof import('../lib/watch')>('../lib/watch', {
+  const mocked = t.mockRequire<typeof import('../lib/reload/watch')>('../lib/reload/watch', {
     fs: {
       ...fs,
       watch: () => {
@@ -352,7 +352,7 @@ t.test('an fs.watch error later also falls back to polling', async (t) => {
   const lib = path.join(d, 'libplugin.so')
   fs.writeFileSync(lib, build('v1'))
   const watchers: fs.FSWatcher[] = []
-  const mocked = t.mockRequire<typeof import('../lib/watch')>('../lib/watch', {
+  const mocked = t.mockRequire<typeof import('../lib/reload/watch')>('../lib/reload/watch', {
     fs: {
       ...fs,
       watch: (...args: Parameters<typeof fs.watch>) => {
@@ -476,7 +476,7 @@ t.test('close(): no events afterwards, every watcher closed, idempotent', async 
   const lib = path.join(d, 'libplugin.so')
   fs.writeFileSync(lib, build('v1'))
   const open = new Set<fs.FSWatcher>()
-  const mocked = t.mockRequire<typeof import('../lib/watch')>('../lib/watch', {
+  const mocked = t.mockRequire<typeof import('../lib/reload/watch')>('../lib/reload/watch', {
     fs: {
       ...fs,
       watch: (...args: Parameters<typeof fs.watch>) => {
@@ -538,7 +538,7 @@ t.test('an idle watcher never keeps the process alive; close() releases every ha
   const d = scratch(t)
   const lib = path.join(d, 'libplugin.so')
   fs.writeFileSync(lib, build('v1'))
-  const mod = JSON.stringify(path.join(root, 'lib', 'watch.ts'))
+  const mod = JSON.stringify(path.join(root, 'lib', 'reload', 'watch.ts'))
   const complete = `(b) => b.toString('latin1').endsWith(${JSON.stringify(END)})`
 
   // 1. started watchers (fs.watch, an ancestor watch for a missing path,

@@ -1,9 +1,10 @@
-// The library registry: dlopen/dlclose with explicit reference counts.
+// registry.h: the library registry (Level 1), dlopen/dlclose with explicit
+// reference counts. Any thread.
 //
 // dlopen handles are process-wide, so the registry is one per process (all
 // threads and all Node environments share it) and every method takes its
-// mutex. Which *environment* holds which reference is tracked by LibRef
-// objects owned by that environment (see addon.cc).
+// mutex. Which *environment* holds which reference is tracked by the JS
+// objects of that environment (library_wrap.cc, runtime_wrap.cc).
 #pragma once
 
 #include <cstdint>
@@ -14,14 +15,18 @@
 #include <unordered_map>
 #include <vector>
 
+#include "constants.h"
+
 namespace dlhost {
 
-// A failure with a stable code (ERR_NOT_FOUND, ERR_DLOPEN, ...) and, when the
-// loader produced one, its own message (dlerror()).
+// A failure: either a stable code (ERR_DLOPEN, ERR_STALE_PATH, ...) or an
+// errno (sys_errno != 0, code empty), which lib/errors.ts maps to a code
+// (its one errno mapper); and, when the loader produced one, its own message.
 struct LoadError {
   std::string code;
   std::string message;
   std::string loader_message;
+  int sys_errno = 0;
 };
 
 // What a library *is*: the file behind the real path at the time it was opened.
@@ -31,10 +36,13 @@ struct Identity {
   ino_t ino = 0;
   off_t size = 0;
   int64_t mtime_ns = 0;
+  // "dev:ino:size:mtimeNs": the one place this format is written. With the
+  // real path, the identity (lib/ reads it, never rebuilds it).
   std::string Key() const;
+  // Reads the identity of the file at `path` (realpath + stat). Throws
+  // LoadError (an errno, or ERR_NOT_ELF for a file that is not regular).
+  static Identity Of(const std::string &path);
 };
-
-enum OpenFlags : uint32_t { kPin = 1, kGlobal = 2, kLazy = 4 };
 
 // One identity in the registry. Fields are guarded by Registry::mu_.
 struct LibEntry {
@@ -46,6 +54,9 @@ struct LibEntry {
   bool pinned = false;     // never dlclose'd; once set, never cleared
   bool global = false;
   bool dlclosed = false;   // dlclose ran; the entry stays only while still mapped
+  // A runtime's plugin threads outlived its unload: the runtime's reference is
+  // kept for ever (never unmapped under a running thread).
+  bool threads_stuck = false;
 };
 
 using EntryPtr = std::shared_ptr<LibEntry>;
@@ -60,7 +71,7 @@ struct Row {
   uint64_t serial;
   Identity id;
   uint64_t refs, runtimes;
-  bool pinned, mapped, dlclosed;
+  bool pinned, mapped, dlclosed, threads_stuck;
 };
 
 class Registry {
@@ -78,6 +89,8 @@ class Registry {
   void *Symbol(const EntryPtr &e, const char *name);
   // Marks pinned (policy "once pinned, stays pinned").
   void Pin(const EntryPtr &e);
+  // A runtime's plugin threads never left: its reference stays, say why.
+  void MarkThreadsStuck(const EntryPtr &e);
 
   std::vector<Row> Snapshot();
   Row RowOf(const EntryPtr &e);

@@ -1,26 +1,29 @@
 /**
- * Level 3: versioned, reloadable plugins. Every version runs from a private
- * copy (CopyStore) as its own runtime; a watcher (LibraryWatcher) says when a
- * rebuilt file has settled; a reload validates the new build, swaps it in
- * ('shadow' side by side, or 'drain' one at a time) and rolls back on any
- * failure. JS thread only.
+ * Level 3: versioned, reloadable plugins. A Plugin orchestrates versions:
+ * every version runs from a private copy (copies.ts) as its own Level 2
+ * runtime; a watcher (watch.ts) says when a rebuilt file has settled and a
+ * Preparer (prepare.ts) copies it meanwhile; a reload takes the checked
+ * build (build.ts), swaps it in ('shadow' side by side, or 'drain' one at a
+ * time) and rolls back on any failure. JS thread only.
  */
 import diagnostics from 'diagnostics_channel'
 import { EventEmitter } from 'events'
 import fs from 'fs'
 import { debuglog } from 'util'
-import { CopyStore, sha256, Snapshot, Source } from './copies'
-import { checkHostCompatible, detectAbi, elfCompleteness, ElfInfo, parseElf, stuckReasons } from './elf'
-import { DlhostError, rangeError, typeError } from './errors'
-import { binding } from './binding'
-import { Abi, CallOptions, Cfg, frozenCfg, load, Runtime } from './runtime'
+import { C } from '../binding'
+import { elfCompleteness, ElfInfo } from '../elf'
+import { DlhostError, rangeError, typeError } from '../errors'
+import { isMapped, Library } from '../library'
+import { Abi, reloadStrategy, stuckReasons, STILL_MAPPED, THREADS_STUCK, unloadBlockers } from '../rules'
+import { CallOptions, Cfg, frozenCfg, load, Runtime } from '../runtime'
+import { Build, checkSameAbi, parseBuild } from './build'
+import { CopyStore, PrivateCopy, sha256, SourceBytes } from './copies'
+import { Prepared, Preparer } from './prepare'
 import { ChangeEvent, LibraryWatcher, statKey } from './watch'
-import { Library, open, seedFacts } from './library'
 
 const debug = debuglog('dlhost')
 const reloadChannel = diagnostics.channel('dlhost:reload')
 const errorChannel = diagnostics.channel('dlhost:error')
-const prepareChannel = diagnostics.channel('dlhost:prepare')
 
 export type Strategy = 'auto' | 'shadow' | 'drain'
 
@@ -84,6 +87,7 @@ export interface StuckEvent { version: PluginVersion, reason: string }
 interface Version extends PluginVersion {
   runtime: Runtime
   elf: ElfInfo
+  abi: Abi
   inFlight: number
   state: 'serving' | 'draining' | 'gone'
   idle: (() => void) | null
@@ -93,24 +97,11 @@ interface Version extends PluginVersion {
   leaving: Promise<boolean> | null
 }
 
-/** A private copy made while the file settled, waiting for the reload that takes it. */
-interface Prepared {
-  snap: Snapshot
-  elf: ElfInfo
-  /** The copy dlopen'ed already (prepare: 'load'), or null. */
-  lib: Library | null
-}
-
 interface Held {
   req: string | Uint8Array
   opts: CallOptions | undefined
   resolve: (r: { response: Buffer, seq: number }) => void
   reject: (e: unknown) => void
-}
-
-function whyStuck (elf: ElfInfo): string | null {
-  // thread_local destructors block only while a thread that touched them lives.
-  return stuckReasons(elf).filter(r => r !== 'TLS destructors pending')[0] ?? null
 }
 
 export class Plugin extends EventEmitter {
@@ -119,6 +110,7 @@ export class Plugin extends EventEmitter {
   #cfg: Buffer
   #opts: ReloadableOptions
   #store: CopyStore
+  #preparer: Preparer
   #watcher: LibraryWatcher | null = null
   #current!: Version
   #versions: Version[] = []
@@ -128,11 +120,6 @@ export class Plugin extends EventEmitter {
   #queuedReload: Promise<void> | null = null
   #closing: Promise<void> | null = null
   #reloads = 0
-  // Preparing while the file settles: at most one copy in the making and one
-  // ready; a newer settle period while one is in the making runs after it.
-  #prepared: Prepared | null = null
-  #preparing: Promise<void> | null = null
-  #prepareAgain = false
   // The newest settled change, for the (possibly coalesced) reload that takes it.
   #change: ChangeEvent | null = null
 
@@ -144,26 +131,34 @@ export class Plugin extends EventEmitter {
     this.#opts = opts
     this.strategy = opts.strategy ?? 'auto'
     this.#store = store
+    this.#preparer = new Preparer({
+      path,
+      store,
+      entry: opts.entry,
+      global: opts.global,
+      servingSha256: () => this.#current.sha256,
+      mayPreload: build => this.#mayPreload(build),
+      closed: () => this.#closing !== null
+    })
   }
 
   /** @internal */
   async start (): Promise<void> {
-    const snap = await this.#store.snapshot(this.path)
-    const elf = this.#validate(snap, null)
-    this.#current = await this.#loadVersion(snap, elf)
+    const copy = await this.#store.snapshot(this.path)
+    this.#current = await this.#loadVersion(parseBuild(this.#store, copy, this.path, this.#opts.entry))
     this.#current.state = 'serving'
     const w = this.#opts.watch ?? true
     if (w !== false) {
       const wo: WatchOptions = typeof w === 'object' ? w : {}
       const watcher = new LibraryWatcher(this.path, {
-        settleMs: this.#opts.settleMs ?? 50,
+        settleMs: this.#opts.settleMs ?? C.DEFAULT_SETTLE_MS,
         poll: wo.poll ?? false,
         files: wo.files,
         // The content prepared while it settled parsed whole already.
-        isComplete: buf => this.#isPrepared(buf) || elfCompleteness(buf).complete
+        isComplete: buf => this.#preparer.isPrepared(buf) || elfCompleteness(buf).complete
       })
-      watcher.markCurrent(snap.sourceStat)
-      if (this.#opts.prepare !== 'off') watcher.on('settling', () => this.#prepare())
+      watcher.markCurrent(copy.sourceStat)
+      if (this.#opts.prepare !== 'off') watcher.on('settling', () => this.#preparer.settling())
       watcher.on('change', ev => {
         debug('change %s (%s: %s)', this.path, ev.reason, ev.trigger)
         if (ev.reason === 'library') this.#change = ev
@@ -195,7 +190,7 @@ export class Plugin extends EventEmitter {
     if (this.#closing !== null) return Promise.reject(new DlhostError('ERR_CLOSED', 'the plugin is closed', { path: this.path }))
     if (this.#held !== null) {
       // A drain is in progress: hold the call, in order, bounded.
-      if (this.#held.length >= (this.#opts.maxQueue ?? 65536)) {
+      if (this.#held.length >= (this.#opts.maxQueue ?? C.DEFAULT_MAX_QUEUE)) {
         return Promise.reject(new DlhostError('ERR_QUEUE_FULL', 'too many calls held during a drain reload', { path: this.path }))
       }
       return new Promise((resolve, reject) => { this.#held?.push({ req, opts, resolve, reject }) })
@@ -243,34 +238,31 @@ export class Plugin extends EventEmitter {
     if (change !== null && (change.bytes === undefined || statKey(fs.statSync(this.path, { throwIfNoEntry: false }) ?? null) !== statKey(change.stat))) change = null
     const t0 = change?.settledAt ?? performance.now()
     const old = this.#current
-    let snap: Snapshot
-    let elf: ElfInfo
+    let build: Build
     let prepared = false
     // The prepared copy's dlopen reference, held until the version's runtime has its own.
     let preloaded: Library | null = null
     try {
-      const read: Source | null = change?.bytes !== undefined ? null : await this.#store.read(this.path)
+      const read: SourceBytes | null = change?.bytes !== undefined ? null : await this.#store.read(this.path)
       const bytes = read?.bytes ?? change?.bytes as Buffer
-      const ready = this.#preparing === null ? this.#takePrepared(bytes) : await this.#takePreparedLater(bytes)
+      const ready: Prepared | null = await this.#preparer.take(bytes)
       // A prepared copy's hash is known; the watcher's bytes are hashed only without one.
-      const src: Source = read ?? { path: this.path, bytes, sha256: ready?.snap.sha256 ?? sha256(bytes), sourceStat: (change as ChangeEvent).stat }
+      const src: SourceBytes = read ?? { path: this.path, bytes, sha256: ready?.build.copy.sha256 ?? sha256(bytes), sourceStat: (change as ChangeEvent).stat }
       if (src.sha256 === old.sha256 && !force) {
-        if (ready !== null) this.#discard(ready)
+        if (ready !== null) this.#preparer.discard(ready)
         this.#watcher?.markCurrent(src.sourceStat)
         return
       }
       if (ready !== null) {
-        // Same content, copied while the file settled: only the checks that
-        // depend on the serving version are left.
-        snap = { ...ready.snap, sourceStat: src.sourceStat }
-        elf = ready.elf
+        // Same content, copied and parsed while the file settled.
+        build = { ...ready.build, copy: { ...ready.build.copy, sourceStat: src.sourceStat } }
         prepared = true
         preloaded = ready.lib
-        this.#checkEntry(elf, old, snap)
       } else {
-        snap = await this.#store.copy(src, { deferSync: true })
-        elf = this.#validate(snap, old)
+        build = parseBuild(this.#store, await this.#store.copy(src, { deferSync: true }), this.path, this.#opts.entry)
       }
+      // Only the check that depends on the serving version is left.
+      checkSameAbi(this.#store, build, old.abi, this.path)
     } catch (err) {
       preloaded?.release()
       this.#fail(err)
@@ -282,20 +274,20 @@ export class Plugin extends EventEmitter {
       try {
         strategy = this.#choose(old)
       } catch (err) {
-        await this.#store.remove(snap.path)
+        await this.#store.remove(build.copy.path)
         this.#fail(err)
         throw err
       }
-      if (strategy === 'shadow') next = await this.#shadow(old, snap, elf)
+      if (strategy === 'shadow') next = await this.#shadow(old, build)
       else {
         // One after the other: the new build is dlopen'ed only once the old one left.
         preloaded?.release()
-        next = await this.#drain(old, snap, elf)
+        next = await this.#drain(old, build)
       }
     } finally {
       preloaded?.release()
     }
-    this.#watcher?.markCurrent(snap.sourceStat)
+    this.#watcher?.markCurrent(build.copy.sourceStat)
     this.#reloads++
     const ev: ReloadEvent = { from: publicVersion(old), to: publicVersion(next), ms: next.servingSince - t0, strategy, prepared }
     debug('reload %s: %d -> %d in %s ms (%s%s)', this.path, ev.from.seq, ev.to.seq, ev.ms.toFixed(2), strategy, prepared ? ', prepared while settling' : '')
@@ -303,180 +295,63 @@ export class Plugin extends EventEmitter {
     this.emit('reload', ev)
   }
 
+  /** The serving version's facts decide how the next build comes in (rules.ts). */
   #choose (old: Version): 'shadow' | 'drain' {
-    if (this.strategy !== 'auto') return this.strategy
-    // A Go runtime allows one per process; GNU_UNIQUE symbols bind a second
-    // copy to the first copy's objects (shared, possibly mismatched, state).
-    const coexist = !old.elf.goRuntime && old.elf.gnuUnique.length === 0
-    if (coexist) return 'shadow'
-    const stuck = whyStuck(old.elf)
-    if (stuck === null) return 'drain'
+    const s = reloadStrategy(this.strategy, old.elf)
+    if (s !== 'restart') return s
     // Neither side by side nor one after the other: only a new process can
-    // take this build (process isolation is a later level).
-    const reason = `${stuck}: the library can neither coexist with a second copy nor unload`
+    // take this build.
+    const reason = `${unloadBlockers(old.elf)[0]}: the library can neither coexist with a second copy nor unload`
     this.#emitStuck(old, reason)
     throw new DlhostError('ERR_STUCK', `${this.path} cannot be reloaded in this process (${reason}); restart the process`, { path: this.path, reason })
   }
 
-  /** Static checks of a new build: ELF for this machine, an entry of the same ABI. Removes the copy if it fails. */
-  #validate (snap: Snapshot, old: Version | null): ElfInfo {
-    let elf: ElfInfo
-    try {
-      elf = parseElf(snap.bytes, this.path)
-      checkHostCompatible(elf, this.path)
-    } catch (err) {
-      void this.#store.remove(snap.path)
-      throw err
-    }
-    this.#checkEntry(elf, old, snap)
-    return elf
-  }
-
-  /** The build has a plugin entry, of the serving version's ABI (or the one asked for). */
-  #checkEntry (elf: ElfInfo, old: Version | null, snap: Snapshot): void {
-    const { abi, entry } = detectAbi(elf)
-    const want = this.#opts.entry ?? old?.runtime.abi ?? null
-    let err: DlhostError | null = null
-    if (abi === null) err = new DlhostError('ERR_SYMBOL_MISSING', `${this.path} exports no plugin entry (dlhost_init, dlhost_handle or libffi_init)`, { path: this.path })
-    else if (want !== null && abi !== want && !(this.#opts.entry !== undefined && elf.exports.includes(entryOf(want)))) {
-      err = new DlhostError('ERR_SYMBOL_MISSING', `${this.path}: the new build's entry is ${entry} (${abi}), the running one is ${want}`, { path: this.path })
-    }
-    if (err === null) return
-    void this.#store.remove(snap.path)
-    throw err
-  }
-
   /**
-   * While the file settles (a 'settling' event), make the copy the reload
-   * will want: read, hash, write, fsync, verify and parse now, so that once
-   * the file has settled only the load is left. A content that is
-   * incomplete, serving already, or does not parse is not prepared (the
-   * reload then reports it). Never throws.
+   * A build may be dlopen'ed before it settled (prepare: 'load') only when
+   * it will be swapped in side by side and can leave the process again: one
+   * that can't coexist (Go, GNU_UNIQUE) or can't unload (NODELETE) waits for
+   * its turn.
    */
-  #prepare (): void {
-    if (this.#closing !== null) return
-    if (this.#preparing !== null) { this.#prepareAgain = true; return }
-    this.#preparing = (async () => {
-      do {
-        this.#prepareAgain = false
-        try {
-          await this.#prepareOnce()
-        } catch (err) {
-          debug('prepare %s: %s', this.path, (err as Error)?.message)
-        }
-      } while (this.#prepareAgain && this.#closing === null)
-    })().finally(() => { this.#preparing = null })
-  }
-
-  async #prepareOnce (): Promise<void> {
-    const src = await this.#store.read(this.path)
-    if (src.sha256 === this.#current.sha256 || src.sha256 === this.#prepared?.snap.sha256) return
-    if (!elfCompleteness(src.bytes).complete) return
-    const snap = await this.#store.copy(src, { deferSync: true })
-    let elf: ElfInfo
-    try {
-      elf = parseElf(snap.bytes, this.path)
-      checkHostCompatible(elf, this.path)
-    } catch (err) {
-      await this.#store.remove(snap.path).catch(() => {})
-      throw err
-    }
-    let lib: Library | null = null
-    if (this.#mayPreload(elf)) {
-      try {
-        seedFacts(snap.path, snap.copyStat, snap.sha256, elf)
-        lib = open(snap.path, { pin: false, global: this.#opts.global })
-      } catch (err) {
-        await this.#store.remove(snap.path).catch(() => {})
-        throw err
-      }
-    }
-    snap.synced.catch(() => {}) // the reload that takes it sees the error
-    this.#discardPrepared()
-    const p: Prepared = { snap, elf, lib }
-    if (this.#closing !== null) { this.#discard(p); return }
-    this.#prepared = p
-    debug('prepared %s: %s%s', this.path, snap.sha256, lib !== null ? ' (loaded)' : '')
-    if (prepareChannel.hasSubscribers) prepareChannel.publish({ path: this.path, sha256: snap.sha256, copy: snap.path, loaded: lib !== null })
-  }
-
-  /**
-   * Only a build that will be swapped in side by side and can leave the
-   * process again is dlopen'ed before it settled: one that can't coexist
-   * (Go, GNU_UNIQUE) or can't unload (NODELETE) waits for its turn.
-   */
-  #mayPreload (elf: ElfInfo): boolean {
+  #mayPreload (build: Build): boolean {
     if ((this.#opts.prepare ?? 'load') !== 'load') return false
-    const old = this.#current.elf
-    const shadow = this.strategy === 'shadow' || (this.strategy === 'auto' && !old.goRuntime && old.gnuUnique.length === 0)
-    return shadow && !elf.goRuntime && elf.gnuUnique.length === 0 && !elf.nodelete && whyStuck(elf) === null
+    return reloadStrategy(this.strategy, this.#current.elf) === 'shadow' && reloadStrategy('auto', build.elf) === 'shadow'
   }
 
-  /** Is this the content of the copy prepared (and parsed) while it settled? */
-  #isPrepared (buf: Buffer): boolean {
-    return this.#prepared !== null && this.#prepared.snap.bytes.equals(buf)
-  }
-
-  /** The copy prepared for this content, or null; any other is discarded. */
-  #takePrepared (bytes: Buffer): Prepared | null {
-    const p = this.#prepared
-    if (p === null) return null
-    this.#prepared = null
-    if (p.snap.bytes.equals(bytes)) return p
-    this.#discard(p)
-    return null
-  }
-
-  /** #takePrepared once the copy in the making is done. */
-  async #takePreparedLater (bytes: Buffer): Promise<Prepared | null> {
-    await this.#preparing
-    return this.#takePrepared(bytes)
-  }
-
-  #discardPrepared (): void {
-    if (this.#prepared !== null) this.#discard(this.#prepared)
-    this.#prepared = null
-  }
-
-  #discard (p: Prepared): void {
-    p.lib?.release()
-    void p.snap.synced.catch(() => {}).then(async () => await this.#store.remove(p.snap.path)).catch(() => {})
-  }
-
-  async #loadVersion (snap: Snapshot, elf: ElfInfo): Promise<Version> {
+  async #loadVersion (build: Build): Promise<Version> {
+    const { copy, elf } = build
     let runtime: Runtime
     try {
-      seedFacts(snap.path, snap.copyStat, snap.sha256, elf)
-      runtime = await load(snap.path, this.#cfg, {
+      runtime = await load(copy.path, this.#cfg, {
         pin: this.#opts.pin ?? false,
         global: this.#opts.global,
         maxQueue: this.#opts.maxQueue,
-        entry: this.#opts.entry,
-        unloadTimeoutMs: this.#opts.unloadTimeoutMs
+        entry: build.abi,
+        unloadTimeoutMs: this.#opts.unloadTimeoutMs,
+        known: { sha256: copy.sha256, elf }
       })
       // The copy's fsync ran while it loaded; no version serves before it is done.
       try {
-        await snap.synced
+        await copy.synced
       } catch (err) {
         await runtime.unload().catch(() => {})
         throw err
       }
     } catch (err) {
-      await this.#store.remove(snap.path).catch(() => {})
+      await this.#store.remove(copy.path).catch(() => {})
       throw err
     }
     // Numbered only once it loaded: a bad build takes no seq.
-    let seq = this.#seqs.get(snap.sha256)
-    if (seq === undefined) this.#seqs.set(snap.sha256, seq = this.#seqs.size + 1)
-    const v: Version = { seq, sha256: snap.sha256, copy: snap.path, loadedAt: Date.now(), runtime, elf, inFlight: 0, state: 'serving', idle: null, servingSince: 0, leaving: null }
+    let seq = this.#seqs.get(copy.sha256)
+    if (seq === undefined) this.#seqs.set(copy.sha256, seq = this.#seqs.size + 1)
+    const v: Version = { seq, sha256: copy.sha256, copy: copy.path, loadedAt: Date.now(), runtime, elf, abi: build.abi, inFlight: 0, state: 'serving', idle: null, servingSince: 0, leaving: null }
     this.#versions.push(v)
     return v
   }
 
-  async #shadow (old: Version, snap: Snapshot, elf: ElfInfo): Promise<Version> {
+  async #shadow (old: Version, build: Build): Promise<Version> {
     let next: Version
     try {
-      next = await this.#loadVersion(snap, elf)
+      next = await this.#loadVersion(build)
     } catch (err) {
       this.#fail(err) // rollback: old keeps serving
       throw err
@@ -488,7 +363,7 @@ export class Plugin extends EventEmitter {
     return next
   }
 
-  async #drain (old: Version, snap: Snapshot, elf: ElfInfo): Promise<Version> {
+  async #drain (old: Version, build: Build): Promise<Version> {
     this.#held = []
     old.state = 'draining'
     let next: Version
@@ -496,11 +371,12 @@ export class Plugin extends EventEmitter {
       const unmapped = await this.#unloadVersion(old, false)
       if (!unmapped) debug('drain %s: old version stuck, loading side by side', this.path)
       try {
-        next = await this.#loadVersion(snap, elf)
+        next = await this.#loadVersion(build)
       } catch (err) {
         // Rollback: the previous build comes back from its private copy.
         this.#fail(err)
-        const back = await this.#loadVersion(await this.#store.snapshot(old.copy), old.elf)
+        const copy: PrivateCopy = await this.#store.snapshot(old.copy)
+        const back = await this.#loadVersion({ copy, elf: old.elf, abi: old.abi })
         back.seq = old.seq
         this.#seqs.set(old.sha256, old.seq)
         this.#current = back
@@ -530,9 +406,8 @@ export class Plugin extends EventEmitter {
     v.state = 'gone'
     this.#versions = this.#versions.filter(x => x !== v)
     const info = v.runtime.unloadInfo
-    const mapped = binding.isMapped(v.copy) || info?.mapped === true
-    if (mapped) {
-      const reason = info?.threadsStuck === true ? 'plugin threads still running' : (whyStuck(v.elf) ?? stuckReasons(v.elf)[0] ?? 'still mapped')
+    if (isMapped(v.copy) || info?.mapped === true) {
+      const reason = info?.threadsStuck === true ? THREADS_STUCK : (unloadBlockers(v.elf)[0] ?? stuckReasons(v.elf)[0] ?? STILL_MAPPED)
       this.#emitStuck(v, reason)
       return false
     }
@@ -567,8 +442,7 @@ export class Plugin extends EventEmitter {
       this.#closing = (async () => {
         this.#watcher?.close()
         await this.#chain
-        await this.#preparing
-        this.#discardPrepared()
+        await this.#preparer.close()
         await Promise.all(this.#versions.map(v => this.#unloadVersion(v, true).catch(err => this.#fail(err))))
         await this.#store.close()
       })()
@@ -577,10 +451,6 @@ export class Plugin extends EventEmitter {
   }
 
   async [Symbol.asyncDispose] (): Promise<void> { await this.close() }
-}
-
-function entryOf (abi: Abi): string {
-  return abi === 'native' ? 'dlhost_init' : abi === 'host' ? 'dlhost_handle' : 'libffi_init'
 }
 
 function publicVersion (v: Version): PluginVersion {

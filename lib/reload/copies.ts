@@ -19,12 +19,12 @@ import * as fs from 'fs'
 import * as os from 'os'
 import * as path from 'path'
 import { debuglog, promisify } from 'util'
-import { DlhostError, rangeError, typeError } from './errors'
+import { DlhostError, errnoError, notRegularError, rangeError, typeError } from '../errors'
 
 const debug = debuglog('dlhost')
 
 /** A source file read once (`read()`): its bytes, their hash and the stat they belong to. */
-export interface Source {
+export interface SourceBytes {
   /** Absolute path of the file that was read. */
   path: string
   /** The content. */
@@ -35,8 +35,8 @@ export interface Source {
   sourceStat: fs.Stats
 }
 
-/** What `snapshot()` made: the copy's path and the bytes it holds. */
-export interface Snapshot {
+/** A private copy (made by `copy()` or `snapshot()`): its path and the bytes it holds. */
+export interface PrivateCopy {
   /** Absolute path of the private copy (inside `store.dir`). */
   path: string
   /** Hex sha256 of the content (of what was read, verified on what was written). */
@@ -95,23 +95,9 @@ function defaultName (): string {
   return crypto.randomBytes(16).toString('hex') + '.so'
 }
 
-/** Errors met while reading the user's file, mapped to stable codes. */
+/** Errors met while reading the user's file, mapped to stable codes (anything unusual: ERR_COPY). */
 function sourceError (err: unknown, srcPath: string): DlhostError {
-  const code = errCode(err)
-  const msg = errMessage(err)
-  const opts = { path: srcPath, loaderMessage: msg, cause: err }
-  switch (code) {
-    case 'ENOENT':
-    case 'ENOTDIR':
-      return new DlhostError('ERR_NOT_FOUND', `no such file: ${srcPath}`, opts)
-    case 'EACCES':
-    case 'EPERM':
-      return new DlhostError('ERR_ACCESS', `permission denied reading ${srcPath}`, opts)
-    case 'EISDIR':
-      return new DlhostError('ERR_IS_DIRECTORY', `${srcPath} is a directory`, opts)
-    default:
-      return new DlhostError('ERR_COPY', `cannot read ${srcPath}: ${msg}`, opts)
-  }
+  return errnoError(err, srcPath, 'ERR_COPY')
 }
 
 /**
@@ -290,11 +276,7 @@ export class CopyStore {
       // from here on only the resolved path is used, and it is checked.
       realParent = await fs.promises.realpath(parent)
     } catch (err) {
-      const code = errCode(err)
-      const e = { path: parent, loaderMessage: errMessage(err), cause: err }
-      if (code === 'ENOENT' || code === 'ENOTDIR') throw new DlhostError('ERR_NOT_FOUND', `copy store parent ${parent} does not exist`, e)
-      if (code === 'EACCES' || code === 'EPERM') throw new DlhostError('ERR_ACCESS', `copy store parent ${parent} is not accessible`, e)
-      throw new DlhostError('ERR_COPY', `cannot resolve copy store parent ${parent}: ${errMessage(err)}`, e)
+      throw errnoError(err, parent, 'ERR_COPY')
     }
     if (parent !== realParent) {
       // The symlink itself must be ours or root's (the kernel's
@@ -311,12 +293,7 @@ export class CopyStore {
     try {
       dir = await fs.promises.mkdtemp(path.join(realParent, 'dlhost-'))
     } catch (err) {
-      const code = errCode(err)
-      const e = { path: realParent, loaderMessage: errMessage(err), cause: err }
-      if (code === 'EACCES' || code === 'EPERM' || code === 'EROFS') {
-        throw new DlhostError('ERR_ACCESS', `cannot create a copy store in ${realParent}: ${errMessage(err)}`, e)
-      }
-      throw new DlhostError('ERR_COPY', `cannot create a copy store in ${realParent}: ${errMessage(err)}`, e)
+      throw errnoError(err, realParent, 'ERR_COPY')
     }
 
     try {
@@ -369,7 +346,7 @@ export class CopyStore {
    * name, O_EXCL, O_NOFOLLOW, mode 0700), fsync'ed, and the copy is read back
    * and verified.
    */
-  async snapshot (srcPath: string, options: { deferSync?: boolean } = {}): Promise<Snapshot> {
+  async snapshot (srcPath: string, options: { deferSync?: boolean } = {}): Promise<PrivateCopy> {
     if (options === null || typeof options !== 'object') throw typeError('snapshot(path, options): options must be an object')
     return await this.copy(await this.read(srcPath), options)
   }
@@ -380,7 +357,7 @@ export class CopyStore {
    * A file that changes while it is read is ERR_COPY; a missing, unreadable
    * or non-regular file has its own code.
    */
-  async read (srcPath: string): Promise<Source> {
+  async read (srcPath: string): Promise<SourceBytes> {
     if (typeof srcPath !== 'string') throw typeError('read(path): path must be a string')
     if (srcPath === '' || srcPath.includes('\0')) throw rangeError('read(path): path must be a non-empty string without NUL bytes')
     this.#assertOpen(srcPath)
@@ -393,7 +370,7 @@ export class CopyStore {
    * `deferSync` the returned snapshot's `synced` settles when the fsync has
    * (it runs on the threadpool meanwhile); otherwise it already has.
    */
-  async copy (src: Source, options: { deferSync?: boolean } = {}): Promise<Snapshot> {
+  async copy (src: SourceBytes, options: { deferSync?: boolean } = {}): Promise<PrivateCopy> {
     if (src === null || typeof src !== 'object' || !Buffer.isBuffer(src.bytes) || typeof src.sha256 !== 'string' || typeof src.path !== 'string') {
       throw typeError('copy(src): src must be what read() returned')
     }
@@ -414,7 +391,7 @@ export class CopyStore {
     }
   }
 
-  async #read (srcPath: string): Promise<Source> {
+  async #read (srcPath: string): Promise<SourceBytes> {
     const io = pickIo(srcPath)
     let bytes: Buffer
     let sourceStat: fs.Stats
@@ -427,12 +404,8 @@ export class CopyStore {
     }
     try {
       const before = await io.fstat(src)
-      if (before.isDirectory()) {
-        throw new DlhostError('ERR_IS_DIRECTORY', `${srcPath} is a directory`, { path: srcPath })
-      }
-      if (!before.isFile()) {
-        throw new DlhostError('ERR_COPY', `${srcPath} is not a regular file`, { path: srcPath })
-      }
+      if (before.isDirectory()) throw sourceError(Object.assign(new Error('is a directory'), { code: 'EISDIR' }), srcPath)
+      if (!before.isFile()) throw notRegularError(srcPath)
       bytes = await io.readAll(src, before.size)
       sourceStat = await io.fstat(src)
       if (sourceStat.size !== bytes.length || sourceStat.mtimeMs !== before.mtimeMs || sourceStat.size !== before.size) {
@@ -448,7 +421,7 @@ export class CopyStore {
     return { path: srcPath, bytes, sha256: sha256(bytes), sourceStat }
   }
 
-  async #copy (src: Source): Promise<Snapshot> {
+  async #copy (src: SourceBytes): Promise<PrivateCopy> {
     const { path: srcPath, bytes, sha256: digest, sourceStat } = src
     const io = bytes.length <= SYNC_SNAPSHOT_LIMIT ? syncIo : asyncIo
     const name = this.#name()

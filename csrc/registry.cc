@@ -1,6 +1,7 @@
-// Level 1: refcounted dlopen/dlclose. Runs on any thread (JS threads of any
-// environment, poll threads when runtimes leave); everything under mu_.
-#include "library.h"
+// registry.cc: Level 1, refcounted dlopen/dlclose. Runs on any thread (JS
+// threads of any environment, poll threads and reapers when runtimes leave);
+// everything under mu_.
+#include "registry.h"
 
 #include <cerrno>
 #include <climits>
@@ -19,11 +20,7 @@ namespace dlhost {
 namespace {
 
 LoadError ErrnoError(const char *what, const std::string &path, int err) {
-  std::string code = err == ENOENT || err == ENOTDIR ? "ERR_NOT_FOUND"
-                     : err == EACCES || err == EPERM ? "ERR_ACCESS"
-                                                     : "ERR_DLOPEN";
-  return {code, std::string(what) + " '" + path + "': " + strerror(err),
-          strerror(err)};
+  return {"", std::string(what) + " '" + path + "': " + strerror(err), strerror(err), err};
 }
 
 struct MappedQuery {
@@ -82,8 +79,26 @@ bool MapsShowInode(const std::string &path, ino_t ino) {
 }  // namespace
 
 std::string Identity::Key() const {
-  return real_path + '\0' + std::to_string(dev) + ':' + std::to_string(ino) +
-         ':' + std::to_string(size) + ':' + std::to_string(mtime_ns);
+  return std::to_string(dev) + ':' + std::to_string(ino) + ':' + std::to_string(size) + ':' +
+         std::to_string(mtime_ns);
+}
+
+static std::string MapKey(const Identity &id) { return id.real_path + '\0' + id.Key(); }
+
+Identity Identity::Of(const std::string &path) {
+  char resolved[PATH_MAX];
+  if (!realpath(path.c_str(), resolved)) throw ErrnoError("cannot resolve", path, errno);
+  struct stat st;
+  if (stat(resolved, &st) != 0) throw ErrnoError("cannot stat", path, errno);
+  if (S_ISDIR(st.st_mode)) throw ErrnoError("cannot open", path, EISDIR);
+  if (!S_ISREG(st.st_mode)) throw LoadError{"ERR_NOT_ELF", "'" + path + "' is not a regular file", ""};
+  Identity id;
+  id.real_path = resolved;
+  id.dev = st.st_dev;
+  id.ino = st.st_ino;
+  id.size = st.st_size;
+  id.mtime_ns = int64_t(st.st_mtim.tv_sec) * 1000000000LL + st.st_mtim.tv_nsec;
+  return id;
 }
 
 Registry &Registry::Get() {
@@ -100,26 +115,14 @@ bool Registry::IsMapped(const std::string &path) {
 }
 
 EntryPtr Registry::Open(const std::string &path, uint32_t flags) {
-  char resolved[PATH_MAX];
-  if (!realpath(path.c_str(), resolved)) throw ErrnoError("cannot resolve", path, errno);
-  Identity id;
-  id.real_path = resolved;
-  struct stat st;
-  if (stat(resolved, &st) != 0) throw ErrnoError("cannot stat", path, errno);
-  if (S_ISDIR(st.st_mode))
-    throw LoadError{"ERR_IS_DIRECTORY", "'" + path + "' is a directory", ""};
-  if (!S_ISREG(st.st_mode))
-    throw LoadError{"ERR_NOT_ELF", "'" + path + "' is not a regular file", ""};
+  Identity id = Identity::Of(path);
+  const char *resolved = id.real_path.c_str();
   // Readability is checked with open(), not access(): access() answers for
   // the real uid, open() for what dlopen will actually be allowed to do.
   int fd = ::open(resolved, O_RDONLY | O_CLOEXEC);
   if (fd < 0) throw ErrnoError("cannot open", path, errno);
   ::close(fd);
-  id.dev = st.st_dev;
-  id.ino = st.st_ino;
-  id.size = st.st_size;
-  id.mtime_ns = int64_t(st.st_mtim.tv_sec) * 1000000000LL + st.st_mtim.tv_nsec;
-  const std::string key = id.Key();
+  const std::string key = MapKey(id);
 
   std::lock_guard<std::mutex> lock(mu_);
   auto it = by_key_.find(key);
@@ -181,7 +184,7 @@ ReleaseResult Registry::MaybeClose(const EntryPtr &e) {
   r.mapped = IsMapped(e->id.real_path);
   // Gone for real: forget it. Still mapped: keep it as a stuck row.
   if (!r.mapped) {
-    auto it = by_key_.find(e->id.Key());
+    auto it = by_key_.find(MapKey(e->id));
     if (it != by_key_.end() && it->second == e) by_key_.erase(it);
   }
   return r;
@@ -216,10 +219,15 @@ void Registry::Pin(const EntryPtr &e) {
   e->pinned = true;
 }
 
+void Registry::MarkThreadsStuck(const EntryPtr &e) {
+  std::lock_guard<std::mutex> lock(mu_);
+  e->threads_stuck = true;
+}
+
 Row Registry::RowOf(const EntryPtr &e) {
   std::lock_guard<std::mutex> lock(mu_);
   bool mapped = IsMapped(e->id.real_path);
-  return Row{e->serial, e->id, e->refs, e->runtimes, e->pinned, mapped, e->dlclosed};
+  return Row{e->serial, e->id, e->refs, e->runtimes, e->pinned, mapped, e->dlclosed, e->threads_stuck};
 }
 
 std::vector<Row> Registry::Snapshot() {
@@ -235,7 +243,7 @@ std::vector<Row> Registry::Snapshot() {
       it = by_key_.erase(it);
       continue;
     }
-    rows.push_back(Row{e->serial, e->id, e->refs, e->runtimes, e->pinned, mapped, e->dlclosed});
+    rows.push_back(Row{e->serial, e->id, e->refs, e->runtimes, e->pinned, mapped, e->dlclosed, e->threads_stuck});
     ++it;
   }
   return rows;

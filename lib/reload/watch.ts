@@ -1,6 +1,7 @@
 /**
  * Watch a loaded library (and extra files such as its config) and say when a
- * new, complete build has settled — seed 002's ImportSpy, done right.
+ * new, complete build has settled: Webware's ImportSpy (which watches the
+ * files a process loaded and restarts it), done right for a plugin host.
  *
  * - Directory events, not file events: the parent directory of every watched
  *   path is watched and events are filtered by name, because a linker, `mv`
@@ -28,18 +29,17 @@ import { EventEmitter } from 'events'
 import * as fs from 'fs'
 import * as path from 'path'
 import { debuglog } from 'util'
-import { DlhostError, rangeError, typeError } from './errors'
-import { elfCompleteness } from './elf'
+import { C } from '../binding'
+import { DlhostError, rangeError, typeError } from '../errors'
+import { elfCompleteness } from '../elf'
 import { SYNC_SNAPSHOT_LIMIT } from './copies'
 
 const debug = debuglog('dlhost')
 
 /** Polling interval when polling is chosen without an explicit `poll`. */
-export const DEFAULT_POLL_MS = 200
-/** Default settle time. */
-export const DEFAULT_SETTLE_MS = 50
+const DEFAULT_POLL_MS = 200
 /** In fs.watch mode, how often the safety net stats the watched files. */
-export const SAFETY_NET_MS = 2000
+const SAFETY_NET_MS = 2000
 
 /**
  * statfs f_type of filesystems where inotify does not see changes made
@@ -62,7 +62,7 @@ const NO_INOTIFY_FS = new Set<number>([
 ])
 
 /** The identity a change is judged by. `fs.Stats` is one. */
-export interface FileIdentity {
+export interface StatIdentity {
   size: number
   mtimeMs: number
   ino: number
@@ -114,7 +114,7 @@ interface Target {
   kind: 'library' | 'file'
   file: string
   /** Last reported (or marked current) identity; null: nothing yet (report on appearance). */
-  last: FileIdentity | null
+  last: StatIdentity | null
   /** Was `last` set by markCurrent() before start()? */
   marked: boolean
   /** Key of the last stat seen by a poll / the safety net / a settle. */
@@ -157,7 +157,7 @@ export function statKey (st: fs.Stats | null): string {
   return st === null ? 'missing' : `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`
 }
 
-function sameIdentity (a: FileIdentity, b: FileIdentity | null): boolean {
+function sameIdentity (a: StatIdentity, b: StatIdentity | null): boolean {
   return b !== null && a.size === b.size && a.mtimeMs === b.mtimeMs && a.ino === b.ino
 }
 
@@ -165,7 +165,7 @@ function sameStable (a: fs.Stats, b: fs.Stats): boolean {
   return sameIdentity(a, b) && a.dev === b.dev
 }
 
-function identity (st: FileIdentity): FileIdentity {
+function identity (st: StatIdentity): StatIdentity {
   return { size: st.size, mtimeMs: st.mtimeMs, ino: st.ino }
 }
 
@@ -225,7 +225,7 @@ export class LibraryWatcher extends EventEmitter<Events> {
     if (typeof libraryPath !== 'string') throw typeError('LibraryWatcher(path): path must be a string')
     if (libraryPath === '' || libraryPath.includes('\0')) throw rangeError('LibraryWatcher(path): path must be a non-empty string without NUL bytes')
     if (opts === null || typeof opts !== 'object') throw typeError('LibraryWatcher(path, opts): opts must be an object')
-    const { settleMs = DEFAULT_SETTLE_MS, poll = false, files = [], isComplete = defaultIsComplete } = opts
+    const { settleMs = C.DEFAULT_SETTLE_MS, poll = false, files = [], isComplete = defaultIsComplete } = opts
     if (typeof settleMs !== 'number' || Number.isNaN(settleMs)) throw typeError('opts.settleMs must be a number')
     if (settleMs < 0 || !Number.isFinite(settleMs) || settleMs > 2 ** 31 - 1) throw rangeError('opts.settleMs must be a finite number >= 0')
     if (poll !== false && typeof poll !== 'number') throw typeError('opts.poll must be a number of ms or false')
@@ -297,7 +297,7 @@ export class LibraryWatcher extends EventEmitter<Events> {
    * equal `stat`'s is not reported. If the file on disk differs, it is
    * (re)checked at once.
    */
-  markCurrent (stat: FileIdentity): void {
+  markCurrent (stat: StatIdentity): void {
     if (stat === null || typeof stat !== 'object' ||
         typeof stat.size !== 'number' || typeof stat.mtimeMs !== 'number' || typeof stat.ino !== 'number') {
       throw typeError('markCurrent(stat): stat must have numeric size, mtimeMs and ino (an fs.Stats will do)')

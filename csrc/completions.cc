@@ -1,0 +1,233 @@
+// completions.cc: answers into JS. Settling finished calls (one callback per
+// up to kSettleChunk calls) and the synchronous path (callSync), both packing
+// small bodies into a Slab. JS thread only.
+#include <cstring>
+
+#include "js_request.h"
+#include "js_util.h"
+#include "runtime_wrap.h"
+
+namespace dlhost {
+
+namespace {
+
+// Responses at least this big are handed to JS without a copy (external
+// buffer freed by its finalizer); smaller ones are packed into the slab.
+constexpr size_t kBigResponse = 64 * 1024;
+constexpr size_t kBigSyncResponse = Slab::kBytes / 4;
+// Calls settled per JS callback: each callback's microtask checkpoint lets
+// continuations issue their next calls while the poll thread still has work.
+constexpr size_t kSettleChunk = 256;
+
+Napi::Value ExternalBody(Napi::Env env, void *rsp, size_t len) {
+  return Napi::Buffer<char>::New(env, static_cast<char *>(rsp), len,
+                                 [](Napi::Env, char *p) { free(p); });
+}
+
+}  // namespace
+
+void RuntimeWrap::CallJs(Napi::FunctionReference &fn, std::initializer_list<napi_value> args) {
+  fn.MakeCallback(Value(), args, *async_ctx_);
+}
+
+// A terminating worker still runs its loop's callbacks while JS can no
+// longer run there: N-API calls then fail without a pending exception. That
+// is not an error of ours to report: stop touching the environment; the
+// cleanup hook tears the runtime down.
+void RuntimeWrap::Settle() {
+  if (env_gone_) return;
+  try {
+    SettleJs();
+  } catch (const Napi::Error &) {
+    bool pending = false;
+    napi_is_exception_pending(env_, &pending);
+    if (pending) {
+      napi_value exc;
+      napi_get_and_clear_last_exception(env_, &exc);
+      napi_fatal_exception(env_, exc);  // a throwing JS callback: uncaughtException
+      return;
+    }
+    StopHandles();
+  }
+}
+
+void RuntimeWrap::SettleJs() {
+  Napi::Env env(env_);
+  Task *tail = backlog_;
+  while (tail && tail->cq_next.load(std::memory_order_relaxed))
+    tail = tail->cq_next.load(std::memory_order_relaxed);
+  if (Task *fresh = core_->TakeCompletions()) {
+    if (tail) tail->cq_next.store(fresh, std::memory_order_relaxed);
+    else backlog_ = fresh;
+  }
+  while (backlog_) {
+    Task *list = backlog_;
+    Task *last = list;
+    size_t count = 1;
+    while (count < kSettleChunk && last->cq_next.load(std::memory_order_relaxed)) {
+      last = last->cq_next.load(std::memory_order_relaxed);
+      count++;
+    }
+    backlog_ = last->cq_next.load(std::memory_order_relaxed);
+    last->cq_next.store(nullptr, std::memory_order_relaxed);
+    Napi::HandleScope scope(env);
+    size_t small_total = 0;
+    bool any_big = false;
+    for (Task *t = list; t; t = t->cq_next.load(std::memory_order_relaxed)) {
+      if (t->rsp_len == Task::kAbortedRsp) continue;
+      if (t->rsp_len >= kBigResponse) any_big = true;
+      else small_total += t->rsp_len;
+    }
+    if (meta_cap_ < count * 4) {
+      size_t cap = std::max<size_t>(count * 4, 1024);
+      Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, cap * sizeof(int32_t));
+      meta_ref_ = Napi::Persistent(Napi::Object(Napi::Int32Array::New(env, cap, ab, 0)));
+      meta_ = static_cast<int32_t *>(ab.Data());
+      meta_cap_ = cap;
+    }
+    Napi::Value bodies = env.Undefined();
+    char *dst = nullptr;
+    size_t base = 0;
+    if (small_total) {
+      base = completion_slab_.Reserve(env, small_total);
+      dst = completion_slab_.Data() + base;
+      bodies = completion_slab_.Buffer(env);
+    }
+    Napi::Array bigs;
+    if (any_big) bigs = Napi::Array::New(env);
+    size_t i = 0, off = 0;
+    for (Task *t = list; t;) {
+      Task *next = t->cq_next.load(std::memory_order_relaxed);
+      int32_t *m = meta_ + i * 4;
+      m[0] = int32_t(t->id);
+      m[1] = t->rc;
+      if (t->rsp_len == Task::kAbortedRsp) {
+        m[2] = 0;
+        m[3] = kAbortedLen;
+      } else if (t->rsp_len >= kBigResponse) {
+        // Zero copy: the plugin's malloc'd buffer becomes the Buffer.
+        bigs.Set(uint32_t(i), ExternalBody(env, t->rsp, t->rsp_len));
+        t->rsp = nullptr;
+        m[2] = kBigOffset;
+        m[3] = int32_t(t->rsp_len);
+      } else {
+        if (t->rsp_len) memcpy(dst + off, t->rsp, t->rsp_len);
+        m[2] = int32_t(base + off);
+        m[3] = int32_t(t->rsp_len);
+        off += t->rsp_len;
+      }
+      free(t->rsp);
+      t->rsp = nullptr;
+      t->cq_next.store(nullptr, std::memory_order_relaxed);
+      t->Reset();
+      t = next;
+      i++;
+    }
+    last_activity_ = uv_hrtime();
+    CallJs(on_complete_, {Napi::Number::New(env, double(count)), meta_ref_.Value(), bodies,
+                          any_big ? Napi::Value(bigs) : env.Undefined()});
+  }
+  DeliverLifecycle();
+  UpdateLoopRef();
+}
+
+// ------------------------------------------------------------------ callSync
+
+Napi::Value RuntimeWrap::CallSync(const Napi::CallbackInfo &info) {
+  JsRequest r = ReadRequest(info.Env(), info[0]);
+  RunSync(info.Env(), r);
+  return info.Env().Undefined();
+}
+
+// The bytes-only twin of callSync as a plain function whose data is this
+// wrapper: no unwrap, no type dispatch (~20 ns of a ~150 ns call). JS keeps
+// it next to the wrapper and drops both together.
+napi_value RuntimeWrap::SyncBytesCb(napi_env env, napi_callback_info cbinfo) {
+  size_t argc = 1;
+  napi_value arg;
+  void *data;
+  napi_get_cb_info(env, cbinfo, &argc, &arg, nullptr, &data);
+  auto *self = static_cast<RuntimeWrap *>(data);
+  JsRequest r;
+  napi_typedarray_type tt;
+  void *p = nullptr;
+  if (argc < 1 ||
+      napi_get_typedarray_info(env, arg, &tt, &r.len, &p, nullptr, nullptr) != napi_ok ||
+      tt != napi_uint8_array) {
+    napi_throw_type_error(env, nullptr, "request must be a Uint8Array");
+    return nullptr;
+  }
+  r.bytes = static_cast<const char *>(p);
+  try {
+    self->RunSync(Napi::Env(env), r);
+  } catch (const Napi::Error &e) {
+    e.ThrowAsJavaScriptException();
+  }
+  return nullptr;
+}
+
+Napi::Value RuntimeWrap::SyncBytes(const Napi::CallbackInfo &info) {
+  napi_value fn;
+  NAPI_THROW_IF_FAILED(
+      info.Env(),
+      napi_create_function(info.Env(), "callSyncBytes", NAPI_AUTO_LENGTH, SyncBytesCb, this, &fn),
+      Napi::Value());
+  return Napi::Value(info.Env(), fn);
+}
+
+void RuntimeWrap::RunSync(Napi::Env env, const JsRequest &r) {
+  if (core_->abi != Abi::kHost)
+    ThrowCoded(env, "ERR_NOT_SYNC", "callSync needs a host-driven plugin (dlhost_handle)");
+  if (unloading_ || env_gone_ || core_->init_state.load() != RuntimeCore::kInitOk)
+    ThrowCoded(env, "ERR_RUNTIME_UNLOADED", "the runtime is not running");
+  size_t len = r.len;
+  // The ABI promises a NUL after the request: copy into room for it.
+  char small[512];
+  std::unique_ptr<char[]> big;
+  char *req = len < sizeof small ? small : (big.reset(new char[len + 1]), big.get());
+  r.CopyTo(env, req);
+  void *rsp = nullptr;
+  size_t rsp_len = 0;
+  int rc = core_->handle_fn(core_->state, req, len, &rsp, &rsp_len);
+  if (!rsp) rsp_len = 0;
+  if (!sync_meta_) EnsureSyncMeta(env);
+  int32_t *m = sync_meta_;
+  if (rsp_len > kBigSyncResponse) {
+    // Big: the plugin's buffer becomes the Buffer (zero copy).
+    big_ = Napi::Persistent(ExternalBody(env, rsp, rsp_len));
+    m[1] = kSyncBigOffset;
+  } else {
+    size_t at = sync_slab_.Reserve(env, rsp_len);
+    if (rsp_len) memcpy(sync_slab_.Data() + at, rsp, rsp_len);
+    m[1] = int32_t(at);
+    free(rsp);
+  }
+  m[0] = sync_slab_.generation();
+  m[2] = int32_t(rsp_len);
+  m[3] = rc;
+}
+
+void RuntimeWrap::EnsureSyncMeta(Napi::Env env) {
+  if (sync_meta_) return;
+  Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, 4 * sizeof(int32_t));
+  sync_meta_ref_ = Napi::Persistent(Napi::Object(Napi::Int32Array::New(env, 4, ab, 0)));
+  sync_meta_ = static_cast<int32_t *>(ab.Data());
+}
+
+Napi::Value RuntimeWrap::SyncMeta(const Napi::CallbackInfo &info) {
+  EnsureSyncMeta(info.Env());
+  return sync_meta_ref_.Value();
+}
+
+Napi::Value RuntimeWrap::SyncSlab(const Napi::CallbackInfo &info) {
+  return sync_slab_.Buffer(info.Env());
+}
+
+Napi::Value RuntimeWrap::TakeBig(const Napi::CallbackInfo &info) {
+  if (big_.IsEmpty()) return info.Env().Undefined();
+  Napi::Value v = big_.Value();
+  big_.Reset();
+  return v;
+}
+
+}  // namespace dlhost

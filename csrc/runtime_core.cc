@@ -1,0 +1,302 @@
+// runtime_core.cc: the threads of a runtime. Thread map:
+//   JS thread      : Grow, SubmitBatch, TakeCompletions, StartHost,
+//                    InitPluginDriven, BeginUnload (runtime_wrap.cc calls them)
+//   host poll      : one detached std::thread per host-driven runtime (HostLoop)
+//   plugin threads : the plugin's own (Poll, PollBatch, Respond; host_abi.cc)
+//   reaper         : one detached std::thread per unloading plugin-driven
+//                    runtime; waits for the plugin's pollers to exit, then
+//                    drops the runtime's library reference (maybe dlclose).
+// No N-API here.
+#include "runtime_core.h"
+
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <climits>
+#include <csignal>
+#include <cstdlib>
+#include <cstring>
+#include <thread>
+
+#include "clock.h"
+
+namespace dlhost {
+
+namespace {
+
+std::atomic<uint64_t> next_core_serial{1};
+std::atomic<uint64_t> orphan_misuse{0};
+thread_local uint64_t tls_last_core = 0;
+
+bool ThreadAlive(pid_t tid) {
+  // Signal 0 checks existence only. ESRCH once the kernel has reaped the
+  // thread: from then on it can't be executing anything of the plugin.
+  return syscall(SYS_tgkill, getpid(), tid, 0) == 0 || errno != ESRCH;
+}
+
+}  // namespace
+
+void Task::Reset() {
+  if (req && req != inline_buf) free(req);
+  req = nullptr;
+  req_len = 0;
+  rc = 0;
+  rsp = nullptr;
+  rsp_len = 0;
+  state.store(kFree, std::memory_order_release);
+}
+
+RuntimeCore::RuntimeCore(EntryPtr e, Abi a, size_t mq, uint64_t unload_timeout)
+    : entry(std::move(e)),
+      abi(a),
+      serial(next_core_serial++),
+      requests(mq, kDefaultSpinNs),
+      unload_timeout_ms(unload_timeout) {}
+
+RuntimeCore::~RuntimeCore() {
+  for (auto &chunk : chunks)
+    for (uint32_t i = 0; i < kChunkSlots; i++) {
+      Task &t = chunk[i];
+      if (t.req && t.req != t.inline_buf) free(t.req);
+      if (t.state.load() == Task::kDone) free(t.rsp);
+    }
+}
+
+const char *RuntimeCore::ResolveEntry() {
+  Registry &reg = Registry::Get();
+  auto sym = [&](const char *n) { return reg.Symbol(entry, n); };
+  open_fn = reinterpret_cast<dlhost_open_fn>(sym("dlhost_open"));
+  handle_fn = reinterpret_cast<dlhost_handle_fn>(sym("dlhost_handle"));
+  close_fn = reinterpret_cast<dlhost_close_fn>(sym("dlhost_close"));
+  init_fn = reinterpret_cast<dlhost_init_fn>(sym("dlhost_init"));
+  lua_init_fn = reinterpret_cast<libffi_init_fn>(sym("libffi_init"));
+  switch (abi) {
+    case Abi::kHost: return handle_fn ? nullptr : "dlhost_handle";
+    case Abi::kNative: return init_fn ? nullptr : "dlhost_init";
+    case Abi::kLua: return lua_init_fn ? nullptr : "libffi_init";
+  }
+  return "an entry symbol";
+}
+
+uint32_t RuntimeCore::Grow() {
+  std::unique_ptr<Task[]> chunk(new Task[kChunkSlots]);
+  std::unique_ptr<char[]> area(new char[kChunkSlots * kSlotStride]());
+  uint32_t base = uint32_t(chunks.size()) << kChunkBits;
+  for (uint32_t i = 0; i < kChunkSlots; i++) {
+    chunk[i].id = base + i;
+    chunk[i].core = this;
+    chunk[i].inline_buf = area.get() + i * kSlotStride;
+  }
+  chunks.push_back(std::move(chunk));
+  areas.push_back(std::move(area));
+  slots += kChunkSlots;
+  return uint32_t(chunks.size() - 1);
+}
+
+long RuntimeCore::SubmitBatch(Task *const *tasks, size_t n) {
+  size_t k = requests.push_batch(tasks, n);
+  return k == TaskQueue<Task>::kClosedBatch ? -1 : long(k);
+}
+
+Task *RuntimeCore::TakeCompletions() { return completions.pop_all(); }
+
+void RuntimeCore::Ring() {
+  std::lock_guard<std::mutex> lock(bell_mu);
+  if (bell) uv_async_send(bell);
+}
+
+void RuntimeCore::Complete(Task *t) {
+  // The JS thread re-checks the queue after it stops spinning (seq_cst on
+  // both sides), so skipping the syscall while it spins loses no wake-up.
+  if (completions.push(t) && !js_spinning.load(std::memory_order_seq_cst)) Ring();
+}
+
+void RuntimeCore::Respond(Task *t, int rc, void *rsp, size_t len) {
+  if (!t || t->magic != Task::kMagic) {
+    orphan_misuse.fetch_add(1);  // not a task of ours: no core to count it on
+    free(rsp);
+    return;
+  }
+  uint32_t expect = Task::kTaken;
+  if (!t->state.compare_exchange_strong(expect, Task::kDone, std::memory_order_acq_rel)) {
+    // Answered twice, answered after the host gave up on it, or never taken.
+    t->core->misuse.fetch_add(1);
+    free(rsp);
+    return;
+  }
+  t->rc = rc;
+  t->rsp = rsp;
+  t->rsp_len = rsp ? len : 0;
+  t->core->Complete(t);
+}
+
+void RuntimeCore::RecordPoller() {
+  if (tls_last_core == serial) return;
+  tls_last_core = serial;
+  pid_t tid = pid_t(syscall(SYS_gettid));
+  std::lock_guard<std::mutex> lock(tids_mu_);
+  if (std::find(tids_.begin(), tids_.end(), tid) == tids_.end()) tids_.push_back(tid);
+}
+
+size_t RuntimeCore::Pollers() {
+  std::lock_guard<std::mutex> lock(tids_mu_);
+  return tids_.size();
+}
+
+std::vector<pid_t> RuntimeCore::PollerTids() {
+  std::lock_guard<std::mutex> lock(tids_mu_);
+  return tids_;
+}
+
+Task *RuntimeCore::Poll() {
+  RecordPoller();
+  Task *t = requests.pop();
+  if (t) t->state.store(Task::kTaken, std::memory_order_release);
+  else ends.fetch_add(1);
+  return t;
+}
+
+size_t RuntimeCore::PollBatch(Task **out, size_t max) {
+  RecordPoller();
+  if (!out || max == 0) return 0;
+  size_t n = requests.pop_batch(out, max);
+  if (n == 0) ends.fetch_add(1);
+  for (size_t i = 0; i < n; i++) out[i]->state.store(Task::kTaken, std::memory_order_release);
+  return n;
+}
+
+namespace {
+
+// Settles every call that will never be answered: queued ones nobody took,
+// and taken ones whose plugin thread is gone. CAS makes a late answer lose.
+void AbortLeftovers(RuntimeCore &core) {
+  Task *t;
+  while (core.requests.try_pop(t)) t->state.store(Task::kTaken);
+  for (auto &chunk : core.chunks)
+    for (uint32_t i = 0; i < kChunkSlots; i++) {
+      Task &x = chunk[i];
+      uint32_t expect = Task::kTaken;
+      if (x.state.compare_exchange_strong(expect, Task::kDone)) {
+        x.rc = 0;
+        x.rsp = nullptr;
+        x.rsp_len = Task::kAbortedRsp;
+        core.aborted.fetch_add(1);
+        core.Complete(&x);
+      }
+    }
+}
+
+void FinishUnload(const std::shared_ptr<RuntimeCore> &core, bool release) {
+  if (release) {
+    ReleaseResult r = Registry::Get().ReleaseRuntime(core->entry);
+    core->dlclosed = r.dlclosed;
+    core->mapped = r.mapped;
+  }
+  core->unload_state.store(RuntimeCore::kUnloaded);
+  core->Ring();
+}
+
+// Host-driven: dlhost's own poll thread.
+void HostLoop(std::shared_ptr<RuntimeCore> core, std::string cfg) {
+  bool ok = true;
+  if (core->open_fn) {
+    core->state = core->open_fn(cfg.c_str(), cfg.size());
+    ok = core->state != nullptr;
+  }
+  core->init_rc = ok ? 0 : -1;
+  core->init_state.store(ok ? RuntimeCore::kInitOk : RuntimeCore::kInitFailed);
+  core->Ring();
+  if (ok) {
+    Task *batch[64];
+    for (;;) {
+      size_t n = core->requests.pop_batch(batch, 64);
+      if (n == 0) break;
+      for (size_t i = 0; i < n; i++) {
+        Task *t = batch[i];
+        t->state.store(Task::kTaken, std::memory_order_relaxed);
+        void *rsp = nullptr;
+        size_t len = 0;
+        int rc = core->handle_fn(core->state, t->req, t->req_len, &rsp, &len);
+        RuntimeCore::Respond(t, rc, rsp, len);
+      }
+    }
+    if (core->close_fn) core->close_fn(core->state);
+  } else {
+    core->requests.close();
+    AbortLeftovers(*core);
+  }
+  FinishUnload(core, true);
+}
+
+// Plugin-driven: wait (bounded) for every thread that polled to exit.
+void Reap(std::shared_ptr<RuntimeCore> core) {
+  const uint64_t deadline = monotonic_ns() + core->unload_timeout_ms * 1000000ull;
+  uint64_t nap_us = 50;
+  bool stuck = false;
+  for (;;) {
+    // Init succeeded but no thread was handed the end yet: the plugin's
+    // threads may not have polled (or even started); their code may run.
+    bool alive = core->init_state.load() == RuntimeCore::kInitOk && core->ends.load() == 0;
+    for (pid_t tid : core->PollerTids())
+      if (ThreadAlive(tid)) alive = true;
+    if (!alive) break;
+    if (monotonic_ns() > deadline) {
+      stuck = true;
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(nap_us));
+    nap_us = std::min<uint64_t>(nap_us * 2, 10000);
+  }
+  AbortLeftovers(*core);
+  if (stuck) {
+    // Never unmap under a running thread: keep the library and the core
+    // (the plugin's threads may still call into it).
+    core->threads_stuck = true;
+    core->mapped = true;
+    Registry::Get().MarkThreadsStuck(core->entry);
+    new std::shared_ptr<RuntimeCore>(core);  // deliberate leak
+    FinishUnload(core, false);
+    return;
+  }
+  FinishUnload(core, true);
+}
+
+}  // namespace
+
+void RuntimeCore::StartHost(const std::shared_ptr<RuntimeCore> &core, std::string cfg) {
+  std::thread(HostLoop, core, std::move(cfg)).detach();
+}
+
+int RuntimeCore::InitPluginDriven(const std::string &cfg) {
+  // Init runs on a short-lived thread that is joined: thread-local state the
+  // plugin creates there (Rust's std::thread registers some) dies with that
+  // thread instead of pinning the library to the JS thread forever.
+  int rc = 0;
+  std::thread([this, &cfg, &rc] {
+    if (abi == Abi::kNative) {
+      rc = init_fn(cfg.c_str(), cfg.size(), &q);
+    } else {
+      // lua-resty-ffi: a mutable NUL-terminated copy, freed after init returns.
+      char *copy = static_cast<char *>(malloc(cfg.size() + 1));
+      memcpy(copy, cfg.data(), cfg.size());
+      copy[cfg.size()] = 0;
+      rc = lua_init_fn(copy, &q);
+      free(copy);
+    }
+  }).join();
+  init_rc = rc;
+  init_state.store(rc == 0 ? kInitOk : kInitFailed);
+  return rc;
+}
+
+void RuntimeCore::BeginUnload(const std::shared_ptr<RuntimeCore> &core) {
+  int expect = kRunning;
+  if (!core->unload_state.compare_exchange_strong(expect, kClosing)) return;
+  core->requests.close();
+  // Host-driven: the poll thread finishes the queue and drops the library.
+  if (core->abi != Abi::kHost) std::thread(Reap, core).detach();
+}
+
+}  // namespace dlhost

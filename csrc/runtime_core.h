@@ -1,0 +1,149 @@
+// runtime_core.h: Level 2, one runtime = one loaded library + cfg + a request
+// queue + the thread(s) that poll it. No N-API here: every member may be used
+// from any thread unless its comment says otherwise (docs/architecture.md has
+// the thread map).
+#pragma once
+
+#include <uv.h>
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "constants.h"
+#include "include/dlhost.h"
+#include "queue.h"
+#include "registry.h"
+
+namespace dlhost {
+
+class RuntimeCore;
+
+// One call. Slots live in RuntimeCore's chunks for the core's whole life, so
+// a plugin answering twice touches valid memory and is caught by `state`.
+// The JS side owns the choice of slot (its free list), and writes small
+// requests straight into the slot's inline bytes: the one copy.
+struct Task {
+  enum State : uint32_t { kFree = 0, kQueued, kTaken, kDone };
+  static constexpr uint32_t kMagic = 0xd1a05c0d;
+  // rsp_len of a call that will never be answered (its plugin threads left).
+  static constexpr size_t kAbortedRsp = SIZE_MAX;
+
+  std::atomic<Task *> cq_next{nullptr};
+  std::atomic<uint32_t> state{kFree};
+  uint32_t magic = kMagic;
+  uint32_t id = 0;  // slot index, the JS side's key for this call
+  RuntimeCore *core = nullptr;
+  // Request: owned by the host; req points to inline_buf or to a malloc
+  // (big, set before submit by the wrapper's setBig).
+  char *req = nullptr;
+  size_t req_len = 0;
+  // Response: malloc'd by the plugin, owned by the host after respond.
+  int rc = 0;
+  void *rsp = nullptr;
+  size_t rsp_len = 0;
+  char *inline_buf = nullptr;  // kSlotStride bytes in the chunk's area
+
+  // Back to kFree, dropping what the task owns (a big request). The response
+  // was handed over or freed by whoever settled the call.
+  void Reset();
+};
+
+}  // namespace dlhost
+
+// The opaque queue handed to plugins.
+struct dlhost_queue {
+  dlhost::RuntimeCore *core;
+};
+
+namespace dlhost {
+
+// Everything a runtime's threads share. Owned by shared_ptr: the JS wrapper,
+// the host poll thread and the reaper each hold one; a core whose plugin
+// threads never left is leaked on purpose (they may still call into it).
+class RuntimeCore {
+ public:
+  RuntimeCore(EntryPtr entry, Abi abi, size_t max_queue, uint64_t unload_timeout_ms);
+  ~RuntimeCore();
+
+  // Resolves the ABI's entry points (JS thread, before Start). Returns the
+  // name of the ABI's entry symbol when the library lacks it, else null.
+  const char *ResolveEntry();
+
+  // ---- JS thread
+  uint32_t Grow();  // one more chunk of slots; returns its index
+  // tasks[0..n) (state kQueued already) in order; how many were queued (a
+  // prefix), or -1 if closed.
+  long SubmitBatch(Task *const *tasks, size_t n);
+  Task *TakeCompletions();  // FIFO list via cq_next
+  Task *Slot(uint32_t id) { return &chunks[id >> kChunkBits][id & (kChunkSlots - 1)]; }
+  // Host-driven: starts the poll thread, which runs dlhost_open and reports
+  // through init_state + Ring(). Throws std::system_error when no thread can
+  // be made.
+  static void StartHost(const std::shared_ptr<RuntimeCore> &core, std::string cfg);
+  // Plugin-driven (native, lua-resty-ffi): runs init on a short-lived thread
+  // and waits for it; returns init's rc.
+  int InitPluginDriven(const std::string &cfg);
+  // The one unload path: closes the queue (the sentinel); the host poll
+  // thread or, for plugin-driven runtimes, a reaper then drops the library.
+  // Idempotent.
+  static void BeginUnload(const std::shared_ptr<RuntimeCore> &core);
+
+  // ---- any thread
+  void Complete(Task *t);  // into the completion queue, ring if needed
+  static void Respond(Task *t, int rc, void *rsp, size_t len);  // plugin ABI
+  Task *Poll();  // plugin ABI, records the polling thread
+  size_t PollBatch(Task **out, size_t max);
+  size_t Pollers();
+  std::vector<pid_t> PollerTids();
+
+  // Doorbell to the JS thread; set/cleared on the JS thread under bell_mu.
+  void Ring();
+  std::mutex bell_mu;
+  uv_async_t *bell = nullptr;
+  std::atomic<bool> js_spinning{false};
+
+  const EntryPtr entry;
+  const Abi abi;
+  const uint64_t serial;  // unique per core, for per-thread poller records
+  dlhost_queue q{this};
+  TaskQueue<Task> requests;
+  CompletionQueue<Task> completions;
+
+  // Plugin entry points (resolved on the JS thread before start).
+  dlhost_open_fn open_fn = nullptr;
+  dlhost_handle_fn handle_fn = nullptr;
+  dlhost_close_fn close_fn = nullptr;
+  dlhost_init_fn init_fn = nullptr;
+  libffi_init_fn lua_init_fn = nullptr;
+  void *state = nullptr;  // dlhost_open's result
+
+  // Lifecycle, written by worker threads, read by the JS thread on a ring.
+  enum InitState : int { kInitPending = 0, kInitOk = 1, kInitFailed = 2 };
+  enum UnloadState : int { kRunning = 0, kClosing = 1, kUnloaded = 2 };
+  std::atomic<int> init_state{kInitPending};
+  std::atomic<int> init_rc{0};
+  std::atomic<int> unload_state{kRunning};
+  std::atomic<bool> dlclosed{false}, mapped{true}, threads_stuck{false};
+  std::atomic<uint64_t> misuse{0};
+  // Polls that returned the end (NULL / 0). A plugin-driven runtime whose
+  // init succeeded has threads we may not have seen poll yet: until one of
+  // them was handed the end, its code may still be about to run.
+  std::atomic<uint64_t> ends{0};
+  std::atomic<uint64_t> aborted{0};
+  const uint64_t unload_timeout_ms;
+
+  // Slots (JS thread only, except that workers read Task contents).
+  std::vector<std::unique_ptr<Task[]>> chunks;
+  std::vector<std::unique_ptr<char[]>> areas;  // kChunkSlots * kSlotStride bytes each
+  uint32_t slots = 0;
+
+ private:
+  void RecordPoller();
+  std::mutex tids_mu_;
+  std::vector<pid_t> tids_;  // every thread that polled (plugin-driven ABIs)
+};
+
+}  // namespace dlhost

@@ -1,0 +1,302 @@
+// runtime_wrap.cc: class Runtime (binding): construction, submit, lifecycle
+// events, the unload path, the loop reference and the JS-side spin. JS thread
+// only; the threads it starts live in runtime_core.cc.
+#include "runtime_wrap.h"
+
+#include <sched.h>
+
+#include <cstring>
+#include <system_error>
+
+#include "js_request.h"
+#include "js_util.h"
+#include "library_wrap.h"
+
+namespace dlhost {
+
+Napi::Function RuntimeWrap::Init(Napi::Env env) {
+  return DefineClass(env, "Runtime",
+                     {InstanceMethod<&RuntimeWrap::Start>("start"),
+                      InstanceMethod<&RuntimeWrap::Submit>("submit"),
+                      InstanceMethod<&RuntimeWrap::Grow>("grow"),
+                      InstanceMethod<&RuntimeWrap::SetBig>("setBig"),
+                      InstanceMethod<&RuntimeWrap::Counters>("counters"),
+                      InstanceMethod<&RuntimeWrap::CallSync>("callSync"),
+                      InstanceMethod<&RuntimeWrap::SyncBytes>("syncBytes"),
+                      InstanceMethod<&RuntimeWrap::SyncMeta>("syncMeta"),
+                      InstanceMethod<&RuntimeWrap::SyncSlab>("syncSlab"),
+                      InstanceMethod<&RuntimeWrap::TakeBig>("takeBig"),
+                      InstanceMethod<&RuntimeWrap::Unload>("unload"),
+                      InstanceMethod<&RuntimeWrap::Stats>("stats"),
+                      InstanceMethod<&RuntimeWrap::SetSpin>("setSpin")});
+}
+
+// new Runtime(library, abi, maxQueue, onComplete, onEvent, unloadTimeoutMs)
+RuntimeWrap::RuntimeWrap(const Napi::CallbackInfo &info)
+    : Napi::ObjectWrap<RuntimeWrap>(info), env_(info.Env()) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsObject() || !info[1].IsNumber() || !info[2].IsNumber() || !info[3].IsFunction() ||
+      !info[4].IsFunction() || !info[5].IsNumber())
+    throw Napi::TypeError::New(
+        env, "Runtime(library, abi, maxQueue, onComplete, onEvent, unloadTimeoutMs)");
+  LibraryWrap *lib = LibraryWrap::FromValue(env, info[0]);
+  if (!lib) throw Napi::TypeError::New(env, "Runtime: library must be a Library");
+  if (lib->released()) ThrowCoded(env, "ERR_RELEASED", "the library was released");
+  int32_t abi = info[1].As<Napi::Number>().Int32Value();
+  if (abi < int32_t(Abi::kHost) || abi > int32_t(Abi::kLua))
+    throw Napi::RangeError::New(env, "Runtime: no such ABI");
+  size_t max_queue = info[2].As<Napi::Number>().Uint32Value();
+  core_ = std::make_shared<RuntimeCore>(lib->entry(), Abi(abi), max_queue,
+                                        info[5].As<Napi::Number>().Int64Value());
+  if (const char *missing = core_->ResolveEntry())
+    ThrowCoded(env, "ERR_SYMBOL_MISSING", "the library does not export " + std::string(missing));
+  Registry::Get().AcquireRuntime(core_->entry);
+  on_complete_ = Napi::Persistent(info[3].As<Napi::Function>());
+  on_event_ = Napi::Persistent(info[4].As<Napi::Function>());
+  async_ctx_ = std::make_unique<Napi::AsyncContext>(env, "dlhost:runtime");
+
+  uv_loop_t *loop = nullptr;
+  napi_get_uv_event_loop(env, &loop);
+  bell_ = new uv_async_t;
+  uv_async_init(loop, bell_, &RuntimeWrap::OnBell);
+  bell_->data = this;
+  uv_unref(reinterpret_cast<uv_handle_t *>(bell_));
+  idle_ = new uv_idle_t;
+  uv_idle_init(loop, idle_);
+  idle_->data = this;
+  uv_unref(reinterpret_cast<uv_handle_t *>(idle_));
+  {
+    std::lock_guard<std::mutex> lock(core_->bell_mu);
+    core_->bell = bell_;
+  }
+  hook_.Arm(env, &RuntimeWrap::OnEnvCleanup, this);
+}
+
+// The finalizer is a safety net: TS keeps live runtimes strongly referenced.
+RuntimeWrap::~RuntimeWrap() { Detach(); }
+
+void RuntimeWrap::OnEnvCleanup(void *self) { static_cast<RuntimeWrap *>(self)->Detach(); }
+
+void RuntimeWrap::Detach() {
+  hook_.Disarm();
+  if (env_gone_) return;
+  env_gone_ = true;
+  BeginUnload();
+  StopHandles();
+}
+
+void RuntimeWrap::BeginUnload() {
+  if (unloading_ || !core_) return;
+  unloading_ = true;
+  RuntimeCore::BeginUnload(core_);
+}
+
+// start(cfg: Buffer) -> null (host-driven: init result comes as an event) | rc
+Napi::Value RuntimeWrap::Start(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsBuffer()) throw Napi::TypeError::New(env, "start(cfg: Buffer)");
+  auto buf = info[0].As<Napi::Buffer<char>>();
+  std::string cfg(buf.Data(), buf.Length());
+  referenced_ = false;
+  if (core_->abi == Abi::kHost) {
+    RuntimeCore::StartHost(core_, std::move(cfg));
+    StartSpin();  // init is answered in ~µs: don't pay a futex wake for it
+    UpdateLoopRef();
+    return env.Null();
+  }
+  int rc = core_->InitPluginDriven(cfg);
+  init_reported_ = true;
+  if (rc != 0) {
+    BeginUnload();
+    UpdateLoopRef();
+  }
+  return Napi::Number::New(env, rc);
+}
+
+// submit(staged: Int32Array [slot, len] * count, count) -> how many were
+// queued (a prefix), or kSubmitClosed. The JS side stages the calls of one
+// turn: it wrote each small request (and its NUL) into the slot's inline
+// bytes, or handed a big one to setBig() (len -1). One N-API call, one queue
+// enter/leave and at most one wake-up per batch.
+Napi::Value RuntimeWrap::Submit(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsTypedArray() || !info[1].IsNumber())
+    throw Napi::TypeError::New(env, "submit(staged, count)");
+  auto staged = info[0].As<Napi::Int32Array>();
+  size_t count =
+      std::min<size_t>(info[1].As<Napi::Number>().Uint32Value(), staged.ElementLength() / 2);
+  const int32_t *m = staged.Data();
+  batch_.clear();
+  for (size_t i = 0; i < count; i++) {
+    uint32_t id = uint32_t(m[2 * i]);
+    int32_t len = m[2 * i + 1];
+    Task *t = id < core_->slots ? core_->Slot(id) : nullptr;
+    if (!t || t->state.load(std::memory_order_relaxed) != Task::kFree ||
+        (len >= 0 && size_t(len) > kSlotInline) || (len < 0 && !t->req)) {
+      // A bug on the JS side (bad or repeated slot): undo the whole batch.
+      for (Task *x : batch_) x->Reset();
+      batch_.clear();
+      throw Napi::Error::New(env, "submit: no such slot, slot in use, or request not staged");
+    }
+    if (len >= 0) {
+      if (t->req && t->req != t->inline_buf) free(t->req);  // a setBig never submitted
+      t->req = t->inline_buf;
+      t->req_len = size_t(len);
+    }
+    // Also catches a slot repeated in the batch.
+    t->state.store(Task::kQueued, std::memory_order_relaxed);
+    batch_.push_back(t);
+  }
+  long k = unloading_ ? -1 : batch_.empty() ? 0 : core_->SubmitBatch(batch_.data(), batch_.size());
+  size_t queued = k < 0 ? 0 : size_t(k);
+  for (size_t i = queued; i < batch_.size(); i++) batch_[i]->Reset();
+  batch_.clear();
+  if (queued) {
+    StartSpin();
+    UpdateLoopRef();
+  }
+  return Napi::Number::New(env, k < 0 ? double(kSubmitClosed) : double(queued));
+}
+
+// grow() -> ArrayBuffer: one more chunk of kChunkSlots slots; the buffer is
+// its inline request bytes (kSlotStride per slot), owned by the core, which
+// outlives every JS reference to it (the wrapper holds the core).
+Napi::Value RuntimeWrap::Grow(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  uint32_t c = core_->Grow();
+  return Napi::ArrayBuffer::New(env, core_->areas[c].get(), kChunkSlots * kSlotStride);
+}
+
+// setBig(slot, req): a request too big for the inline bytes, copied now (the
+// caller may reuse its buffer as soon as call() returns) into a malloc.
+Napi::Value RuntimeWrap::SetBig(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  uint32_t id = info[0].As<Napi::Number>().Uint32Value();
+  if (id >= core_->slots) throw Napi::RangeError::New(env, "setBig: no such slot");
+  Task *t = core_->Slot(id);
+  if (t->state.load(std::memory_order_relaxed) != Task::kFree)
+    throw Napi::Error::New(env, "setBig: slot in use");
+  JsRequest r = ReadRequest(env, info[1]);
+  char *req = static_cast<char *>(malloc(r.len + 1));
+  if (!req) throw Napi::Error::New(env, "out of memory");
+  r.CopyTo(env, req);
+  if (t->req && t->req != t->inline_buf) free(t->req);
+  t->req = req;
+  t->req_len = r.len;
+  return env.Undefined();
+}
+
+// counters() -> Int32Array [pending], written by the TypeScript side.
+Napi::Value RuntimeWrap::Counters(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (counters_ref_.IsEmpty()) {
+    Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, sizeof(int32_t));
+    counters_ref_ = Napi::Persistent(Napi::Object(Napi::Int32Array::New(env, 1, ab, 0)));
+    counters_ = static_cast<int32_t *>(ab.Data());
+  }
+  return counters_ref_.Value();
+}
+
+Napi::Value RuntimeWrap::Unload(const Napi::CallbackInfo &info) {
+  BeginUnload();
+  UpdateLoopRef();
+  return info.Env().Undefined();
+}
+
+Napi::Value RuntimeWrap::Stats(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("queued", double(core_->requests.size_approx()));
+  o.Set("misuse", double(core_->misuse.load()));
+  o.Set("aborted", double(core_->aborted.load()));
+  o.Set("pollers", double(core_->Pollers()));
+  return o;
+}
+
+// setSpin(jsSpinNs, pollerSpinNs): the spin-then-park budgets.
+Napi::Value RuntimeWrap::SetSpin(const Napi::CallbackInfo &info) {
+  if (info[0].IsNumber()) spin_ns_ = info[0].As<Napi::Number>().Int64Value();
+  if (info[1].IsNumber()) core_->requests.set_spin_ns(info[1].As<Napi::Number>().Int64Value());
+  return info.Env().Undefined();
+}
+
+void RuntimeWrap::StartSpin() {
+  // While the idle spin runs, completions refresh last_activity_: no clock
+  // read per submit.
+  if (idle_active_ || spin_ns_ == 0 || !idle_) return;
+  last_activity_ = uv_hrtime();
+  core_->js_spinning.store(true, std::memory_order_seq_cst);
+  uv_idle_start(idle_, &RuntimeWrap::OnIdle);
+  idle_active_ = true;
+}
+
+void RuntimeWrap::OnIdle(uv_idle_t *h) {
+  auto *self = static_cast<RuntimeWrap *>(h->data);
+  // Nothing yet: give the core to a poll thread that may share it.
+  if (self->core_->completions.empty_approx()) sched_yield();
+  self->Settle();
+  if (self->env_gone_ || !self->idle_active_) return;
+  bool waiting = self->Pending() > 0 || !self->init_reported_;
+  if (!waiting || uv_hrtime() - self->last_activity_ > self->spin_ns_) {
+    self->core_->js_spinning.store(false, std::memory_order_seq_cst);
+    uv_idle_stop(self->idle_);
+    self->idle_active_ = false;
+    self->Settle();  // anything pushed while producers thought we spin
+  }
+}
+
+void RuntimeWrap::OnBell(uv_async_t *h) { static_cast<RuntimeWrap *>(h->data)->Settle(); }
+
+void RuntimeWrap::UpdateLoopRef() {
+  if (!bell_) return;
+  bool want = Pending() > 0 || (unloading_ && !unload_reported_) ||
+              (!init_reported_ && core_->abi == Abi::kHost);
+  if (want == referenced_) return;
+  referenced_ = want;
+  if (want) uv_ref(reinterpret_cast<uv_handle_t *>(bell_));
+  else uv_unref(reinterpret_cast<uv_handle_t *>(bell_));
+}
+
+void RuntimeWrap::DeliverLifecycle() {
+  if (env_gone_) return;
+  Napi::Env env(env_);
+  if (!init_reported_ && core_->init_state.load() != RuntimeCore::kInitPending) {
+    init_reported_ = true;
+    Napi::HandleScope scope(env);
+    CallJs(on_event_, {Napi::String::New(env, "init"), Napi::Number::New(env, core_->init_rc.load())});
+    if (core_->init_state.load() == RuntimeCore::kInitFailed) unloading_ = true;
+  }
+  if (!unload_reported_ && core_->unload_state.load() == RuntimeCore::kUnloaded && Pending() == 0) {
+    unload_reported_ = true;
+    Napi::HandleScope scope(env);
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("dlclosed", core_->dlclosed.load());
+    o.Set("mapped", core_->mapped.load());
+    o.Set("threadsStuck", core_->threads_stuck.load());
+    o.Set("misuse", double(core_->misuse.load()));
+    o.Set("aborted", double(core_->aborted.load()));
+    StopHandles();
+    CallJs(on_event_, {Napi::String::New(env, "unloaded"), o});
+  }
+}
+
+void RuntimeWrap::StopHandles() {
+  {
+    std::lock_guard<std::mutex> lock(core_->bell_mu);
+    core_->bell = nullptr;  // worker threads never touch the handle again
+  }
+  core_->js_spinning.store(false);
+  if (bell_) {
+    uv_close(reinterpret_cast<uv_handle_t *>(bell_),
+             [](uv_handle_t *h) { delete reinterpret_cast<uv_async_t *>(h); });
+    bell_ = nullptr;
+  }
+  if (idle_) {
+    uv_close(reinterpret_cast<uv_handle_t *>(idle_),
+             [](uv_handle_t *h) { delete reinterpret_cast<uv_idle_t *>(h); });
+    idle_ = nullptr;
+    idle_active_ = false;
+  }
+}
+
+}  // namespace dlhost

@@ -1,0 +1,106 @@
+// runtime_wrap.h: class Runtime (binding), the JS face of a RuntimeCore.
+// JS thread only: runtime_wrap.cc (construction, submit, lifecycle, unload,
+// loop ref and spin) and completions.cc (settling calls, callSync).
+#pragma once
+
+#include <napi.h>
+#include <uv.h>
+
+#include <memory>
+#include <vector>
+
+#include "env_state.h"
+#include "runtime_core.h"
+#include "slab.h"
+
+namespace dlhost {
+
+struct JsRequest;  // a request as JS handed it (completions.cc)
+
+class RuntimeWrap : public Napi::ObjectWrap<RuntimeWrap> {
+ public:
+  static Napi::Function Init(Napi::Env env);
+  explicit RuntimeWrap(const Napi::CallbackInfo &info);
+  ~RuntimeWrap();
+
+ private:
+  // ---- runtime_wrap.cc
+  Napi::Value Start(const Napi::CallbackInfo &info);
+  Napi::Value Submit(const Napi::CallbackInfo &info);
+  Napi::Value Grow(const Napi::CallbackInfo &info);
+  Napi::Value SetBig(const Napi::CallbackInfo &info);
+  Napi::Value Counters(const Napi::CallbackInfo &info);
+  Napi::Value Unload(const Napi::CallbackInfo &info);
+  Napi::Value Stats(const Napi::CallbackInfo &info);
+  Napi::Value SetSpin(const Napi::CallbackInfo &info);
+  // The one unload path (unload(), environment teardown, finalizer).
+  void BeginUnload();
+  // The environment is going away (cleanup hook, finalizer): never block,
+  // never call JS again.
+  void Detach();
+  static void OnEnvCleanup(void *self);
+  static void OnBell(uv_async_t *h);
+  static void OnIdle(uv_idle_t *h);
+  void UpdateLoopRef();
+  void StartSpin();
+  void StopHandles();
+  void DeliverLifecycle();  // init / unloaded events
+  // Calls made and not settled, as counted by the TypeScript side (the one
+  // count; it also enforces maxQueue). Read here for the loop ref.
+  int32_t Pending() const { return counters_ ? counters_[0] : 0; }
+
+  // ---- completions.cc
+  Napi::Value CallSync(const Napi::CallbackInfo &info);
+  Napi::Value SyncBytes(const Napi::CallbackInfo &info);
+  static napi_value SyncBytesCb(napi_env env, napi_callback_info info);
+  void RunSync(Napi::Env env, const JsRequest &r);
+  Napi::Value SyncMeta(const Napi::CallbackInfo &info);
+  Napi::Value SyncSlab(const Napi::CallbackInfo &info);
+  Napi::Value TakeBig(const Napi::CallbackInfo &info);
+  void EnsureSyncMeta(Napi::Env env);
+  // Settles finished calls (a throwing JS callback becomes an
+  // uncaughtException; a dying environment stops the handles).
+  void Settle();
+  void SettleJs();
+  void CallJs(Napi::FunctionReference &fn, std::initializer_list<napi_value> args);
+
+  std::shared_ptr<RuntimeCore> core_;
+  Napi::FunctionReference on_complete_;  // (count, meta, bodies, bigs)
+  Napi::FunctionReference on_event_;     // (kind, info)
+  std::unique_ptr<Napi::AsyncContext> async_ctx_;
+  CleanupHook hook_;
+
+  // Submit's scratch.
+  std::vector<Task *> batch_;
+  // [pending] written by TypeScript (see Pending()).
+  Napi::ObjectReference counters_ref_;
+  int32_t *counters_ = nullptr;
+
+  // Completions: taken from the core, not yet settled (a throwing callback
+  // leaves the rest here); meta Int32Array [id, rc, off, len] * n; bodies of
+  // small answers in the completion slab.
+  Task *backlog_ = nullptr;
+  Napi::ObjectReference meta_ref_;
+  int32_t *meta_ = nullptr;
+  size_t meta_cap_ = 0;
+  Slab completion_slab_;
+
+  // callSync answers: meta [slab generation, offset or kSyncBigOffset
+  // (takeBig()), length, rc]; small bodies in the sync slab.
+  Napi::ObjectReference sync_meta_ref_;
+  int32_t *sync_meta_ = nullptr;
+  Slab sync_slab_;
+  Napi::Reference<Napi::Value> big_;
+
+  uv_async_t *bell_ = nullptr;
+  uv_idle_t *idle_ = nullptr;
+  bool idle_active_ = false;
+  bool referenced_ = false;
+  uint64_t last_activity_ = 0;
+  uint64_t spin_ns_ = kDefaultSpinNs;
+  bool init_reported_ = false, unload_reported_ = false, unloading_ = false;
+  bool env_gone_ = false;
+  napi_env env_;
+};
+
+}  // namespace dlhost

@@ -1,0 +1,49 @@
+// slab.h: answer bytes packed into a JS ArrayBuffer that the TypeScript side
+// slices into Buffer views (as Node's own Buffer pool does): a fresh
+// ArrayBuffer per answer costs several times a call. JS thread only.
+#pragma once
+
+#include <napi.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+
+namespace dlhost {
+
+class Slab {
+ public:
+  static constexpr size_t kBytes = 64 * 1024;
+
+  // Room for n bytes: their offset in Buffer(). A new ArrayBuffer (of at
+  // least kBytes) when the current one is full; generation() then grows. The
+  // old one lives on while JS holds views of it.
+  size_t Reserve(Napi::Env env, size_t n) {
+    if (off_ + n > cap_) {
+      size_t cap = std::max(kBytes, n);
+      Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, cap);
+      ref_ = Napi::Persistent(ab);
+      data_ = static_cast<char *>(ab.Data());
+      cap_ = cap;
+      off_ = 0;
+      gen_++;
+    }
+    size_t at = off_;
+    off_ = std::min(cap_, (at + n + 7) & ~size_t(7));
+    return at;
+  }
+  char *Data() const { return data_; }
+  int32_t generation() const { return gen_; }
+  Napi::Value Buffer(Napi::Env env) const {
+    return ref_.IsEmpty() ? env.Undefined() : Napi::Value(ref_.Value());
+  }
+  void Reset() { ref_.Reset(); data_ = nullptr; off_ = cap_ = 0; }
+
+ private:
+  Napi::Reference<Napi::ArrayBuffer> ref_;
+  char *data_ = nullptr;
+  size_t off_ = 0, cap_ = 0;
+  int32_t gen_ = 0;
+};
+
+}  // namespace dlhost

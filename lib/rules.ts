@@ -1,0 +1,178 @@
+/**
+ * The rules every level applies to a library's static facts: which plugin
+ * ABI its entry symbol offers, whether this process can load it, why it
+ * would stay mapped after dlclose, whether two versions may coexist, and
+ * what 'auto' does on a reload. `open()`, `load()`, `reloadable()`,
+ * `inspect()` and the CLI all ask here; nothing else restates a rule.
+ * Pure TypeScript, no native code: usable where the addon is not loaded.
+ */
+import * as os from 'os'
+import { DlhostError } from './errors'
+import { ElfInfo, machineName } from './elf'
+
+// ─── plugin ABIs ──────────────────────────────────────────────────────────
+
+/** The three ways a plugin can be driven (docs/architecture.md). */
+export type Abi = 'native' | 'host' | 'lua-resty-ffi'
+
+/** Each ABI's entry symbol. */
+export const ENTRY: Readonly<Record<Abi, string>> = Object.freeze({
+  native: 'dlhost_init',
+  host: 'dlhost_handle',
+  'lua-resty-ffi': 'libffi_init'
+})
+
+/**
+ * Detection order when a library exports more than one entry: the native
+ * (plugin-driven) ABI first, then host-driven, then lua-resty-ffi's.
+ */
+export const ABI_PRECEDENCE: readonly Abi[] = Object.freeze(['native', 'host', 'lua-resty-ffi'])
+
+export function isAbi (x: unknown): x is Abi {
+  return typeof x === 'string' && Object.prototype.hasOwnProperty.call(ENTRY, x)
+}
+
+/**
+ * The ABI a library offers, by its exported entry symbols (`has` answers
+ * for one symbol: from ELF facts, or from dlsym on a loaded library).
+ */
+export function abiOf (has: (symbol: string) => boolean): { abi: Abi | null, entry: string | null } {
+  for (const abi of ABI_PRECEDENCE) {
+    if (has(ENTRY[abi])) return { abi, entry: ENTRY[abi] }
+  }
+  return { abi: null, entry: null }
+}
+
+/** abiOf() over a parsed file's exports. */
+export function detectAbi (info: ElfInfo): { abi: Abi | null, entry: string | null } {
+  const exported = new Set(info.exports)
+  return abiOf(s => exported.has(s))
+}
+
+export const NO_ENTRY_MESSAGE = `exports no plugin entry (${ABI_PRECEDENCE.map(a => ENTRY[a]).join(', ')})`
+
+// ─── can this process load it ─────────────────────────────────────────────
+
+/** process.arch → the ELF this process can load. */
+const HOST_MACHINES: Record<string, { machine: number, class: 32 | 64 }> = {
+  x64: { machine: 62, class: 64 },
+  arm64: { machine: 183, class: 64 },
+  ia32: { machine: 3, class: 32 },
+  arm: { machine: 40, class: 32 },
+  ppc: { machine: 20, class: 32 },
+  ppc64: { machine: 21, class: 64 },
+  s390: { machine: 22, class: 32 },
+  s390x: { machine: 22, class: 64 },
+  riscv64: { machine: 243, class: 64 },
+  loong64: { machine: 258, class: 64 },
+  mips: { machine: 8, class: 32 },
+  mipsel: { machine: 8, class: 32 }
+}
+
+/** What this process can load: ELF class, byte order and e_machine (undefined machine: unknown arch). */
+export function hostElf (): { class: 32 | 64, endian: 'le' | 'be', machine: number | undefined, machineName: string } {
+  const m = HOST_MACHINES[process.arch]
+  const endian = os.endianness() === 'LE' ? 'le' : 'be'
+  const cls: 32 | 64 = m?.class ?? (/64/.test(process.arch) ? 64 : 32)
+  return { class: cls, endian, machine: m?.machine, machineName: m !== undefined ? machineName(m.machine) : process.arch }
+}
+
+function describe (c: 32 | 64, e: 'le' | 'be', name: string): string {
+  return `${name} (ELF${c}, ${e === 'le' ? 'little' : 'big'} endian)`
+}
+
+/**
+ * Throws unless this process could dlopen the object: `ERR_WRONG_ARCH` when
+ * class, byte order or machine differ from this process's; `ERR_NOT_ELF` when
+ * it is not a shared object (ET_DYN), or is a position-independent executable.
+ */
+export function checkHostCompatible (info: ElfInfo, path?: string): void {
+  const p = path ?? info.path
+  const host = hostElf()
+  if (info.class !== host.class || info.endian !== host.endian || (host.machine !== undefined && info.machine !== host.machine)) {
+    throw new DlhostError('ERR_WRONG_ARCH',
+      `${p ?? 'library'}: built for ${describe(info.class, info.endian, info.machineName)}, this process is ${describe(host.class, host.endian, host.machineName)}`,
+      { path: p, reason: `machine ${info.machineName}` })
+  }
+  if (info.type !== 'ET_DYN') {
+    const reason = `not a shared object (${info.type})`
+    throw new DlhostError('ERR_NOT_ELF', `${p ?? 'file'}: ${reason}`, { path: p, reason })
+  }
+  if (info.pie) {
+    const reason = 'a position-independent executable, not a shared library (glibc refuses to dlopen it)'
+    throw new DlhostError('ERR_NOT_ELF', `${p ?? 'file'}: ${reason}`, { path: p, reason })
+  }
+}
+
+// ─── unloading and coexisting ─────────────────────────────────────────────
+
+/** Why a library stays mapped after dlclose; see stuckReasons(). */
+export type StuckReason = 'NODELETE' | 'GNU_UNIQUE' | 'TLS destructors pending' | 'Go runtime'
+
+/** The run-time reason when a runtime's plugin threads outlived its unload. */
+export const THREADS_STUCK = 'plugin threads still running'
+/** The reason when a library stayed mapped and its facts name no cause. */
+export const STILL_MAPPED = 'still mapped (another object depends on it, or it was loaded outside dlhost)'
+
+/**
+ * Why a library would stay mapped after dlclose, in a fixed order:
+ * 'NODELETE', 'GNU_UNIQUE', 'TLS destructors pending', 'Go runtime'.
+ * An empty array means there is no static reason (dlhost still measures).
+ */
+export function stuckReasons (info: ElfInfo): StuckReason[] {
+  const out: StuckReason[] = []
+  if (info.nodelete) out.push('NODELETE')
+  if (info.gnuUnique.length > 0) out.push('GNU_UNIQUE')
+  if (info.tls && info.threadAtexit) out.push('TLS destructors pending')
+  if (info.goRuntime) out.push('Go runtime')
+  return out
+}
+
+/**
+ * The reasons glibc (or the Go runtime's threads) keeps the object mapped
+ * whatever the host does. 'TLS destructors pending' is not one of them: it
+ * blocks only while a thread that touched the thread_locals lives, and
+ * dlhost's poll threads are gone before dlclose (see inspect.ts).
+ */
+export function unloadBlockers (info: ElfInfo): StuckReason[] {
+  return stuckReasons(info).filter(r => r !== 'TLS destructors pending')
+}
+
+/**
+ * Why two versions may not be loaded side by side: a Go runtime allows one
+ * per process; GNU_UNIQUE symbols bind a second copy to the first copy's
+ * objects (shared, possibly mismatched, state).
+ */
+export function coexistBlockers (info: ElfInfo): StuckReason[] {
+  const out: StuckReason[] = []
+  if (info.goRuntime) out.push('Go runtime')
+  if (info.gnuUnique.length > 0) out.push('GNU_UNIQUE')
+  return out
+}
+
+/**
+ * What 'auto' does on a reload of a library with these facts: 'shadow' (it
+ * coexists with itself and unloads), 'drain' (it unloads but cannot
+ * coexist), 'restart' (it never leaves the process: only a new process can
+ * take the next build).
+ */
+export function autoStrategy (info: ElfInfo): 'shadow' | 'drain' | 'restart' {
+  if (unloadBlockers(info).length > 0) return 'restart'
+  return coexistBlockers(info).length === 0 ? 'shadow' : 'drain'
+}
+
+/** The strategy a reload of a serving version with facts `serving` takes, or 'restart'. */
+export function reloadStrategy (asked: 'auto' | 'shadow' | 'drain', serving: ElfInfo): 'shadow' | 'drain' | 'restart' {
+  return asked === 'auto' ? autoStrategy(serving) : asked
+}
+
+/**
+ * The reason a library stays mapped, as `libraries()` and `Library.stuck`
+ * report it: the run-time cause when there is one, else the first static
+ * reason, else STILL_MAPPED. null while nothing holds it in place.
+ */
+export function stuckReason (row: { mapped: boolean, dlclosed: boolean, threadsStuck: boolean }, info: ElfInfo | undefined): string | null {
+  if (row.threadsStuck && row.mapped) return THREADS_STUCK
+  if (!row.dlclosed || !row.mapped) return null
+  return (info !== undefined ? stuckReasons(info)[0] : undefined) ?? STILL_MAPPED
+}
