@@ -33,10 +33,10 @@ struct Task {
 uint64_t now_ns() { return monotonic_ns(); }
 
 // Returns the median round trip (two hand-offs) in ns; *p99 its 99th pct.
-double pingpong(uint64_t spin_ns, uint64_t gap_ns, int rounds, double* p99) {
+double pingpong(uint64_t spin_ns, uint64_t gap_ns, int rounds, double *p99) {
   TaskQueue<Task> a(1024, spin_ns), b(1024, spin_ns);
   std::thread echo([&] {
-    while (Task* t = a.pop()) b.push(t);
+    while (Task *t = a.pop()) b.push(t);
   });
   Task task{0};
   std::vector<uint64_t> rtt;
@@ -45,7 +45,7 @@ double pingpong(uint64_t spin_ns, uint64_t gap_ns, int rounds, double* p99) {
     if (gap_ns) std::this_thread::sleep_for(std::chrono::nanoseconds(gap_ns));
     uint64_t t0 = now_ns();
     a.push(&task);
-    Task* back = b.pop();
+    Task *back = b.pop();
     uint64_t dt = now_ns() - t0;
     if (back != &task) abort();
     if (i >= 100) rtt.push_back(dt);  // skip warm-up
@@ -65,7 +65,7 @@ double stream(int producers, int consumers, size_t cap, uint64_t spin_ns, uint64
   std::vector<std::thread> th;
   for (int c = 0; c < consumers; ++c)
     th.emplace_back([&] {
-      Task* out[64];
+      Task *out[64];
       uint64_t n = 0;
       for (size_t k; (k = q.pop_batch(out, 64)) != 0;) n += k;
       popped.fetch_add(n);
@@ -79,14 +79,14 @@ double stream(int producers, int consumers, size_t cap, uint64_t spin_ns, uint64
   uint64_t t0 = now_ns();
   std::this_thread::sleep_for(std::chrono::milliseconds(ms));
   stop = true;
-  for (auto& t : pr) t.join();
+  for (auto &t : pr) t.join();
   q.close();
-  for (auto& t : th) t.join();
+  for (auto &t : th) t.join();
   return popped.load() / ((now_ns() - t0) / 1e9);
 }
 
 struct Node {
-  std::atomic<Node*> cq_next{nullptr};
+  std::atomic<Node *> cq_next{nullptr};
 };
 
 void cq(int producers, uint64_t ms) {
@@ -123,21 +123,25 @@ void cq(int producers, uint64_t ms) {
   while (now_ns() < end) {
     if (bell.exchange(0, std::memory_order_acq_rel) == 0) {
       uint32_t key = pk.prepare_wait();
-      if (bell.load(std::memory_order_acquire)) pk.cancel_wait(key); else pk.commit_wait(key);
+      if (bell.load(std::memory_order_acquire))
+        pk.cancel_wait(key);
+      else
+        pk.commit_wait(key);
       continue;
     }
-    Node* n = q.pop_all();
+    Node *n = q.pop_all();
     if (n) ++drains;
     while (n) {
-      Node* next = n->cq_next.load(std::memory_order_relaxed);  // before handing n back
+      Node *next = n->cq_next.load(std::memory_order_relaxed);  // before handing n back
       ++items;
       for (int p = 0; p < producers; ++p)
-        if (n >= &nodes[p][0] && n < &nodes[p][per]) free_count[p]->fetch_add(1, std::memory_order_release);
+        if (n >= &nodes[p][0] && n < &nodes[p][per])
+          free_count[p]->fetch_add(1, std::memory_order_release);
       n = next;
     }
   }
   stop = true;
-  for (auto& t : th) t.join();
+  for (auto &t : th) t.join();
   double secs = (now_ns() - t0) / 1e9;
   printf("  cq       P=%d                 %10.0f items/s  %6.1f items/doorbell\n", producers,
          items / secs, drains ? double(items) / drains : 0.0);
@@ -145,7 +149,7 @@ void cq(int producers, uint64_t ms) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int main(int argc, char **argv) {
   uint64_t ms = argc > 1 ? strtoull(argv[1], nullptr, 10) : 500;
   int rounds = 20000;
   printf("queue_bench (%u cpus; default spin %llu ns)\n", std::thread::hardware_concurrency(),
@@ -157,8 +161,8 @@ int main(int argc, char** argv) {
            (unsigned long long)spin, med, p99);
   }
   // Idle poller: rounds spaced 2x the spin budget, so it has parked.
-  double med = pingpong(TaskQueue<Task>::kDefaultSpinNs, 2 * TaskQueue<Task>::kDefaultSpinNs,
-                        2000, &p99);
+  double med =
+      pingpong(TaskQueue<Task>::kDefaultSpinNs, 2 * TaskQueue<Task>::kDefaultSpinNs, 2000, &p99);
   printf("  pingpong poller parked        round trip median %8.0f ns  p99 %8.0f ns\n", med, p99);
   for (auto [p, c] : {std::pair<int, int>{1, 1}, {2, 1}, {1, 2}}) {
     double r = stream(p, c, 65536, TaskQueue<Task>::kDefaultSpinNs, ms);

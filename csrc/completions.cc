@@ -57,8 +57,10 @@ void RuntimeWrap::SettleJs() {
   while (tail && tail->cq_next.load(std::memory_order_relaxed))
     tail = tail->cq_next.load(std::memory_order_relaxed);
   if (Task *fresh = core_->TakeCompletions()) {
-    if (tail) tail->cq_next.store(fresh, std::memory_order_relaxed);
-    else backlog_ = fresh;
+    if (tail)
+      tail->cq_next.store(fresh, std::memory_order_relaxed);
+    else
+      backlog_ = fresh;
   }
   while (backlog_) {
     Task *list = backlog_;
@@ -75,8 +77,10 @@ void RuntimeWrap::SettleJs() {
     bool any_big = false;
     for (Task *t = list; t; t = t->cq_next.load(std::memory_order_relaxed)) {
       if (t->rsp_len == Task::kAbortedRsp) continue;
-      if (t->rsp_len >= kBigResponse) any_big = true;
-      else small_total += t->rsp_len;
+      if (t->rsp_len >= kBigResponse)
+        any_big = true;
+      else
+        small_total += t->rsp_len;
     }
     if (meta_cap_ < count * 4) {
       size_t cap = std::max<size_t>(count * 4, 1024);

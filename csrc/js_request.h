@@ -42,11 +42,11 @@ inline JsRequest ReadRequest(Napi::Env env, napi_value v) {
   void *p;
   napi_value ab;
   napi_get_typedarray_info(env, v, &tt, &n, &p, &ab, &off);
-  size_t elem = (tt == napi_int8_array || tt == napi_uint8_array || tt == napi_uint8_clamped_array) ? 1
-                : (tt == napi_int16_array || tt == napi_uint16_array)                               ? 2
-                : (tt == napi_float64_array || tt == napi_bigint64_array || tt == napi_biguint64_array)
-                    ? 8
-                    : 4;
+  size_t elem =
+      (tt == napi_int8_array || tt == napi_uint8_array || tt == napi_uint8_clamped_array)     ? 1
+      : (tt == napi_int16_array || tt == napi_uint16_array)                                   ? 2
+      : (tt == napi_float64_array || tt == napi_bigint64_array || tt == napi_biguint64_array) ? 8
+                                                                                              : 4;
   r.bytes = static_cast<const char *>(p);
   r.len = n * elem;
   return r;

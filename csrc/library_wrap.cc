@@ -6,11 +6,10 @@
 namespace dlhost {
 
 Napi::Function LibraryWrap::Init(Napi::Env env) {
-  return DefineClass(env, "Library",
-                     {InstanceMethod<&LibraryWrap::State>("state"),
-                      InstanceMethod<&LibraryWrap::Has>("has"),
-                      InstanceMethod<&LibraryWrap::Release>("release"),
-                      InstanceMethod<&LibraryWrap::Pin>("pin")});
+  return DefineClass(
+      env, "Library",
+      {InstanceMethod<&LibraryWrap::State>("state"), InstanceMethod<&LibraryWrap::Has>("has"),
+       InstanceMethod<&LibraryWrap::Release>("release"), InstanceMethod<&LibraryWrap::Pin>("pin")});
 }
 
 LibraryWrap *LibraryWrap::FromValue(Napi::Env env, Napi::Value v) {

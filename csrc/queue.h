@@ -21,12 +21,12 @@
 #include <unistd.h>
 
 #include <atomic>
-#include <cstdlib>
-#include <new>
 #include <climits>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
+#include <new>
 
 #include "clock.h"
 #include "constants.h"
@@ -59,7 +59,6 @@ inline void full_fence() noexcept {
 #endif
 }
 
-
 // ------------------------------------------------------------------ MpmcRing
 //
 // Dmitry Vyukov's bounded MPMC queue. Each cell carries a sequence number:
@@ -85,16 +84,15 @@ class MpmcRing {
   // Big rings come straight from mmap: malloc would hand a recycled heap
   // block to calloc, which then zeroes all of it (~0.1 ms per MiB).
   explicit MpmcRing(size_t capacity)
-      : cap_(round_up(capacity)), mask_(cap_ - 1),
-        cells_(Allocate(cap_), Free{cap_}) {}
-  MpmcRing(const MpmcRing&) = delete;
-  MpmcRing& operator=(const MpmcRing&) = delete;
+      : cap_(round_up(capacity)), mask_(cap_ - 1), cells_(Allocate(cap_), Free{cap_}) {}
+  MpmcRing(const MpmcRing &) = delete;
+  MpmcRing &operator=(const MpmcRing &) = delete;
 
   // Any thread. False when full; the caller keeps ownership of v then.
-  bool try_push(T* v) noexcept {
+  bool try_push(T *v) noexcept {
     size_t pos = tail_.load(std::memory_order_relaxed);
     for (;;) {
-      Cell& c = cells_.get()[pos & mask_];
+      Cell &c = cells_.get()[pos & mask_];
       // acquire: pairs with the consumer's release that freed the cell, so
       // our payload write cannot race its payload read of the previous lap.
       size_t seq = c.seq.load(std::memory_order_acquire) + (pos & mask_);
@@ -102,8 +100,7 @@ class MpmcRing {
       if (diff == 0) {
         // relaxed CAS: it only arbitrates the position; the hand-over is the
         // seq store below.
-        if (tail_.compare_exchange_weak(pos, pos + 1,
-                                        std::memory_order_relaxed))
+        if (tail_.compare_exchange_weak(pos, pos + 1, std::memory_order_relaxed))
           break;  // pos reloaded by the failed CAS otherwise
       } else if (diff < 0) {
         return false;  // the cell of the previous lap is not consumed: full
@@ -111,7 +108,7 @@ class MpmcRing {
         pos = tail_.load(std::memory_order_relaxed);  // lost a race
       }
     }
-    Cell& c = cells_.get()[pos & mask_];
+    Cell &c = cells_.get()[pos & mask_];
     c.data = v;
     c.seq.store(pos + 1 - (pos & mask_), std::memory_order_release);  // publish
     return true;
@@ -119,26 +116,23 @@ class MpmcRing {
 
   // Any thread. False when empty (or when the next slot is claimed by a
   // producer that has not published yet). On true, out is the caller's.
-  bool try_pop(T*& out) noexcept {
+  bool try_pop(T *&out) noexcept {
     size_t pos = head_.load(std::memory_order_relaxed);
     for (;;) {
-      Cell& c = cells_.get()[pos & mask_];
+      Cell &c = cells_.get()[pos & mask_];
       // acquire: pairs with the producer's publish; makes c.data and
       // everything the producer wrote before it visible.
       size_t seq = c.seq.load(std::memory_order_acquire) + (pos & mask_);
-      intptr_t diff =
-          static_cast<intptr_t>(seq) - static_cast<intptr_t>(pos + 1);
+      intptr_t diff = static_cast<intptr_t>(seq) - static_cast<intptr_t>(pos + 1);
       if (diff == 0) {
-        if (head_.compare_exchange_weak(pos, pos + 1,
-                                        std::memory_order_relaxed))
-          break;
+        if (head_.compare_exchange_weak(pos, pos + 1, std::memory_order_relaxed)) break;
       } else if (diff < 0) {
         return false;
       } else {
         pos = head_.load(std::memory_order_relaxed);
       }
     }
-    Cell& c = cells_.get()[pos & mask_];
+    Cell &c = cells_.get()[pos & mask_];
     out = c.data;
     // release: our read of data happens before the next lap's write.
     c.seq.store(pos + mask_ + 1 - (pos & mask_), std::memory_order_release);
@@ -156,7 +150,7 @@ class MpmcRing {
  private:
   struct Cell {
     std::atomic<size_t> seq;
-    T* data;
+    T *data;
   };
   static size_t round_up(size_t n) noexcept {
     size_t c = 2;
@@ -167,19 +161,21 @@ class MpmcRing {
   const size_t cap_;
   const size_t mask_;
   static constexpr size_t kMmapBytes = 64 * 1024;
-  static Cell* Allocate(size_t cap) {
+  static Cell *Allocate(size_t cap) {
     size_t bytes = cap * sizeof(Cell);
-    void* p = bytes >= kMmapBytes
+    void *p = bytes >= kMmapBytes
                   ? mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
                   : std::calloc(cap, sizeof(Cell));
     if (p == nullptr || p == MAP_FAILED) throw std::bad_alloc();
-    return static_cast<Cell*>(p);
+    return static_cast<Cell *>(p);
   }
   struct Free {
     size_t cap;
-    void operator()(Cell* p) const noexcept {
-      if (cap * sizeof(Cell) >= kMmapBytes) munmap(p, cap * sizeof(Cell));
-      else std::free(p);
+    void operator()(Cell *p) const noexcept {
+      if (cap * sizeof(Cell) >= kMmapBytes)
+        munmap(p, cap * sizeof(Cell));
+      else
+        std::free(p);
     }
   };
   const std::unique_ptr<Cell, Free> cells_;
@@ -218,8 +214,8 @@ class MpmcRing {
 class Parker {
  public:
   Parker() = default;
-  Parker(const Parker&) = delete;
-  Parker& operator=(const Parker&) = delete;
+  Parker(const Parker &) = delete;
+  Parker &operator=(const Parker &) = delete;
 
   // Consumer thread. Registers as a waiter; returns the key for commit_wait.
   // Must be followed by exactly one cancel_wait or commit_wait.
@@ -282,12 +278,12 @@ class Parker {
     syscall(SYS_futex, epoch_word(), FUTEX_WAKE_PRIVATE, INT_MAX, nullptr, nullptr, 0);
   }
   // The futex word is the epoch: the high 32 bits of word_.
-  uint32_t* epoch_word() noexcept {
+  uint32_t *epoch_word() noexcept {
     static_assert(sizeof(std::atomic<uint64_t>) == sizeof(uint64_t), "plain 64-bit word");
 #if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    return reinterpret_cast<uint32_t*>(&word_) + 1;
+    return reinterpret_cast<uint32_t *>(&word_) + 1;
 #else
-    return reinterpret_cast<uint32_t*>(&word_);
+    return reinterpret_cast<uint32_t *>(&word_);
 #endif
   }
 
@@ -327,13 +323,13 @@ class TaskQueue {
   // (never beyond the ring). spin_ns: see set_spin_ns.
   explicit TaskQueue(size_t max_queue, uint64_t spin_ns = kDefaultSpinNs)
       : max_(max_queue ? max_queue : 1), ring_(max_), spin_ns_(spin_ns) {}
-  TaskQueue(const TaskQueue&) = delete;
-  TaskQueue& operator=(const TaskQueue&) = delete;
+  TaskQueue(const TaskQueue &) = delete;
+  TaskQueue &operator=(const TaskQueue &) = delete;
 
   // Any thread, never blocks. Ok: the queue owns t until a consumer pops it.
   // Full/Closed: t stays the caller's. No syscall unless a consumer is
   // parked.
-  Push push(T* t) noexcept {
+  Push push(T *t) noexcept {
     // seq_cst: totally ordered with close()'s fetch_or, so either we see
     // CLOSED or close()'s consumers will see our count.
     uint64_t s = state_.fetch_add(1, std::memory_order_seq_cst);
@@ -341,8 +337,7 @@ class TaskQueue {
       leave();
       return Push::Closed;
     }
-    bool ok = (max_ == ring_.capacity() || ring_.size_approx() < max_) &&
-              ring_.try_push(t);
+    bool ok = (max_ == ring_.capacity() || ring_.size_approx() < max_) && ring_.try_push(t);
     if (!leave() && ok) parker_.notify_one();
     return ok ? Push::Ok : Push::Full;
   }
@@ -353,7 +348,7 @@ class TaskQueue {
   // producer with many requests pays the fences and the wake-up check once.
   // Returns how many were pushed (a prefix), or kClosedBatch.
   static constexpr size_t kClosedBatch = SIZE_MAX;
-  size_t push_batch(T* const* items, size_t n) noexcept {
+  size_t push_batch(T *const *items, size_t n) noexcept {
     uint64_t s = state_.fetch_add(1, std::memory_order_seq_cst);
     if (s & kClosed) {
       leave();
@@ -380,8 +375,8 @@ class TaskQueue {
 
   // Consumer, any thread; blocks (spin, then park) until a task or the end.
   // Returns the task (now the caller's), or nullptr after close + drain.
-  T* pop() noexcept {
-    T* v;
+  T *pop() noexcept {
+    T *v;
     if (poll(v)) return v;
     if (spin(v)) return v;
     for (;;) {
@@ -399,9 +394,9 @@ class TaskQueue {
   // Consumer, any thread; blocks until at least one task, then takes up to
   // max ready ones into out[0..n). Returns n; 0 after close + drain (and for
   // max == 0, which is the caller's error).
-  size_t pop_batch(T** out, size_t max) noexcept {
+  size_t pop_batch(T **out, size_t max) noexcept {
     if (max == 0) return 0;
-    T* first = pop();
+    T *first = pop();
     if (!first) return 0;
     out[0] = first;
     size_t n = 1;
@@ -411,8 +406,8 @@ class TaskQueue {
 
   // Consumer, any thread; never blocks. False when nothing is ready (also
   // after close + drain; use closed() to tell).
-  bool try_pop(T*& out) noexcept {
-    T* v;
+  bool try_pop(T *&out) noexcept {
+    T *v;
     if (ring_.try_pop(v)) {
       out = v;
       chain();
@@ -422,18 +417,12 @@ class TaskQueue {
   }
 
   size_t size_approx() const noexcept { return ring_.size_approx(); }
-  bool closed() const noexcept {
-    return closed_.load(std::memory_order_acquire);
-  }
+  bool closed() const noexcept { return closed_.load(std::memory_order_acquire); }
   size_t max_queue() const noexcept { return max_; }
 
   // Any thread; consumers read it at the start of each spin.
-  void set_spin_ns(uint64_t ns) noexcept {
-    spin_ns_.store(ns, std::memory_order_relaxed);
-  }
-  uint64_t spin_ns() const noexcept {
-    return spin_ns_.load(std::memory_order_relaxed);
-  }
+  void set_spin_ns(uint64_t ns) noexcept { spin_ns_.store(ns, std::memory_order_relaxed); }
+  uint64_t spin_ns() const noexcept { return spin_ns_.load(std::memory_order_relaxed); }
 
  private:
   static constexpr uint64_t kClosed = uint64_t{1} << 63;
@@ -453,7 +442,7 @@ class TaskQueue {
   }
 
   // True when v is a task, or nullptr for the end; false: nothing yet.
-  bool poll(T*& v) noexcept {
+  bool poll(T *&v) noexcept {
     if (ring_.try_pop(v)) {
       chain();
       return true;
@@ -477,7 +466,7 @@ class TaskQueue {
 
   // Spin up to spin_ns; the clock (vDSO, ~25 ns) is read every 16 pauses
   // (under 1 us), so the budget is kept to within a microsecond.
-  bool spin(T*& v) noexcept {
+  bool spin(T *&v) noexcept {
     uint64_t budget = spin_ns_.load(std::memory_order_relaxed);
     if (budget == 0) return false;
     uint64_t start = monotonic_ns();
@@ -498,8 +487,7 @@ class TaskQueue {
   // a consumer may have parked after seeing a not-yet-published slot while
   // later slots were ready. Relaxed hint; correctness never depends on it.
   void chain() noexcept {
-    if (parker_.has_waiters() && ring_.size_approx() != 0)
-      parker_.notify_one();
+    if (parker_.has_waiters() && ring_.size_approx() != 0) parker_.notify_one();
   }
 
   const size_t max_;
@@ -527,14 +515,14 @@ template <typename T>
 class CompletionQueue {
  public:
   CompletionQueue() = default;
-  CompletionQueue(const CompletionQueue&) = delete;
-  CompletionQueue& operator=(const CompletionQueue&) = delete;
+  CompletionQueue(const CompletionQueue &) = delete;
+  CompletionQueue &operator=(const CompletionQueue &) = delete;
 
   // Any thread. The queue owns t until pop_all hands it to the consumer.
   // Returns true when the consumer must be woken: exactly one push per drain
   // cycle (the one that found the queue empty) returns true.
-  bool push(T* t) noexcept {
-    T* head = head_.load(std::memory_order_relaxed);
+  bool push(T *t) noexcept {
+    T *head = head_.load(std::memory_order_relaxed);
     do {
       // relaxed: published by the release CAS below.
       t->cq_next.store(head, std::memory_order_relaxed);
@@ -547,13 +535,13 @@ class CompletionQueue {
   // Consumer thread only. Takes every pushed item and returns them oldest
   // first, linked by cq_next (nullptr-terminated; nullptr when empty). The
   // items are the caller's. Re-arms the doorbell: the next push rings.
-  T* pop_all() noexcept {
+  T *pop_all() noexcept {
     // acquire: pairs with the pushes' release CAS (a release sequence, so
     // all older items of the stack are covered too).
-    T* node = head_.exchange(nullptr, std::memory_order_acquire);
-    T* fifo = nullptr;
+    T *node = head_.exchange(nullptr, std::memory_order_acquire);
+    T *fifo = nullptr;
     while (node) {  // reverse: the stack is newest first
-      T* next = node->cq_next.load(std::memory_order_relaxed);
+      T *next = node->cq_next.load(std::memory_order_relaxed);
       node->cq_next.store(fifo, std::memory_order_relaxed);
       fifo = node;
       node = next;
@@ -562,12 +550,10 @@ class CompletionQueue {
   }
 
   // Any thread; a hint.
-  bool empty_approx() const noexcept {
-    return head_.load(std::memory_order_relaxed) == nullptr;
-  }
+  bool empty_approx() const noexcept { return head_.load(std::memory_order_relaxed) == nullptr; }
 
  private:
-  alignas(kCacheLine) std::atomic<T*> head_{nullptr};
+  alignas(kCacheLine) std::atomic<T *> head_{nullptr};
 };
 
 }  // namespace dlhost

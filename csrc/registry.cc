@@ -3,16 +3,16 @@
 // everything under mu_.
 #include "registry.h"
 
-#include <cerrno>
-#include <climits>
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <link.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <cerrno>
+#include <climits>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <unordered_set>
 
 namespace dlhost {
@@ -64,8 +64,7 @@ bool MapsShowInode(const std::string &path, ino_t ino) {
     if (name != path) continue;
     unsigned long long start, end, off, inode;
     char perms[8], dev[16];
-    if (sscanf(line, "%llx-%llx %7s %llx %15s %llu", &start, &end, perms, &off,
-               dev, &inode) == 6 &&
+    if (sscanf(line, "%llx-%llx %7s %llx %15s %llu", &start, &end, perms, &off, dev, &inode) == 6 &&
         inode == (unsigned long long)ino) {
       match = true;
       break;
@@ -91,7 +90,8 @@ Identity Identity::Of(const std::string &path) {
   struct stat st;
   if (stat(resolved, &st) != 0) throw ErrnoError("cannot stat", path, errno);
   if (S_ISDIR(st.st_mode)) throw ErrnoError("cannot open", path, EISDIR);
-  if (!S_ISREG(st.st_mode)) throw LoadError{"ERR_NOT_ELF", "'" + path + "' is not a regular file", ""};
+  if (!S_ISREG(st.st_mode))
+    throw LoadError{"ERR_NOT_ELF", "'" + path + "' is not a regular file", ""};
   Identity id;
   id.real_path = resolved;
   id.dev = st.st_dev;
@@ -143,12 +143,12 @@ EntryPtr Registry::Open(const std::string &path, uint32_t flags) {
   // the old object is still mapped, and glibc would return the old code.
   if (IsMapped(id.real_path) && !MapsShowInode(id.real_path, id.ino))
     throw LoadError{"ERR_STALE_PATH",
-                    "'" + path + "' was replaced while the previous version is "
-                    "still loaded; glibc would return the old code (release it "
-                    "first, or use reloadable(), which loads private copies)",
+                    "'" + path +
+                        "' was replaced while the previous version is "
+                        "still loaded; glibc would return the old code (release it "
+                        "first, or use reloadable(), which loads private copies)",
                     ""};
-  int mode = (flags & kLazy ? RTLD_LAZY : RTLD_NOW) |
-             (flags & kGlobal ? RTLD_GLOBAL : RTLD_LOCAL);
+  int mode = (flags & kLazy ? RTLD_LAZY : RTLD_NOW) | (flags & kGlobal ? RTLD_GLOBAL : RTLD_LOCAL);
   dlerror();
   void *h = dlopen(resolved, mode);
   if (!h) {
@@ -227,7 +227,8 @@ void Registry::MarkThreadsStuck(const EntryPtr &e) {
 Row Registry::RowOf(const EntryPtr &e) {
   std::lock_guard<std::mutex> lock(mu_);
   bool mapped = IsMapped(e->id.real_path);
-  return Row{e->serial, e->id, e->refs, e->runtimes, e->pinned, mapped, e->dlclosed, e->threads_stuck};
+  return Row{e->serial, e->id,  e->refs,     e->runtimes,
+             e->pinned, mapped, e->dlclosed, e->threads_stuck};
 }
 
 std::vector<Row> Registry::Snapshot() {
@@ -243,7 +244,8 @@ std::vector<Row> Registry::Snapshot() {
       it = by_key_.erase(it);
       continue;
     }
-    rows.push_back(Row{e->serial, e->id, e->refs, e->runtimes, e->pinned, mapped, e->dlclosed, e->threads_stuck});
+    rows.push_back(Row{e->serial, e->id, e->refs, e->runtimes, e->pinned, mapped, e->dlclosed,
+                       e->threads_stuck});
     ++it;
   }
   return rows;

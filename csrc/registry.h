@@ -7,11 +7,11 @@
 // objects of that environment (library_wrap.cc, runtime_wrap.cc).
 #pragma once
 
+#include <sys/types.h>
 #include <cstdint>
 #include <memory>
 #include <mutex>
 #include <string>
-#include <sys/types.h>
 #include <unordered_map>
 #include <vector>
 
@@ -53,7 +53,7 @@ struct LibEntry {
   uint64_t runtimes = 0;   // runtimes inside it (held until their threads left)
   bool pinned = false;     // never dlclose'd; once set, never cleared
   bool global = false;
-  bool dlclosed = false;   // dlclose ran; the entry stays only while still mapped
+  bool dlclosed = false;  // dlclose ran; the entry stays only while still mapped
   // A runtime's plugin threads outlived its unload: the runtime's reference is
   // kept for ever (never unmapped under a running thread).
   bool threads_stuck = false;

@@ -153,8 +153,10 @@ std::vector<pid_t> RuntimeCore::PollerTids() {
 Task *RuntimeCore::Poll() {
   RecordPoller();
   Task *t = requests.pop();
-  if (t) t->state.store(Task::kTaken, std::memory_order_release);
-  else ends.fetch_add(1);
+  if (t)
+    t->state.store(Task::kTaken, std::memory_order_release);
+  else
+    ends.fetch_add(1);
   return t;
 }
 

@@ -15,20 +15,18 @@
 namespace dlhost {
 
 Napi::Function RuntimeWrap::Init(Napi::Env env) {
-  return DefineClass(env, "Runtime",
-                     {InstanceMethod<&RuntimeWrap::Start>("start"),
-                      InstanceMethod<&RuntimeWrap::Submit>("submit"),
-                      InstanceMethod<&RuntimeWrap::Grow>("grow"),
-                      InstanceMethod<&RuntimeWrap::SetBig>("setBig"),
-                      InstanceMethod<&RuntimeWrap::Counters>("counters"),
-                      InstanceMethod<&RuntimeWrap::CallSync>("callSync"),
-                      InstanceMethod<&RuntimeWrap::SyncBytes>("syncBytes"),
-                      InstanceMethod<&RuntimeWrap::SyncMeta>("syncMeta"),
-                      InstanceMethod<&RuntimeWrap::SyncSlab>("syncSlab"),
-                      InstanceMethod<&RuntimeWrap::TakeBig>("takeBig"),
-                      InstanceMethod<&RuntimeWrap::Unload>("unload"),
-                      InstanceMethod<&RuntimeWrap::Stats>("stats"),
-                      InstanceMethod<&RuntimeWrap::SetSpin>("setSpin")});
+  return DefineClass(
+      env, "Runtime",
+      {InstanceMethod<&RuntimeWrap::Start>("start"), InstanceMethod<&RuntimeWrap::Submit>("submit"),
+       InstanceMethod<&RuntimeWrap::Grow>("grow"), InstanceMethod<&RuntimeWrap::SetBig>("setBig"),
+       InstanceMethod<&RuntimeWrap::Counters>("counters"),
+       InstanceMethod<&RuntimeWrap::CallSync>("callSync"),
+       InstanceMethod<&RuntimeWrap::SyncBytes>("syncBytes"),
+       InstanceMethod<&RuntimeWrap::SyncMeta>("syncMeta"),
+       InstanceMethod<&RuntimeWrap::SyncSlab>("syncSlab"),
+       InstanceMethod<&RuntimeWrap::TakeBig>("takeBig"),
+       InstanceMethod<&RuntimeWrap::Unload>("unload"), InstanceMethod<&RuntimeWrap::Stats>("stats"),
+       InstanceMethod<&RuntimeWrap::SetSpin>("setSpin")});
 }
 
 // new Runtime(library, abi, maxQueue, onComplete, onEvent, unloadTimeoutMs)
@@ -253,8 +251,10 @@ void RuntimeWrap::UpdateLoopRef() {
               (!init_reported_ && core_->abi == Abi::kHost);
   if (want == referenced_) return;
   referenced_ = want;
-  if (want) uv_ref(reinterpret_cast<uv_handle_t *>(bell_));
-  else uv_unref(reinterpret_cast<uv_handle_t *>(bell_));
+  if (want)
+    uv_ref(reinterpret_cast<uv_handle_t *>(bell_));
+  else
+    uv_unref(reinterpret_cast<uv_handle_t *>(bell_));
 }
 
 void RuntimeWrap::DeliverLifecycle() {
@@ -263,7 +263,8 @@ void RuntimeWrap::DeliverLifecycle() {
   if (!init_reported_ && core_->init_state.load() != RuntimeCore::kInitPending) {
     init_reported_ = true;
     Napi::HandleScope scope(env);
-    CallJs(on_event_, {Napi::String::New(env, "init"), Napi::Number::New(env, core_->init_rc.load())});
+    CallJs(on_event_,
+           {Napi::String::New(env, "init"), Napi::Number::New(env, core_->init_rc.load())});
     if (core_->init_state.load() == RuntimeCore::kInitFailed) unloading_ = true;
   }
   if (!unload_reported_ && core_->unload_state.load() == RuntimeCore::kUnloaded && Pending() == 0) {

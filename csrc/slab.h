@@ -37,7 +37,11 @@ class Slab {
   Napi::Value Buffer(Napi::Env env) const {
     return ref_.IsEmpty() ? env.Undefined() : Napi::Value(ref_.Value());
   }
-  void Reset() { ref_.Reset(); data_ = nullptr; off_ = cap_ = 0; }
+  void Reset() {
+    ref_.Reset();
+    data_ = nullptr;
+    off_ = cap_ = 0;
+  }
 
  private:
   Napi::Reference<Napi::ArrayBuffer> ref_;

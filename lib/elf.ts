@@ -185,6 +185,7 @@ class Reader {
     const hi = this.le ? this.b.readUInt32LE(o + 4) : this.b.readUInt32BE(o)
     return hi * 0x100000000 + lo
   }
+
   /** An address/offset/size-sized word (Elf32_Addr / Elf64_Addr). */
   word (o: number): number { return this.is64 ? this.u64(o) : this.u32(o) }
 }
@@ -247,18 +248,30 @@ function layout (src: Source): Layout {
   const r = new Reader(src.read(0, ehsize), le, is64)
   const h: Header = is64
     ? {
-        is64, le,
-        type: r.u16(16), machine: r.u16(18),
-        phoff: r.u64(32), shoff: r.u64(40),
-        phentsize: r.u16(54), phnum: r.u16(56),
-        shentsize: r.u16(58), shnum: r.u16(60), shstrndx: r.u16(62)
+        is64,
+        le,
+        type: r.u16(16),
+        machine: r.u16(18),
+        phoff: r.u64(32),
+        shoff: r.u64(40),
+        phentsize: r.u16(54),
+        phnum: r.u16(56),
+        shentsize: r.u16(58),
+        shnum: r.u16(60),
+        shstrndx: r.u16(62)
       }
     : {
-        is64, le,
-        type: r.u16(16), machine: r.u16(18),
-        phoff: r.u32(28), shoff: r.u32(32),
-        phentsize: r.u16(42), phnum: r.u16(44),
-        shentsize: r.u16(46), shnum: r.u16(48), shstrndx: r.u16(50)
+        is64,
+        le,
+        type: r.u16(16),
+        machine: r.u16(18),
+        phoff: r.u32(28),
+        shoff: r.u32(32),
+        phentsize: r.u16(42),
+        phnum: r.u16(44),
+        shentsize: r.u16(46),
+        shnum: r.u16(48),
+        shstrndx: r.u16(50)
       }
 
   const shMin = is64 ? 64 : 40

@@ -97,7 +97,7 @@ function main () {
   const probe = spawnSync(process.execPath, ['-e', `
     require(${JSON.stringify(path.join(root, 'dist', 'binding.js'))})
     const maps = require('fs').readFileSync('/proc/self/maps', 'utf8')
-    console.log(JSON.stringify({ addon: maps.includes(${JSON.stringify(addon)}), asan: /libasan\.so/.test(maps), ubsan: /libubsan\.so/.test(maps) }))`],
+    console.log(JSON.stringify({ addon: maps.includes(${JSON.stringify(addon)}), asan: /libasan\\.so/.test(maps), ubsan: /libubsan\\.so/.test(maps) }))`],
   { env, encoding: 'utf8', cwd: root })
   let seen = {}
   try { seen = JSON.parse(probe.stdout) } catch {}

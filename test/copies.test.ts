@@ -286,7 +286,7 @@ t.test('snapshot: unreadable source is ERR_ACCESS', async (t) => {
       ...fs,
       openSync: (p: fs.PathLike, flags?: fs.OpenMode, mode?: fs.Mode | null) => {
         if (p === src) throw Object.assign(new Error(`EACCES: permission denied, open '${src}'`), { code: 'EACCES', errno: -13, syscall: 'open', path: src })
-        return realOpenSync(p, flags ?? "r", mode)
+        return realOpenSync(p, flags ?? 'r', mode)
       }
     }
   })
@@ -310,7 +310,7 @@ t.test('snapshot: disk errors and verification failures are ERR_COPY and leave n
     fs: {
       ...fs,
       openSync: (p: fs.PathLike, flags?: fs.OpenMode, m?: fs.Mode | null) => {
-        const fd = realOpenSync(p, flags ?? "r", m)
+        const fd = realOpenSync(p, flags ?? 'r', m)
         if (typeof p === 'string' && path.dirname(p) !== d) copyFds.add(fd)
         else copyFds.delete(fd)
         return fd

@@ -497,8 +497,15 @@ t.test('synthetic images: ELF32/ELF64, big/little endian, with and without secti
         const name = `elf${is64 ? 64 : 32}-${le ? 'le' : 'be'}${sections ? '' : '-nosections'}`
         await t.test(name, async t => {
           const buf = synthElf({
-            is64, le, machine: le ? 183 : 22, sections, tls: true,
-            needed: ['libc.so.6', 'libm.so.6'], soname: 'libsynth.so.1', flags1: 0x8, syms: SYNTH_SYMS
+            is64,
+            le,
+            machine: le ? 183 : 22,
+            sections,
+            tls: true,
+            needed: ['libc.so.6', 'libm.so.6'],
+            soname: 'libsynth.so.1',
+            flags1: 0x8,
+            syms: SYNTH_SYMS
           })
           const file = path.join(dir, name + '.so')
           fs.writeFileSync(file, buf)

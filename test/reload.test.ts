@@ -194,7 +194,7 @@ t.test('NODELETE under drain: stuck, then the fallback loads the new build side 
   t.ok(copyMappings(path.dirname(first.copy)).some(l => l.includes(first.copy)), 'the old copy is still mapped, as reported')
 })
 
-t.test("auto: a library that can neither coexist nor unload: stuck event and ERR_STUCK, old keeps serving", async t => {
+t.test('auto: a library that can neither coexist nor unload: stuck event and ERR_STUCK, old keeps serving', async t => {
   const dir = t.testdir()
   const src = path.join(dir, 'unique.cc')
   fs.writeFileSync(src, `

@@ -84,7 +84,6 @@ function renameOver (file: string, content: string): void {
   fs.renameSync(tmp, file)
 }
 
-
 for (const mode of ['watch', 'poll'] as const) {
   const opts: LibraryWatcherOptions = mode === 'poll' ? { poll: 20 } : {}
 

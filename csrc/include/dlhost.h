@@ -67,8 +67,7 @@ DLHOST_EXPORT dlhost_task *dlhost_task_poll(dlhost_queue *q);
 /* Like dlhost_task_poll but takes up to `max` ready tasks at once into `out`
  * (blocking until at least one). Returns how many; 0 means unload, as NULL
  * does above. `out` must not be NULL and `max` must be >= 1. */
-DLHOST_EXPORT size_t dlhost_task_poll_batch(dlhost_queue *q, dlhost_task **out,
-                                            size_t max);
+DLHOST_EXPORT size_t dlhost_task_poll_batch(dlhost_queue *q, dlhost_task **out, size_t max);
 
 /* The request of a task. The bytes are owned by the host and stay valid until
  * the task is answered; they are followed by a NUL byte that is not counted
@@ -84,8 +83,7 @@ DLHOST_EXPORT const void *dlhost_task_request(dlhost_task *t, size_t *len);
  * the slot has not been reused for a new call (a freed slot is reused only
  * after every other free one, so at least 256 calls later): it is ignored,
  * its rsp freed, and counted (stats.misuse). */
-DLHOST_EXPORT void dlhost_task_respond(dlhost_task *t, int rc, void *rsp,
-                                       size_t len);
+DLHOST_EXPORT void dlhost_task_respond(dlhost_task *t, int rc, void *rsp, size_t len);
 
 /* ------------------------------------------------- host-driven plugin side */
 
@@ -104,8 +102,8 @@ typedef void *(*dlhost_open_fn)(const char *cfg, size_t len);
  * malloc'd buffer (host frees it) and *rsp_len to its length, or leave *rsp
  * NULL for an empty answer. Return 0 for success; with any other rc the
  * body becomes the error's `detail`. */
-typedef int (*dlhost_handle_fn)(void *state, const void *req, size_t len,
-                                void **rsp, size_t *rsp_len);
+typedef int (*dlhost_handle_fn)(void *state, const void *req, size_t len, void **rsp,
+                                size_t *rsp_len);
 
 /* Optional. Called once on the poll thread after the last task of an
  * unloading runtime. */
@@ -138,8 +136,7 @@ DLHOST_EXPORT char *ngx_http_lua_ffi_get_req(void *tsk, int *len);
 
 /* Answers a task. `rsp` is malloc'd by the plugin and freed by the host, or
  * NULL for no body. rsp_len <= 0 with rsp != NULL means rsp is a C string. */
-DLHOST_EXPORT void ngx_http_lua_ffi_respond(void *tsk, int rc, char *rsp,
-                                            int rsp_len);
+DLHOST_EXPORT void ngx_http_lua_ffi_respond(void *tsk, int rc, char *rsp, int rsp_len);
 
 #ifdef __cplusplus
 }

@@ -33,7 +33,7 @@ export function inMaps (file: string): boolean {
 /** Runs a node script (source text) in a child; returns status, stdout, stderr. */
 export function runNode (source: string, opts: SpawnSyncOptions & { args?: string[] } = {}): { status: number | null, signal: NodeJS.Signals | null, stdout: string, stderr: string, ms: number } {
   const t0 = Date.now()
-    // Without tap's NODE_OPTIONS: children load dist/ with plain node.
+  // Without tap's NODE_OPTIONS: children load dist/ with plain node.
   const env = { ...(opts.env ?? process.env) }
   delete env.NODE_OPTIONS
   const r = spawnSync(process.execPath, [...(opts.args ?? []), '-e', source], { encoding: 'utf8', timeout: 60000, cwd: root, ...opts, env })
@@ -47,7 +47,6 @@ export function foreignCopy (src: string, dst: string, machine = 183): string {
   fs.writeFileSync(dst, b)
   return dst
 }
-
 
 /** Node arguments that let a plain `node` child require .ts files the way tap does. */
 export function tsLoaderArgs (): string[] {

@@ -37,7 +37,7 @@ using namespace dlhost;
 
 namespace {
 
-[[noreturn]] void fail(const char* fmt, ...) {
+[[noreturn]] void fail(const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
   fprintf(stderr, "queue_stress: FAIL: ");
@@ -48,22 +48,20 @@ namespace {
   _exit(1);  // other threads may still run: do not unwind
 }
 
-#define CHECK(cond, ...)      \
-  do {                        \
+#define CHECK(cond, ...)            \
+  do {                              \
     if (!(cond)) fail(__VA_ARGS__); \
   } while (0)
 
 double now_s() {
-  return std::chrono::duration<double>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 // Fails the run (exit 3) when a test does not finish in time: a lost wake-up
 // shows up as a hang, and a hang must not stall CI.
 class Watchdog {
  public:
-  Watchdog(const char* name, int seconds, std::function<std::string()> dump)
+  Watchdog(const char *name, int seconds, std::function<std::string()> dump)
       : name_(name), dump_(std::move(dump)) {
     thread_ = std::thread([this, seconds] {
       std::unique_lock<std::mutex> lk(mu_);
@@ -88,7 +86,7 @@ class Watchdog {
   }
 
  private:
-  const char* name_;
+  const char *name_;
   std::function<std::string()> dump_;
   std::mutex mu_;
   std::condition_variable cv_;
@@ -96,7 +94,7 @@ class Watchdog {
   std::thread thread_;
 };
 
-std::string fmt(const char* f, ...) {
+std::string fmt(const char *f, ...) {
   char buf[512];
   va_list ap;
   va_start(ap, f);
@@ -123,10 +121,10 @@ void test_basics() {
       CHECK(!r.try_push(&t[8]), "ring accepted a 9th item at capacity 8");
       CHECK(r.size_approx() == 8, "ring size %zu, want 8", r.size_approx());
       for (int i = 0; i < 8; ++i) {
-        Task* p = nullptr;
+        Task *p = nullptr;
         CHECK(r.try_pop(p) && p == &t[i], "ring is not FIFO at %d", i);
       }
-      Task* p;
+      Task *p;
       CHECK(!r.try_pop(p), "empty ring popped something");
     }
   }
@@ -135,18 +133,19 @@ void test_basics() {
     std::vector<Task> t(cap + 1);
     for (size_t i = 0; i < cap; ++i)
       CHECK(q.push(&t[i]) == TaskQueue<Task>::Push::Ok, "push %zu/%zu not Ok", i, cap);
-    CHECK(q.push(&t[cap]) == TaskQueue<Task>::Push::Full,
-          "TaskQueue(%zu) accepted task %zu", cap, cap + 1);
+    CHECK(q.push(&t[cap]) == TaskQueue<Task>::Push::Full, "TaskQueue(%zu) accepted task %zu", cap,
+          cap + 1);
     CHECK(!q.closed(), "closed() before close");
     q.close();
     q.close();  // idempotent
     CHECK(q.closed(), "closed() false after close");
     CHECK(q.push(&t[cap]) == TaskQueue<Task>::Push::Closed, "push after close not Closed");
-    Task* p = nullptr;
+    Task *p = nullptr;
     CHECK(q.try_pop(p) && p == &t[0], "try_pop after close lost the first task");
-    Task* out[4];
+    Task *out[4];
     size_t n = q.pop_batch(out, 1);
-    CHECK(cap == 1 ? n == 0 : (n == 1 && out[0] == &t[1]), "pop_batch after close wrong (n=%zu)", n);
+    CHECK(cap == 1 ? n == 0 : (n == 1 && out[0] == &t[1]), "pop_batch after close wrong (n=%zu)",
+          n);
     for (size_t i = 2; i < cap; ++i) CHECK(q.pop() == &t[i], "pop after close lost task %zu", i);
     for (int i = 0; i < 3; ++i) {
       CHECK(q.pop() == nullptr, "pop after drain not nullptr");
@@ -175,9 +174,8 @@ struct TqResult {
   double secs = 0;
 };
 
-TqResult test_task_queue(const char* name, size_t cap, uint64_t spin_ns,
-                         int producers, int consumers, uint32_t target_ok,
-                         int timeout_s) {
+TqResult test_task_queue(const char *name, size_t cap, uint64_t spin_ns, int producers,
+                         int consumers, uint32_t target_ok, int timeout_s) {
   using Q = TaskQueue<Task>;
   const uint32_t max_ids = target_ok * 3;  // ids are never reused
   std::vector<Task> tasks(max_ids);
@@ -196,12 +194,12 @@ TqResult test_task_queue(const char* name, size_t cap, uint64_t spin_ns,
   std::atomic<bool> first_null{false};
 
   Watchdog wd(name, timeout_s, [&] {
-    return fmt("state: ok=%llu popped=%llu full=%llu closed=%llu producers_done=%d "
-               "consumers_done=%d/%d queued~%zu q.closed=%d",
-               (unsigned long long)ok.load(), (unsigned long long)popped.load(),
-               (unsigned long long)full.load(), (unsigned long long)closed.load(),
-               producers_done.load(), consumers_done.load(), consumers,
-               q.size_approx(), (int)q.closed());
+    return fmt(
+        "state: ok=%llu popped=%llu full=%llu closed=%llu producers_done=%d "
+        "consumers_done=%d/%d queued~%zu q.closed=%d",
+        (unsigned long long)ok.load(), (unsigned long long)popped.load(),
+        (unsigned long long)full.load(), (unsigned long long)closed.load(), producers_done.load(),
+        consumers_done.load(), consumers, q.size_approx(), (int)q.closed());
   });
 
   double t0 = now_s();
@@ -216,7 +214,10 @@ TqResult test_task_queue(const char* name, size_t cap, uint64_t spin_ns,
         Q::Push r;
         while ((r = q.push(&tasks[id])) == Q::Push::Full) {
           full.fetch_add(1, std::memory_order_relaxed);
-          if (++spins % 4 == 0) sched_yield(); else cpu_relax();
+          if (++spins % 4 == 0)
+            sched_yield();
+          else
+            cpu_relax();
         }
         if (r == Q::Push::Closed) {
           closed.fetch_add(1, std::memory_order_relaxed);
@@ -234,7 +235,7 @@ TqResult test_task_queue(const char* name, size_t cap, uint64_t spin_ns,
   for (int c = 0; c < consumers; ++c) {
     th.emplace_back([&, c] {
       const bool batch = c % 2 == 1;
-      Task* out[16];
+      Task *out[16];
       const size_t max = 1 + c % 16;
       for (;;) {
         bool after_null = first_null.load(std::memory_order_acquire);
@@ -260,7 +261,7 @@ TqResult test_task_queue(const char* name, size_t cap, uint64_t spin_ns,
       }
       first_null.store(true, std::memory_order_release);
       // The sentinel is final for every pop flavour.
-      Task* p;
+      Task *p;
       for (int i = 0; i < 3; ++i) {
         CHECK(q.pop() == nullptr, "%s: pop after nullptr returned a task", name);
         CHECK(q.pop_batch(out, 4) == 0, "%s: pop_batch after 0 returned tasks", name);
@@ -269,7 +270,7 @@ TqResult test_task_queue(const char* name, size_t cap, uint64_t spin_ns,
       consumers_done.fetch_add(1);
     });
   }
-  for (auto& t : th) t.join();
+  for (auto &t : th) t.join();
   double secs = now_s() - t0;
 
   CHECK(q.closed(), "%s: queue not closed", name);
@@ -288,9 +289,8 @@ TqResult test_task_queue(const char* name, size_t cap, uint64_t spin_ns,
     }
   }
   CHECK(ok_ids == ok.load() && popped.load() == ok.load(),
-        "%s: counts disagree: ok=%llu ok_ids=%llu popped=%llu", name,
-        (unsigned long long)ok.load(), (unsigned long long)ok_ids,
-        (unsigned long long)popped.load());
+        "%s: counts disagree: ok=%llu ok_ids=%llu popped=%llu", name, (unsigned long long)ok.load(),
+        (unsigned long long)ok_ids, (unsigned long long)popped.load());
   CHECK(ok.load() >= target_ok, "%s: only %llu pushes Ok before close (want %u)", name,
         (unsigned long long)ok.load(), target_ok);
 
@@ -301,11 +301,11 @@ TqResult test_task_queue(const char* name, size_t cap, uint64_t spin_ns,
   r.batches = batches;
   r.popped = popped;
   r.secs = secs;
-  printf("  %-22s cap=%-3zu spin=%-6llu P=%d C=%d  ok=%llu popped=%llu full=%llu "
-         "closed=%llu  %.2fs\n",
-         name, cap, (unsigned long long)spin_ns, producers, consumers,
-         (unsigned long long)r.ok, (unsigned long long)r.popped,
-         (unsigned long long)r.full, (unsigned long long)r.closed, secs);
+  printf(
+      "  %-22s cap=%-3zu spin=%-6llu P=%d C=%d  ok=%llu popped=%llu full=%llu "
+      "closed=%llu  %.2fs\n",
+      name, cap, (unsigned long long)spin_ns, producers, consumers, (unsigned long long)r.ok,
+      (unsigned long long)r.popped, (unsigned long long)r.full, (unsigned long long)r.closed, secs);
   fflush(stdout);
   return r;
 }
@@ -346,7 +346,7 @@ CloseRaceResult test_close_race(int producers, int consumers, uint32_t rounds, i
   std::vector<Task> tasks(kIds);
   for (uint32_t i = 0; i < kIds; ++i) tasks[i].id = i;
   std::atomic<uint8_t> pushed_ok[kIds], seen[kIds];
-  std::atomic<Q*> qp{nullptr};
+  std::atomic<Q *> qp{nullptr};
   std::atomic<uint32_t> next_id{0}, close_after{0}, round{0};
   std::atomic<uint64_t> ok{0}, closed{0}, popped{0};
   std::atomic<uint32_t> round_ok{0};
@@ -364,7 +364,7 @@ CloseRaceResult test_close_race(int producers, int consumers, uint32_t rounds, i
       for (;;) {
         start.wait();
         if (quit.load()) return;
-        Q& q = *qp.load();
+        Q &q = *qp.load();
         uint32_t k = close_after.load();
         if (k == 0 && p == 0) q.close();  // closed before anything
         for (;;) {
@@ -389,11 +389,11 @@ CloseRaceResult test_close_race(int producers, int consumers, uint32_t rounds, i
     });
   for (int c = 0; c < consumers; ++c)
     th.emplace_back([&, c] {
-      Task* out[8];
+      Task *out[8];
       for (;;) {
         start.wait();
         if (quit.load()) return;
-        Q& q = *qp.load();
+        Q &q = *qp.load();
         for (;;) {
           bool after_null = first_null.load(std::memory_order_acquire);
           size_t n;
@@ -418,7 +418,12 @@ CloseRaceResult test_close_race(int producers, int consumers, uint32_t rounds, i
     });
 
   uint64_t seed = 88172645463325252ull;
-  auto rnd = [&] { seed ^= seed << 13; seed ^= seed >> 7; seed ^= seed << 17; return seed; };
+  auto rnd = [&] {
+    seed ^= seed << 13;
+    seed ^= seed >> 7;
+    seed ^= seed << 17;
+    return seed;
+  };
   for (uint32_t r = 0; r < rounds; ++r) {
     round.store(r);
     for (uint32_t i = 0; i < kIds; ++i) {
@@ -448,7 +453,7 @@ CloseRaceResult test_close_race(int producers, int consumers, uint32_t rounds, i
   }
   quit.store(true);
   start.wait();
-  for (auto& t : th) t.join();
+  for (auto &t : th) t.join();
   CloseRaceResult res;
   res.rounds = rounds;
   res.ok = ok;
@@ -465,8 +470,7 @@ CloseRaceResult test_close_race(int producers, int consumers, uint32_t rounds, i
 void test_close_wakes_parked(int timeout_s) {
   TaskQueue<Task> q(16, 0);
   std::atomic<int> done{0};
-  Watchdog wd("close-wakes-parked", timeout_s,
-              [&] { return fmt("done=%d/4", done.load()); });
+  Watchdog wd("close-wakes-parked", timeout_s, [&] { return fmt("done=%d/4", done.load()); });
   std::vector<std::thread> th;
   for (int i = 0; i < 4; ++i)
     th.emplace_back([&] {
@@ -475,7 +479,7 @@ void test_close_wakes_parked(int timeout_s) {
     });
   std::this_thread::sleep_for(std::chrono::milliseconds(20));
   q.close();
-  for (auto& t : th) t.join();
+  for (auto &t : th) t.join();
 }
 
 // ------------------------------------------------------------------ Parker
@@ -491,8 +495,8 @@ ParkerResult test_parker(int consumers, uint32_t rounds, int timeout_s) {
   std::atomic<bool> stop{false};
   std::atomic<uint32_t> round{0};
   Watchdog wd("parker", timeout_s, [&] {
-    return fmt("round=%u tokens_left=%lld taken=%llu", round.load(),
-               (long long)tokens.load(), (unsigned long long)taken.load());
+    return fmt("round=%u tokens_left=%lld taken=%llu", round.load(), (long long)tokens.load(),
+               (unsigned long long)taken.load());
   });
 
   auto take = [&]() -> bool {
@@ -545,7 +549,7 @@ ParkerResult test_parker(int consumers, uint32_t rounds, int timeout_s) {
   }
   stop.store(true, std::memory_order_release);
   pk.notify_all();
-  for (auto& t : th) t.join();
+  for (auto &t : th) t.join();
   CHECK(tokens.load() == 0 && taken.load() == given, "parker: tokens=%lld taken=%llu given=%llu",
         (long long)tokens.load(), (unsigned long long)taken.load(), (unsigned long long)given);
   CHECK(!pk.has_waiters(), "parker: waiter count leaked");
@@ -563,7 +567,7 @@ ParkerResult test_parker(int consumers, uint32_t rounds, int timeout_s) {
 
 // --------------------------------------------------------- CompletionQueue
 struct Node {
-  std::atomic<Node*> cq_next{nullptr};
+  std::atomic<Node *> cq_next{nullptr};
   uint32_t producer = 0;
   uint32_t seq = 0;
 };
@@ -589,9 +593,11 @@ CqResult test_completion_queue(int producers, uint32_t per_producer, int timeout
   std::atomic<uint64_t> rings{0}, received{0};
   const uint64_t total = uint64_t(producers) * per_producer;
   Watchdog wd("completion-queue", timeout_s, [&] {
-    return fmt("received=%llu/%llu rings=%llu (an item pushed without a doorbell, or a lost wake-up, stops here)",
-               (unsigned long long)received.load(), (unsigned long long)total,
-               (unsigned long long)rings.load());
+    return fmt(
+        "received=%llu/%llu rings=%llu (an item pushed without a doorbell, or a lost wake-up, "
+        "stops here)",
+        (unsigned long long)received.load(), (unsigned long long)total,
+        (unsigned long long)rings.load());
   });
 
   double t0 = now_s();
@@ -622,7 +628,7 @@ CqResult test_completion_queue(int producers, uint32_t per_producer, int timeout
       }
       continue;
     }
-    Node* n = cq.pop_all();
+    Node *n = cq.pop_all();
     if (!n) {
       ++empty_drains;  // its items went with the previous drain: allowed
       continue;
@@ -630,15 +636,15 @@ CqResult test_completion_queue(int producers, uint32_t per_producer, int timeout
     ++drains;
     for (; n; n = n->cq_next.load(std::memory_order_relaxed)) {
       CHECK(n->producer < uint32_t(producers), "completion-queue: bogus node");
-      uint32_t& e = expect[n->producer];
-      CHECK(n->seq == e, "completion-queue: producer %u: got item %u, want %u (%s)",
-            n->producer, n->seq, e, n->seq < e ? "duplicate" : "lost or out of order");
+      uint32_t &e = expect[n->producer];
+      CHECK(n->seq == e, "completion-queue: producer %u: got item %u, want %u (%s)", n->producer,
+            n->seq, e, n->seq < e ? "duplicate" : "lost or out of order");
       ++e;
       ++got;
     }
     received.store(got, std::memory_order_relaxed);
   }
-  for (auto& t : th) t.join();
+  for (auto &t : th) t.join();
   CHECK(cq.pop_all() == nullptr, "completion-queue: items left after the last");
   CHECK(rings.load() == drains,
         "completion-queue: %llu doorbells for %llu non-empty drains (want one each)",
@@ -646,7 +652,7 @@ CqResult test_completion_queue(int producers, uint32_t per_producer, int timeout
   // Re-armed: the next push rings, the one after does not.
   Node a, b;
   CHECK(cq.push(&a) && !cq.push(&b), "completion-queue: doorbell not re-armed");
-  Node* l = cq.pop_all();
+  Node *l = cq.pop_all();
   CHECK(l == &a && l->cq_next.load() == &b && b.cq_next.load() == nullptr,
         "completion-queue: pop_all not FIFO");
 
@@ -657,23 +663,22 @@ CqResult test_completion_queue(int producers, uint32_t per_producer, int timeout
   r.empty_drains = empty_drains;
   r.secs = now_s() - t0;
   printf("  %-22s P=%d items=%llu doorbells=%llu drains=%llu empty=%llu  %.2fs\n",
-         "completion-queue", producers, (unsigned long long)r.items,
-         (unsigned long long)r.rings, (unsigned long long)r.drains,
-         (unsigned long long)r.empty_drains, r.secs);
+         "completion-queue", producers, (unsigned long long)r.items, (unsigned long long)r.rings,
+         (unsigned long long)r.drains, (unsigned long long)r.empty_drains, r.secs);
   fflush(stdout);
   return r;
 }
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int main(int argc, char **argv) {
   double scale = 1;
-  if (const char* e = getenv("QUEUE_STRESS_SCALE")) scale = atof(e);
+  if (const char *e = getenv("QUEUE_STRESS_SCALE")) scale = atof(e);
   if (argc > 1) scale = atof(argv[1]);
   if (!(scale > 0)) scale = 1;
   // Per-test watchdog: each test takes 0.1-3 s under TSan on 2 cores.
   int wd = static_cast<int>(30 * (scale > 1 ? scale : 1));
-  if (const char* e = getenv("QUEUE_STRESS_TIMEOUT")) wd = atoi(e);
+  if (const char *e = getenv("QUEUE_STRESS_TIMEOUT")) wd = atoi(e);
   if (wd <= 0) wd = 30;
   auto n = [&](double base) { return static_cast<uint32_t>(base * scale) + 1; };
   setvbuf(stdout, nullptr, _IOLBF, 0);
@@ -684,14 +689,13 @@ int main(int argc, char** argv) {
   printf("  %-22s ok\n", "basics");
 
   uint64_t ok = 0, full = 0, closed = 0;
-  auto add = [&](const TqResult& r) {
+  auto add = [&](const TqResult &r) {
     ok += r.ok;
     full += r.full;
     closed += r.closed;
   };
   // Spinning consumers (the default policy), tiny ring: Full all the time.
-  add(test_task_queue("taskqueue/spin", 8, TaskQueue<Task>::kDefaultSpinNs, 3, 3,
-                      n(150000), wd));
+  add(test_task_queue("taskqueue/spin", 8, TaskQueue<Task>::kDefaultSpinNs, 3, 3, n(150000), wd));
   // Consumers that park at once: every push races a parking consumer.
   add(test_task_queue("taskqueue/park", 4, 0, 2, 4, n(40000), wd));
   // Short spins and a bound that is not a power of two.
@@ -705,11 +709,12 @@ int main(int argc, char** argv) {
   ParkerResult pr = test_parker(3, n(20000), wd);
   CqResult cr = test_completion_queue(3, n(100000), wd);
 
-  printf("queue_stress: OK taskqueue ok=%llu full-retries=%llu closed=%llu "
-         "close-rounds=%llu; parker "
-         "rounds=%llu parks=%llu; completion items=%llu doorbells=%llu; %.1fs\n",
-         (unsigned long long)ok, (unsigned long long)full, (unsigned long long)closed,
-         (unsigned long long)cl.rounds, (unsigned long long)pr.rounds, (unsigned long long)pr.parks,
-         (unsigned long long)cr.items, (unsigned long long)cr.rings, now_s() - t0);
+  printf(
+      "queue_stress: OK taskqueue ok=%llu full-retries=%llu closed=%llu "
+      "close-rounds=%llu; parker "
+      "rounds=%llu parks=%llu; completion items=%llu doorbells=%llu; %.1fs\n",
+      (unsigned long long)ok, (unsigned long long)full, (unsigned long long)closed,
+      (unsigned long long)cl.rounds, (unsigned long long)pr.rounds, (unsigned long long)pr.parks,
+      (unsigned long long)cr.items, (unsigned long long)cr.rings, now_s() - t0);
   return 0;
 }

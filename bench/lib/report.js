@@ -1,0 +1,117 @@
+'use strict'
+// Renders a run's results as tables, and checks the targets.
+const fmt = (x, d = 2) => x === null || x === undefined || Number.isNaN(x) ? '-' : typeof x === 'number' ? x.toFixed(d) : String(x)
+const big = (x) => x >= 1e6 ? `${(x / 1e6).toFixed(2)} M` : x >= 1e3 ? `${(x / 1e3).toFixed(1)} k` : String(x)
+function table (title, head, rows) {
+  const w = head.map((h, i) => Math.max(h.length, ...rows.map(r => String(r[i]).length)))
+  const line = (cells) => cells.map((c, i) => i === 0 ? String(c).padEnd(w[i]) : String(c).padStart(w[i])).join('  ')
+  return [`\n${title}`, line(head), w.map(n => '-'.repeat(n)).join('  '), ...rows.map(line)].join('\n')
+}
+
+function targets (r) {
+  const t = []
+  const add = (name, value, unit, goal, ok, best) => t.push({ target: name, value, unit, goal, met: value === null || value === undefined ? null : ok, bestRound: best ?? null })
+  const host = r.sequential?.find(x => x.name === 'host')
+  if (host) add('sequential round trip, host, median', host.medianUs, 'µs', '≤ 3', host.medianUs <= 3, Math.min(...host.roundMediansUs))
+  const p = r.pipelined?.find(x => x.name === 'host' && x.depth === 1024)
+  if (p) add('pipelined host, 1024 in flight', p.callsPerSec, 'calls/s', '≥ 3 M', p.callsPerSec >= 3e6, Math.max(...p.roundCallsPerSec))
+  const cs = r.callSync?.find(x => x.name === 'callSync')
+  if (cs) add('callSync, 64 B', cs.nsPerCall, 'ns', '≤ 150', cs.nsPerCall <= 150, Math.min(...cs.roundNs))
+  const ws = r.reload?.watched?.cases?.shadow
+  if (ws) add('shadow swap, file settled → serving, median', ws.medianMs, 'ms', '≤ 1', ws.medianMs <= 1)
+  const sh = r.reload?.strategies?.shadow
+  if (sh) add('  (reload() call → serving, no settle window)', sh.medianMs, 'ms', '≤ 1', sh.medianMs <= 1)
+  if (r.storm) add('throughput during reload storm', r.storm.ratio * 100, '% of steady', '≥ 90', r.storm.ratio >= 0.9)
+  if (r.spin) {
+    const worst = Math.max(...r.spin.map(x => x.idleCpuPct))
+    add('idle CPU after calls stop (worst setting)', worst, '% of a core', '~0 (≤ 1)', worst <= 1)
+  }
+  return t
+}
+
+function render (r) {
+  const out = []
+  const m = r.meta
+  out.push(`dlhost benchmarks — node ${m.node}, ${m.cpus} CPU(s) (${m.cpuModel}), load avg ${m.loadavgStart.join(' ')} → ${m.loadavgEnd.join(' ')}`)
+  out.push(`${m.rounds} rounds × ${m.roundMs} ms per subject, interleaved; median of round medians, ratio = median over rounds of subject/peer`)
+  if (r.sequential) {
+    out.push(table('1. Sequential round trip, 64 B echo (await call() in a loop)',
+      ['subject', 'median µs', 'p99 µs', '× setImmediate', '× async_work', 'round medians µs'],
+      r.sequential.map(x => [x.name, fmt(x.medianUs), fmt(x.p99Us), fmt(x.vsSetImmediate), fmt(x.vsAsyncWork), x.roundMediansUs.map(v => fmt(v, 1)).join(' ')])))
+  }
+  if (r.pipelined) {
+    out.push(table('2. Pipelined throughput, 64 B echo (CPU ns per call: JS thread / all other threads; ceiling = 1e9 / JS ns)',
+      ['subject', 'in flight', 'calls/s', '× async_work', 'JS ns/call', 'other ns/call', 'JS-bound ceiling', 'failed', 'rounds'],
+      r.pipelined.map(x => [x.name, x.depth, big(x.callsPerSec), fmt(x.vsAsyncWork), x.jsThreadNsPerCall, x.otherThreadsNsPerCall, big(x.jsBoundCeiling), x.failed, x.roundCallsPerSec.map(big).join(' | ')])))
+  }
+  if (r.issueNsPerCall) {
+    out.push(`   issuing a call (call(): submit + promise, no completion): ${Object.entries(r.issueNsPerCall).map(([k, v]) => `${k} ${v} ns`).join(', ')} of JS-thread time per call`)
+  }
+  if (r.callSync) {
+    out.push(table('3. callSync, 64 B Buffer (tight loop)',
+      ['subject', 'ns/call', '× N-API noop', '× N-API echoSync', 'rounds ns'],
+      r.callSync.map(x => [x.name, fmt(x.nsPerCall, 1), fmt(x.vsNoop), fmt(x.vsEchoSync), x.roundNs.map(v => fmt(v, 0)).join(' ')])))
+  }
+  if (r.napiBlocks) {
+    out.push(table('   building blocks, JS thread (tight loop)', ['operation', 'ns'], r.napiBlocks.map(x => [x.name, fmt(x.ns, 1)])))
+  }
+  const spinTable = (title, rows) => {
+    const abis = ['host', 'native'].filter(a => rows[0][a])
+    const idle = rows[0].idleCpuPct !== undefined
+    return table(title,
+      ['setting (js / poller)', ...abis.flatMap(a => [`${a} med µs`, `${a} p99 µs`, `${a} × setImm`, `${a} busy CPU%`]), ...(idle ? ['idle CPU%'] : [])],
+      rows.map(x => [x.setting, ...abis.flatMap(a => [fmt(x[a].medianUs), fmt(x[a].p99Us), fmt(x[a].vsSetImmediate), x[a].busyCpuPct]), ...(idle ? [fmt(x.idleCpuPct, 2)] : [])]))
+  }
+  if (r.spin) {
+    out.push(spinTable('Spin knobs: setSpin(jsSpinNs, pollerSpinNs), sequential round trip (busy CPU: whole process, 100 = one core)', r.spin))
+    if (r.spinBest) out.push(`best for host-driven latency: ${r.spinBest}`)
+  }
+  if (r.spinOneCpu) out.push(spinTable('Spin knobs, process pinned to ONE CPU (taskset -c 0): JS thread and poll thread share a core', r.spinOneCpu))
+  if (r.reload) {
+    const s = r.reload.strategies
+    out.push(table(`4. Reload latency (reload() on a ${r.reload.soBytes}-byte host-driven plugin, ${r.reload.swaps} swaps)`,
+      ['strategy', 'median ms', 'p90 ms', 'min ms', 'max ms', "'reload' ev ms", 'first call µs', 'old retired ms'],
+      Object.entries(s).map(([k, x]) => [k, fmt(x.medianMs, 3), fmt(x.p90Ms, 3), fmt(x.minMs, 3), fmt(x.maxMs, 3), fmt(x.eventMedianMs, 3), fmt(x.firstCallUs, 1), fmt(x.retireMs, 3)])))
+    const w = r.reload.watched
+    if (w) {
+      out.push(table(`   watched: file replaced (rename), settled after ${w.settleMs} ms, 'reload' event ms = settled → new version serving`,
+        ['case', 'median ms', 'p90 ms', 'min ms', 'max ms', 'prepared', 'first call µs'],
+        Object.entries(w.cases).map(([k, x]) => [k, fmt(x.medianMs, 3), fmt(x.p90Ms, 3), fmt(x.minMs, 3), fmt(x.maxMs, 3), x.prepared, fmt(x.firstCallUs, 1)])))
+    }
+    const b = r.reload.breakdown
+    const st = b.snapshotSteps
+    out.push(table('   breakdown (each timed alone, median ms)',
+      ['step', 'ms', 'what'],
+      [
+        ['snapshot', fmt(b.snapshotMs, 3), 'CopyStore.snapshot: read + sha256 + write + fsync (threadpool) + read back + verify'],
+        ['  read', fmt(st.readMs, 3), 'open + fstat + read + fstat + close (synchronous)'],
+        ['  sha256', fmt(st.sha256Ms, 3), 'hash of the bytes'],
+        ['  write', fmt(st.writeMs, 3), 'open O_EXCL + fchmod + write'],
+        ['  fsync', fmt(st.fsyncMs, 3), 'fsync of the copy (here synchronous; a reload overlaps it with verify + load)'],
+        ['  verify', fmt(st.verifyMs, 3), 'close + read back + sha256'],
+        ['validate', fmt(b.validateMs, 3), 'parseElf + checkHostCompatible + detectAbi'],
+        ['open()', fmt(b.openMs, 3), 'stat + realpath + facts (read, sha256, ELF) + dlopen'],
+        ['release()', fmt(b.releaseMs, 3), 'dlclose + verify unmapped'],
+        ['load()', fmt(b.loadMs, 3), 'open() + Runtime + poll thread + dlhost_open + init event'],
+        ['load(), maxQueue 1024', fmt(b.loadSmallQueueMs, 3), 'the same with a 16 KiB request ring instead of 1 MiB'],
+        ['unload()', fmt(b.unloadMs, 3), 'close queue, poll thread exits, dlclose, verify, event'],
+        ['isMapped', fmt(b.isMappedMs, 3), 'dl_iterate_phdr by path'],
+        ['remove copy', fmt(b.removeMs, 3), 'unlink'],
+        ['lean prototype', fmt(b.leanMs, 3), 'sync read + sha256 + validate + write (no fsync/verify) + load(maxQueue 1024)'],
+        ['shadow rest', fmt(b.shadowRestMs, 3), 'shadow median − snapshot − validate − load (negative: the steps overlap)'],
+        ['drain rest', fmt(b.drainRestMs, 3), 'drain median − snapshot − validate − load − unload (negative: overlap)']
+      ]))
+  }
+  if (r.storm) {
+    const s = r.storm
+    out.push(table('5. Throughput during a reload storm (plugin.call, 256 in flight, shadow, 10 reloads/s)',
+      ['steady calls/s', 'storm calls/s', 'ratio', 'round ratios', 'reloads/window', 'failed calls', 'reload errors'],
+      [[big(s.steadyCallsPerSec), big(s.stormCallsPerSec), `${(s.ratio * 100).toFixed(1)}%`, s.roundRatios.map(x => fmt(x * 100, 0) + '%').join(' '), s.reloadsPerWindow.join(' '), s.failedCalls, s.reloadErrors]]))
+  }
+  const show = (v, t) => v === null ? '-' : t.unit === 'calls/s' ? big(v) : fmt(v, 2)
+  out.push(table('Targets (measured = median over rounds; best = best single round, the quiet-machine estimate)', ['target', 'measured', 'best round', 'goal', 'met'],
+    r.targets.map(t => [t.target, `${show(t.value, t)} ${t.unit}`, t.bestRound === null ? '-' : `${show(t.bestRound, t)} ${t.unit}`, `${t.goal} ${t.unit}`, t.met === null ? '-' : t.met ? 'yes' : 'NO'])))
+  return out.join('\n') + '\n'
+}
+
+module.exports = { render, targets }
