@@ -36,8 +36,8 @@ function benchCallSync (rts, peer) {
     const f = () => {}
     const blocks = [
       ['napi_create_buffer_copy(64) (callSync result)', () => peer.bufferCopy(64)],
-      ['napi_create_arraybuffer(64) (Drain, per batch)', () => peer.arrayBuffer(64)],
-      ['napi_make_callback(noop) (Drain, per batch)', () => peer.makeCallback(f)],
+      ['napi_create_arraybuffer(64) (Settle, per batch)', () => peer.arrayBuffer(64)],
+      ['napi_make_callback(noop) (Settle, per batch)', () => peer.makeCallback(f)],
       ['Buffer.from(arrayBuffer, off, 64) (per call)', (() => { const ab = new ArrayBuffer(8192); return () => Buffer.from(ab, 64, 64) })()],
       ['new Promise + resolve (per call)', () => { let res; const p = new Promise(resolve => { res = resolve }); res(REQ); return p }]
     ]
