@@ -545,7 +545,13 @@ export class LibraryWatcher extends EventEmitter<Events> {
     let cur: fs.Stats
     for (;;) {
       this.#emitSettling(t, prev)
+      // A timer fires by the loop's cached clock, which may be up to a loop
+      // turn behind: count the settle period on the real clock.
+      const since = performance.now()
       await this.#delay(this.settleMs)
+      for (let left = since + this.settleMs - performance.now(); left > 0 && !this.#closed; left = since + this.settleMs - performance.now()) {
+        await this.#delay(Math.ceil(left))
+      }
       if (this.#closed) return
       const st = await statOrNull(t.file)
       if (st === null || this.#closed) return
