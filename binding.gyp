@@ -9,6 +9,7 @@
       "sources": [
         "csrc/addon.cc",
         "csrc/registry.cc",
+        "csrc/owner_thread.cc",
         "csrc/library_wrap.cc",
         "csrc/js_util.cc",
         "csrc/runtime_core.cc",
@@ -24,6 +25,7 @@
         "NAPI_VERSION=8",
         "NODE_ADDON_API_DISABLE_DEPRECATED",
         "NAPI_CPP_EXCEPTIONS",
+        "NODE_ADDON_API_CPP_EXCEPTIONS_ALL",
         "NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS"
       ],
       "cflags!": ["-fno-exceptions"],

@@ -52,6 +52,15 @@ Napi::Value Identify(const Napi::CallbackInfo &info) {
   return o;
 }
 
+// configure(maxBufferLength): what lib/binding.ts tells the addon once.
+Napi::Value Configure(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsNumber()) throw Napi::TypeError::New(env, "configure(maxBufferLength: number)");
+  double n = info[0].As<Napi::Number>().DoubleValue();
+  if (n >= 1) EnvState::Of(env)->max_body = size_t(n);
+  return env.Undefined();
+}
+
 Napi::Object Constants(Napi::Env env) {
   Napi::Object c = Napi::Object::New(env);
   c.Set("SLOT_STRIDE", double(kSlotStride));
@@ -61,6 +70,8 @@ Napi::Object Constants(Napi::Env env) {
   c.Set("ABORTED_LEN", double(kAbortedLen));
   c.Set("BIG_OFFSET", double(kBigOffset));
   c.Set("SYNC_BIG_OFFSET", double(kSyncBigOffset));
+  c.Set("TOO_LARGE_OFFSET", double(kTooLargeOffset));
+  c.Set("SYNC_TOO_LARGE_OFFSET", double(kSyncTooLargeOffset));
   c.Set("SUBMIT_CLOSED", double(kSubmitClosed));
   c.Set("ABI_HOST", double(Abi::kHost));
   c.Set("ABI_NATIVE", double(Abi::kNative));
@@ -89,6 +100,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("libraries", Napi::Function::New<Libraries>(env, "libraries"));
   exports.Set("isMapped", Napi::Function::New<IsMapped>(env, "isMapped"));
   exports.Set("identify", Napi::Function::New<Identify>(env, "identify"));
+  exports.Set("configure", Napi::Function::New<Configure>(env, "configure"));
   exports.Set("abiVersion", Napi::Number::New(env, DLHOST_ABI_VERSION));
   exports.Set("constants", Constants(env));
   return exports;

@@ -75,8 +75,9 @@ void RuntimeWrap::SettleJs() {
     Napi::HandleScope scope(env);
     size_t small_total = 0;
     bool any_big = false;
+    const size_t max_body = EnvState::Of(env)->max_body;
     for (Task *t = list; t; t = t->cq_next.load(std::memory_order_relaxed)) {
-      if (t->rsp_len == Task::kAbortedRsp) continue;
+      if (t->rsp_len == Task::kAbortedRsp || t->rsp_len > max_body) continue;
       if (t->rsp_len >= kBigResponse)
         any_big = true;
       else
@@ -108,6 +109,9 @@ void RuntimeWrap::SettleJs() {
       if (t->rsp_len == Task::kAbortedRsp) {
         m[2] = 0;
         m[3] = kAbortedLen;
+      } else if (t->rsp_len > max_body) {
+        m[2] = kTooLargeOffset;  // freed below, once
+        m[3] = 0;
       } else if (t->rsp_len >= kBigResponse) {
         // Zero copy: the plugin's malloc'd buffer becomes the Buffer.
         bigs.Set(uint32_t(i), ExternalBody(env, t->rsp, t->rsp_len));
@@ -196,7 +200,11 @@ void RuntimeWrap::RunSync(Napi::Env env, const JsRequest &r) {
   if (!rsp) rsp_len = 0;
   if (!sync_meta_) EnsureSyncMeta(env);
   int32_t *m = sync_meta_;
-  if (rsp_len > kBigSyncResponse) {
+  if (rsp_len > EnvState::Of(env)->max_body) {
+    free(rsp);
+    m[1] = kSyncTooLargeOffset;
+    rsp_len = 0;
+  } else if (rsp_len > kBigSyncResponse) {
     // Big: the plugin's buffer becomes the Buffer (zero copy).
     big_ = Napi::Persistent(ExternalBody(env, rsp, rsp_len));
     m[1] = kSyncBigOffset;

@@ -17,10 +17,12 @@ constexpr uint32_t kChunkBits = 8;
 constexpr uint32_t kChunkSlots = 1u << kChunkBits;  // slots per grow()
 
 // ---- completion meta [id, rc, offset, length] sentinels
-constexpr int32_t kAbortedLen = -1;  // length: never answered (threads gone)
-constexpr int32_t kBigOffset = -2;   // offset: body handed over as its own Buffer
+constexpr int32_t kAbortedLen = -1;      // length: never answered (threads gone)
+constexpr int32_t kBigOffset = -2;       // offset: body handed over as its own Buffer
+constexpr int32_t kTooLargeOffset = -3;  // offset: answer longer than a Buffer can be
 // callSync meta [generation, offset, length, rc]: offset of a big answer
 constexpr int32_t kSyncBigOffset = -1;
+constexpr int32_t kSyncTooLargeOffset = -3;
 // submit() result: the runtime is closed
 constexpr int32_t kSubmitClosed = -2;
 

@@ -11,11 +11,17 @@
 
 #include <napi.h>
 
+#include <cstddef>
+
 namespace dlhost {
 
 struct EnvState {
   // `class Library` of this environment, to check that an argument is one.
   Napi::FunctionReference library_class;
+  // The longest Buffer this Node makes (buffer.constants.MAX_LENGTH, set by
+  // lib/binding.ts through configure()): a longer answer is refused, freed
+  // once, instead of failing inside napi_create_external_buffer.
+  size_t max_body = size_t(1) << 32;
 
   static EnvState *Of(Napi::Env env) { return env.GetInstanceData<EnvState>(); }
 };

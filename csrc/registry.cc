@@ -149,11 +149,26 @@ EntryPtr Registry::Open(const std::string &path, uint32_t flags) {
                         "first, or use reloadable(), which loads private copies)",
                     ""};
   int mode = (flags & kLazy ? RTLD_LAZY : RTLD_NOW) | (flags & kGlobal ? RTLD_GLOBAL : RTLD_LOCAL);
-  dlerror();
-  void *h = dlopen(resolved, mode);
+  std::shared_ptr<OwnerThread> owner;
+  try {
+    owner = std::make_shared<OwnerThread>();
+  } catch (const std::exception &ex) {
+    throw LoadError{"ERR_RESOURCE", "cannot start a thread for '" + path + "': " + ex.what(),
+                    ex.what()};
+  }
+  void *h = nullptr;
+  std::string lm;
+  // The library's constructors run on its owner thread, as its init will.
+  owner->Run([&] {
+    dlerror();
+    h = dlopen(resolved, mode);
+    if (!h) {
+      const char *msg = dlerror();
+      lm = msg ? msg : "unknown dlopen error";
+    }
+  });
   if (!h) {
-    const char *msg = dlerror();
-    std::string lm = msg ? msg : "unknown dlopen error";
+    owner->Finish([] {});
     throw LoadError{"ERR_DLOPEN", "dlopen '" + path + "' failed: " + lm, lm};
   }
   if (!e) {
@@ -164,6 +179,7 @@ EntryPtr Registry::Open(const std::string &path, uint32_t flags) {
   }
   // A stuck entry (dlclose'd but still mapped) comes back to life here.
   e->handle = h;
+  e->owner = std::move(owner);
   e->dlclosed = false;
   e->refs = 1;
   e->pinned = e->pinned || (flags & kPin);
@@ -177,7 +193,16 @@ ReleaseResult Registry::MaybeClose(const EntryPtr &e) {
     r.mapped = IsMapped(e->id.real_path);
     return r;
   }
-  dlclose(e->handle);
+  void *h = e->handle;
+  std::shared_ptr<OwnerThread> owner = std::move(e->owner);
+  if (owner && !owner->OnOwner()) {
+    // dlclose on the thread that opened it, then that thread exits (its
+    // thread_local destructors run) before the unmapping is measured.
+    owner->Finish([h] { dlclose(h); });
+  } else {
+    // Never reached: nothing releases a library from its own owner thread.
+    dlclose(h);
+  }
   e->handle = nullptr;
   e->dlclosed = true;
   r.dlclosed = true;
@@ -217,6 +242,30 @@ void *Registry::Symbol(const EntryPtr &e, const char *name) {
 void Registry::Pin(const EntryPtr &e) {
   std::lock_guard<std::mutex> lock(mu_);
   e->pinned = true;
+}
+
+void Registry::RunOnOwner(const EntryPtr &e, const std::function<void()> &fn) {
+  std::shared_ptr<OwnerThread> owner;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    owner = e->owner;
+  }
+  if (owner)
+    owner->Run(fn);
+  else
+    fn();
+}
+
+void Registry::PostOnOwner(const EntryPtr &e, std::function<void()> fn) {
+  std::shared_ptr<OwnerThread> owner;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    owner = e->owner;
+  }
+  if (owner)
+    owner->Post(std::move(fn));
+  else
+    fn();
 }
 
 void Registry::MarkThreadsStuck(const EntryPtr &e) {

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "constants.h"
+#include "owner_thread.h"
 
 namespace dlhost {
 
@@ -57,6 +58,9 @@ struct LibEntry {
   // A runtime's plugin threads outlived its unload: the runtime's reference is
   // kept for ever (never unmapped under a running thread).
   bool threads_stuck = false;
+  // The thread that dlopen'ed it, runs plugin init/close, and will dlclose
+  // it (owner_thread.h); null once dlclose'd.
+  std::shared_ptr<OwnerThread> owner;
 };
 
 using EntryPtr = std::shared_ptr<LibEntry>;
@@ -91,6 +95,10 @@ class Registry {
   void Pin(const EntryPtr &e);
   // A runtime's plugin threads never left: its reference stays, say why.
   void MarkThreadsStuck(const EntryPtr &e);
+  // Runs fn on the library's owner thread, waiting for it (Run) or not
+  // (Post). Only while the caller holds a reference (the library is open).
+  void RunOnOwner(const EntryPtr &e, const std::function<void()> &fn);
+  void PostOnOwner(const EntryPtr &e, std::function<void()> fn);
 
   std::vector<Row> Snapshot();
   Row RowOf(const EntryPtr &e);

@@ -1,6 +1,7 @@
 // runtime_core.cc: the threads of a runtime. Thread map:
-//   JS thread      : Grow, SubmitBatch, TakeCompletions, StartHost,
-//                    InitPluginDriven, BeginUnload (runtime_wrap.cc calls them)
+//   JS thread      : Grow, SubmitBatch, TakeCompletions, Start, BeginUnload,
+//                    ReapNow (runtime_wrap.cc calls them)
+//   owner thread   : the library's (owner_thread.h): plugin init and close
 //   host poll      : one detached std::thread per host-driven runtime (HostLoop)
 //   plugin threads : the plugin's own (Poll, PollBatch, Respond; host_abi.cc)
 //   reaper         : one detached std::thread per unloading plugin-driven
@@ -48,7 +49,7 @@ void Task::Reset() {
   state.store(kFree, std::memory_order_release);
 }
 
-RuntimeCore::RuntimeCore(EntryPtr e, Abi a, size_t mq, uint64_t unload_timeout)
+RuntimeCore::RuntimeCore(EntryPtr e, Abi a, size_t mq, int64_t unload_timeout)
     : entry(std::move(e)),
       abi(a),
       serial(next_core_serial++),
@@ -137,7 +138,12 @@ void RuntimeCore::RecordPoller() {
   tls_last_core = serial;
   pid_t tid = pid_t(syscall(SYS_gettid));
   std::lock_guard<std::mutex> lock(tids_mu_);
-  if (std::find(tids_.begin(), tids_.end(), tid) == tids_.end()) tids_.push_back(tid);
+  try {
+    if (std::find(tids_.begin(), tids_.end(), tid) == tids_.end()) tids_.push_back(tid);
+  } catch (const std::bad_alloc &) {
+    // Unrecorded, this thread is not waited for: keep the library for ever.
+    untracked_pollers = true;
+  }
 }
 
 size_t RuntimeCore::Pollers() {
@@ -200,51 +206,48 @@ void FinishUnload(const std::shared_ptr<RuntimeCore> &core, bool release) {
   core->Ring();
 }
 
-// Host-driven: dlhost's own poll thread.
-void HostLoop(std::shared_ptr<RuntimeCore> core, std::string cfg) {
-  bool ok = true;
-  if (core->open_fn) {
-    core->state = core->open_fn(cfg.c_str(), cfg.size());
-    ok = core->state != nullptr;
-  }
-  core->init_rc = ok ? 0 : -1;
-  core->init_state.store(ok ? RuntimeCore::kInitOk : RuntimeCore::kInitFailed);
-  core->Ring();
-  if (ok) {
-    Task *batch[64];
-    for (;;) {
-      size_t n = core->requests.pop_batch(batch, 64);
-      if (n == 0) break;
-      for (size_t i = 0; i < n; i++) {
-        Task *t = batch[i];
-        t->state.store(Task::kTaken, std::memory_order_relaxed);
-        void *rsp = nullptr;
-        size_t len = 0;
-        int rc = core->handle_fn(core->state, t->req, t->req_len, &rsp, &len);
-        RuntimeCore::Respond(t, rc, rsp, len);
-      }
+// Host-driven: dlhost's own poll thread, started by the init task.
+void HostLoop(std::shared_ptr<RuntimeCore> core) {
+  Task *batch[64];
+  for (;;) {
+    size_t n = core->requests.pop_batch(batch, 64);
+    if (n == 0) break;
+    for (size_t i = 0; i < n; i++) {
+      Task *t = batch[i];
+      t->state.store(Task::kTaken, std::memory_order_relaxed);
+      void *rsp = nullptr;
+      size_t len = 0;
+      int rc = core->handle_fn(core->state, t->req, t->req_len, &rsp, &len);
+      RuntimeCore::Respond(t, rc, rsp, len);
     }
-    if (core->close_fn) core->close_fn(core->state);
-  } else {
-    core->requests.close();
-    AbortLeftovers(*core);
+  }
+  if (core->close_fn) {
+    RuntimeCore *c = core.get();
+    Registry::Get().RunOnOwner(core->entry, [c] { c->close_fn(c->state); });
   }
   FinishUnload(core, true);
 }
 
 // Plugin-driven: wait (bounded) for every thread that polled to exit.
 void Reap(std::shared_ptr<RuntimeCore> core) {
-  const uint64_t deadline = monotonic_ns() + core->unload_timeout_ms * 1000000ull;
+  const bool bounded = core->unload_timeout_ms >= 0;
+  const uint64_t deadline =
+      bounded ? monotonic_ns() + uint64_t(core->unload_timeout_ms) * 1000000ull : 0;
   uint64_t nap_us = 50;
   bool stuck = false;
   for (;;) {
     // Init succeeded but no thread was handed the end yet: the plugin's
     // threads may not have polled (or even started); their code may run.
-    bool alive = core->init_state.load() == RuntimeCore::kInitOk && core->ends.load() == 0;
-    for (pid_t tid : core->PollerTids())
-      if (ThreadAlive(tid)) alive = true;
+    bool alive = (core->init_state.load() == RuntimeCore::kInitOk && core->ends.load() == 0) ||
+                 core->untracked_pollers.load();
+    try {
+      for (pid_t tid : core->PollerTids())
+        if (ThreadAlive(tid)) alive = true;
+    } catch (const std::bad_alloc &) {
+      alive = true;  // can't tell: wait on (bounded)
+    }
     if (!alive) break;
-    if (monotonic_ns() > deadline) {
+    if (bounded && monotonic_ns() > deadline) {
       stuck = true;
       break;
     }
@@ -267,38 +270,86 @@ void Reap(std::shared_ptr<RuntimeCore> core) {
 
 }  // namespace
 
-void RuntimeCore::StartHost(const std::shared_ptr<RuntimeCore> &core, std::string cfg) {
-  std::thread(HostLoop, core, std::move(cfg)).detach();
+// A reaper for this runtime; with no thread to be had, reap here (bounded
+// by unloadTimeoutMs).
+static void StartReaper(const std::shared_ptr<RuntimeCore> &core) {
+  try {
+    std::thread(Reap, core).detach();
+  } catch (const std::exception &) {
+    Reap(core);
+  }
 }
 
-int RuntimeCore::InitPluginDriven(const std::string &cfg) {
-  // Init runs on a short-lived thread that is joined: thread-local state the
-  // plugin creates there (Rust's std::thread registers some) dies with that
-  // thread instead of pinning the library to the JS thread forever.
-  int rc = 0;
-  std::thread([this, &cfg, &rc] {
-    if (abi == Abi::kNative) {
-      rc = init_fn(cfg.c_str(), cfg.size(), &q);
-    } else {
-      // lua-resty-ffi: a mutable NUL-terminated copy, freed after init returns.
-      char *copy = static_cast<char *>(malloc(cfg.size() + 1));
-      memcpy(copy, cfg.data(), cfg.size());
-      copy[cfg.size()] = 0;
-      rc = lua_init_fn(copy, &q);
-      free(copy);
+void RuntimeCore::Start(const std::shared_ptr<RuntimeCore> &core, std::string cfg) {
+  Registry::Get().PostOnOwner(core->entry, [core, cfg = std::move(cfg)] {
+    RuntimeCore &c = *core;
+    int rc = 0;
+    switch (c.abi) {
+      case Abi::kHost:
+        if (c.open_fn) {
+          c.state = c.open_fn(cfg.c_str(), cfg.size());
+          if (!c.state) {
+            rc = -1;
+            c.init_failure = kOpenNull;
+          }
+        }
+        break;
+      case Abi::kNative: rc = c.init_fn(cfg.c_str(), cfg.size(), &c.q); break;
+      case Abi::kLua: {
+        // lua-resty-ffi: a mutable NUL-terminated copy, freed after init returns.
+        char *copy = static_cast<char *>(malloc(cfg.size() + 1));
+        if (!copy) {
+          rc = -1;
+          c.init_failure = kNoResource;
+          break;
+        }
+        memcpy(copy, cfg.data(), cfg.size());
+        copy[cfg.size()] = 0;
+        rc = c.lua_init_fn(copy, &c.q);
+        free(copy);
+        break;
+      }
     }
-  }).join();
-  init_rc = rc;
-  init_state.store(rc == 0 ? kInitOk : kInitFailed);
-  return rc;
+    bool ok = rc == 0;
+    if (ok && c.abi == Abi::kHost) {
+      try {
+        std::thread(HostLoop, core).detach();
+      } catch (const std::exception &) {
+        if (c.close_fn) c.close_fn(c.state);
+        c.init_failure = kNoResource;
+        ok = false;
+        rc = -1;
+      }
+    }
+    c.init_rc = rc;
+    c.init_state.store(ok ? kInitOk : kInitFailed);
+    if (!ok) {
+      // Nothing will run: abort what is queued and drop the library, on a
+      // reaper (the release needs this thread free), else from the JS
+      // thread's next settle.
+      c.unload_state.store(kClosing);
+      c.requests.close();
+      try {
+        std::thread(Reap, core).detach();
+      } catch (const std::exception &) {
+        c.reap_later = true;
+      }
+    }
+    c.Ring();
+  });
 }
 
 void RuntimeCore::BeginUnload(const std::shared_ptr<RuntimeCore> &core) {
   int expect = kRunning;
   if (!core->unload_state.compare_exchange_strong(expect, kClosing)) return;
   core->requests.close();
-  // Host-driven: the poll thread finishes the queue and drops the library.
-  if (core->abi != Abi::kHost) std::thread(Reap, core).detach();
+  // Host-driven: the poll thread (or, while init runs, the init task)
+  // finishes the queue and drops the library.
+  if (core->abi != Abi::kHost) StartReaper(core);
+}
+
+void RuntimeCore::ReapNow(const std::shared_ptr<RuntimeCore> &core) {
+  if (core->reap_later.exchange(false)) Reap(core);
 }
 
 }  // namespace dlhost

@@ -65,7 +65,7 @@ namespace dlhost {
 // threads never left is leaked on purpose (they may still call into it).
 class RuntimeCore {
  public:
-  RuntimeCore(EntryPtr entry, Abi abi, size_t max_queue, uint64_t unload_timeout_ms);
+  RuntimeCore(EntryPtr entry, Abi abi, size_t max_queue, int64_t unload_timeout_ms);
   ~RuntimeCore();
 
   // Resolves the ABI's entry points (JS thread, before Start). Returns the
@@ -79,17 +79,17 @@ class RuntimeCore {
   long SubmitBatch(Task *const *tasks, size_t n);
   Task *TakeCompletions();  // FIFO list via cq_next
   Task *Slot(uint32_t id) { return &chunks[id >> kChunkBits][id & (kChunkSlots - 1)]; }
-  // Host-driven: starts the poll thread, which runs dlhost_open and reports
-  // through init_state + Ring(). Throws std::system_error when no thread can
-  // be made.
-  static void StartHost(const std::shared_ptr<RuntimeCore> &core, std::string cfg);
-  // Plugin-driven (native, lua-resty-ffi): runs init on a short-lived thread
-  // and waits for it; returns init's rc.
-  int InitPluginDriven(const std::string &cfg);
+  // Runs the plugin's init (dlhost_open, dlhost_init or libffi_init) on the
+  // library's owner thread and returns at once; the result comes through
+  // init_state + Ring(). Host-driven: on success the owner thread starts the
+  // poll thread. A failed init unloads the runtime (reaper).
+  static void Start(const std::shared_ptr<RuntimeCore> &core, std::string cfg);
   // The one unload path: closes the queue (the sentinel); the host poll
   // thread or, for plugin-driven runtimes, a reaper then drops the library.
   // Idempotent.
   static void BeginUnload(const std::shared_ptr<RuntimeCore> &core);
+  // JS thread: a failed init found no thread for its reaper; reap here.
+  static void ReapNow(const std::shared_ptr<RuntimeCore> &core);
 
   // ---- any thread
   void Complete(Task *t);  // into the completion queue, ring if needed
@@ -133,7 +133,13 @@ class RuntimeCore {
   // them was handed the end, its code may still be about to run.
   std::atomic<uint64_t> ends{0};
   std::atomic<uint64_t> aborted{0};
-  const uint64_t unload_timeout_ms;
+  const int64_t unload_timeout_ms;  // < 0: no limit
+  // Why init failed when it is not an init rc: no thread (or memory) could
+  // be had, or dlhost_open returned NULL.
+  enum InitFailure : int { kPluginRc = 0, kNoResource = 1, kOpenNull = 2 };
+  std::atomic<int> init_failure{kPluginRc};
+  std::atomic<bool> reap_later{false};
+  std::atomic<bool> untracked_pollers{false};
 
   // Slots (JS thread only, except that workers read Task contents).
   std::vector<std::unique_ptr<Task[]>> chunks;

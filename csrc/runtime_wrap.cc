@@ -81,6 +81,7 @@ void RuntimeWrap::Detach() {
   env_gone_ = true;
   BeginUnload();
   StopHandles();
+  DropJs();
 }
 
 void RuntimeWrap::BeginUnload() {
@@ -89,26 +90,23 @@ void RuntimeWrap::BeginUnload() {
   RuntimeCore::BeginUnload(core_);
 }
 
-// start(cfg: Buffer) -> null (host-driven: init result comes as an event) | rc
+// start(cfg: Buffer): init runs on the library's owner thread; its result
+// comes as an 'init' event.
 Napi::Value RuntimeWrap::Start(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   if (!info[0].IsBuffer()) throw Napi::TypeError::New(env, "start(cfg: Buffer)");
   auto buf = info[0].As<Napi::Buffer<char>>();
   std::string cfg(buf.Data(), buf.Length());
   referenced_ = false;
-  if (core_->abi == Abi::kHost) {
-    RuntimeCore::StartHost(core_, std::move(cfg));
-    StartSpin();  // init is answered in ~µs: don't pay a futex wake for it
-    UpdateLoopRef();
-    return env.Null();
-  }
-  int rc = core_->InitPluginDriven(cfg);
-  init_reported_ = true;
-  if (rc != 0) {
+  try {
+    RuntimeCore::Start(core_, std::move(cfg));
+  } catch (const std::exception &e) {
     BeginUnload();
-    UpdateLoopRef();
+    ThrowCoded(env, "ERR_RESOURCE", std::string("cannot start the plugin's init: ") + e.what());
   }
-  return Napi::Number::New(env, rc);
+  StartSpin();  // a quick init is answered in ~µs: don't pay a futex wake for it
+  UpdateLoopRef();
+  return env.Null();
 }
 
 // submit(staged: Int32Array [slot, len] * count, count) -> how many were
@@ -161,7 +159,12 @@ Napi::Value RuntimeWrap::Submit(const Napi::CallbackInfo &info) {
 // outlives every JS reference to it (the wrapper holds the core).
 Napi::Value RuntimeWrap::Grow(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
-  uint32_t c = core_->Grow();
+  uint32_t c;
+  try {
+    c = core_->Grow();
+  } catch (const std::bad_alloc &) {
+    ThrowCoded(env, "ERR_RESOURCE", "out of memory for more call slots");
+  }
   return Napi::ArrayBuffer::New(env, core_->areas[c].get(), kChunkSlots * kSlotStride);
 }
 
@@ -247,8 +250,7 @@ void RuntimeWrap::OnBell(uv_async_t *h) { static_cast<RuntimeWrap *>(h->data)->S
 
 void RuntimeWrap::UpdateLoopRef() {
   if (!bell_) return;
-  bool want = Pending() > 0 || (unloading_ && !unload_reported_) ||
-              (!init_reported_ && core_->abi == Abi::kHost);
+  bool want = Pending() > 0 || (unloading_ && !unload_reported_) || !init_reported_;
   if (want == referenced_) return;
   referenced_ = want;
   if (want)
@@ -278,7 +280,26 @@ void RuntimeWrap::DeliverLifecycle() {
     o.Set("aborted", double(core_->aborted.load()));
     StopHandles();
     CallJs(on_event_, {Napi::String::New(env, "unloaded"), o});
+    DropJs();
   }
+}
+
+// After the last event nothing calls JS again: drop every strong reference
+// to JS values (the callbacks close over the TypeScript Runtime, which holds
+// this wrapper: kept, they would make an unloaded runtime immortal).
+void RuntimeWrap::DropJs() {
+  on_complete_.Reset();
+  on_event_.Reset();
+  meta_ref_.Reset();
+  meta_ = nullptr;
+  meta_cap_ = 0;
+  completion_slab_.Reset();
+  sync_meta_ref_.Reset();
+  sync_meta_ = nullptr;
+  sync_slab_.Reset();
+  big_.Reset();
+  counters_ref_.Reset();
+  counters_ = nullptr;
 }
 
 void RuntimeWrap::StopHandles() {

@@ -4,6 +4,7 @@
  * Every function here runs on the calling JS thread.
  */
 import path from 'path'
+import { constants } from 'buffer'
 import nodeGypBuild from 'node-gyp-build'
 
 /** What a library is: the file behind the real path when it was opened. */
@@ -62,6 +63,10 @@ export interface NativeConstants {
   BIG_OFFSET: number
   /** callSync meta offset of a big answer (takeBig()). */
   SYNC_BIG_OFFSET: number
+  /** Completion meta offset of an answer longer than a Buffer can be (freed, refused). */
+  TOO_LARGE_OFFSET: number
+  /** The same for callSync. */
+  SYNC_TOO_LARGE_OFFSET: number
   /** submit() result when the runtime is closed. */
   SUBMIT_CLOSED: number
   ABI_HOST: number
@@ -89,7 +94,9 @@ export interface NativeUnloadInfo {
   aborted: number
 }
 
-export type EventCallback = ((kind: 'init', rc: number) => void) & ((kind: 'unloaded', info: NativeUnloadInfo) => void)
+/** Why an init failed: its rc, no thread or memory to be had, or dlhost_open returned NULL. */
+export type InitFailure = 'rc' | 'resource' | 'open-null'
+export type EventCallback = (kind: string, info: number | NativeUnloadInfo, failure?: InitFailure) => void
 
 export interface NativeStats {
   queued: number
@@ -100,8 +107,8 @@ export interface NativeStats {
 
 /** One runtime: request queue, poll thread(s), completion doorbell. */
 export interface NativeRuntime {
-  /** null: host-driven, init result arrives as an 'init' event; else init's rc. */
-  start (cfg: Buffer): number | null
+  /** Starts init on the library's owner thread; its result arrives as an 'init' event. */
+  start (cfg: Buffer): null
   /**
    * Queues staged calls: `staged` holds [slot, len] pairs, len being the
    * bytes the JS side wrote into the slot's inline area (NUL after them) or
@@ -139,13 +146,16 @@ export interface NativeBinding {
   constants: NativeConstants
   Library: new (path: string, flags: number) => NativeLibrary
   Runtime: new (library: NativeLibrary, abi: number, maxQueue: number,
-    onComplete: CompleteCallback, onEvent: (kind: string, info: number | NativeUnloadInfo) => void,
+    onComplete: CompleteCallback, onEvent: EventCallback,
     unloadTimeoutMs: number) => NativeRuntime
   libraries (): NativeRow[]
   isMapped (path: string): boolean
   /** The identity open() would give the file now (realpath + stat). */
   identify (path: string): NativeIdentity
+  /** Tells the addon buffer.constants.MAX_LENGTH (once, at load). */
+  configure (maxBufferLength: number): void
 }
 
 export const binding: NativeBinding = nodeGypBuild(path.join(__dirname, '..')) as NativeBinding
+binding.configure(constants.MAX_LENGTH)
 export const C: Readonly<NativeConstants> = binding.constants

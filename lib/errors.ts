@@ -25,6 +25,10 @@ export const codes = {
   ERR_CLOSED: 'ERR_CLOSED',
   ERR_COPY: 'ERR_COPY',
   ERR_INVALID_ARG: 'ERR_INVALID_ARG',
+  /** A thread (or memory) the operation needs could not be had. */
+  ERR_RESOURCE: 'ERR_RESOURCE',
+  /** A plugin's answer is larger than a Buffer can be (buffer.constants.MAX_LENGTH). */
+  ERR_RESPONSE_TOO_LARGE: 'ERR_RESPONSE_TOO_LARGE',
   /** The native side raised a code this table does not know: a dlhost bug. */
   ERR_INTERNAL: 'ERR_INTERNAL'
 } as const

@@ -149,6 +149,7 @@ export class Library {
   /** Does the library export `symbol`? Throws ERR_RELEASED after release(). */
   has (symbol: string): boolean {
     if (typeof symbol !== 'string') throw typeError('symbol must be a string')
+    if (symbol.includes('\0')) throw typeError('symbol must not contain NUL bytes')
     try { return this.native.has(symbol) } catch (err) { throw fromNative(err, this.path) }
   }
 

@@ -4,9 +4,12 @@
  * settles a whole batch of finished calls in one callback. JS thread only.
  */
 import { createHash } from 'crypto'
-import { binding, C, NativeRuntime, NativeStats, NativeUnloadInfo } from './binding'
+import { constants as bufferConstants } from 'buffer'
+import { binding, C, InitFailure, NativeIdentity, NativeRuntime, NativeStats, NativeUnloadInfo } from './binding'
 import { DlhostError, fromNative, rangeError, typeError } from './errors'
 import { KnownContent, Library, LibraryRow, LibraryVersion, open, rowOf } from './library'
+import { onAbort } from './events'
+import { requestLength } from './request'
 import { Abi, abiOf, ENTRY, isAbi, NO_ENTRY_MESSAGE } from './rules'
 
 export type { Abi } from './rules'
@@ -83,6 +86,7 @@ const INLINE = C.SLOT_INLINE
 const ABORTED_LEN = C.ABORTED_LEN
 const BIG_OFFSET = C.BIG_OFFSET
 const SYNC_BIG_OFFSET = C.SYNC_BIG_OFFSET
+const TOO_LARGE_OFFSET = C.TOO_LARGE_OFFSET
 // Calls staged in one turn are submitted together (one N-API call, one queue
 // enter/leave, at most one wake-up); a long burst is cut into batches this big
 // so the poll thread starts early.
@@ -91,9 +95,30 @@ const FLUSH_AT = 64
 export function cfgBuffer (cfg: Cfg): Buffer {
   if (cfg === undefined || cfg === null) return EMPTY
   if (typeof cfg === 'string') return Buffer.from(cfg)
-  if (cfg instanceof Uint8Array) return Buffer.from(cfg.buffer, cfg.byteOffset, cfg.byteLength)
-  if (typeof cfg === 'object') return Buffer.from(JSON.stringify(cfg))
-  throw typeError('cfg must be a string, a Buffer/Uint8Array, or an object (sent as JSON)')
+  if (cfg instanceof Uint8Array) {
+    requestLength(cfg) // a real, attached Uint8Array
+    return Buffer.from(cfg.buffer, cfg.byteOffset, cfg.byteLength)
+  }
+  if (typeof cfg !== 'object') throw typeError('cfg must be a string, a Buffer/Uint8Array, or an object (sent as JSON)')
+  let json: string | undefined
+  try {
+    json = JSON.stringify(cfg)
+  } catch (err) {
+    const e = typeError(`cfg cannot be sent as JSON: ${(err as Error)?.message ?? String(err)}`)
+    ;(e as Error).cause = err
+    throw e
+  }
+  if (typeof json !== 'string') throw typeError('cfg cannot be sent as JSON')
+  return Buffer.from(json)
+}
+
+/** The call's signal, checked before anything is submitted. */
+function callSignal (options: CallOptions | undefined): AbortSignal | undefined {
+  if (options === undefined) return undefined
+  if (options === null || typeof options !== 'object') throw typeError('options must be an object')
+  const { signal } = options
+  if (signal !== undefined && !(signal instanceof AbortSignal)) throw typeError('options.signal must be an AbortSignal')
+  return signal
 }
 
 export class Runtime {
@@ -147,14 +172,15 @@ export class Runtime {
     try {
       this.#native = new binding.Runtime(lib.native, ABI_CODES[abi], maxQueue,
         (count, meta, bodies, bigs) => this.#complete(count, meta, bodies, bigs),
-        (kind, info) => this.#event(kind, info), unloadTimeoutMs)
+        (kind, info, failure) => this.#event(kind, info, failure), unloadTimeoutMs)
     } catch (err) { throw fromNative(err, lib.path) }
     this.#counters = this.#native.counters()
-    const rc = this.#native.start(cfg)
-    if (rc !== null) this.#initDone(rc)
+    try {
+      this.#native.start(cfg)
+    } catch (err) { throw fromNative(err, lib.path) }
   }
 
-  #initDone (rc: number): void {
+  #initDone (rc: number, failure: InitFailure): void {
     if (rc === 0) {
       this.#state = 'running'
       this.#resolveInit()
@@ -163,12 +189,16 @@ export class Runtime {
     this.#state = 'unloading'
     // Reject once the runtime has let go of the library, so that a caller
     // who sees the rejection also sees an unpinned library gone.
-    const err = new DlhostError('ERR_INIT_FAILED', `plugin init failed with rc ${rc}: ${this.path}`, { path: this.path, rc })
+    const err = failure === 'resource'
+      ? new DlhostError('ERR_RESOURCE', `no thread or memory to start the plugin: ${this.path}`, { path: this.path })
+      : failure === 'open-null'
+        ? new DlhostError('ERR_INIT_FAILED', `dlhost_open returned NULL: ${this.path}`, { path: this.path })
+        : new DlhostError('ERR_INIT_FAILED', `plugin init failed with rc ${rc}: ${this.path}`, { path: this.path, rc })
     void this.#unloaded.then(() => this.#rejectInit(err))
   }
 
-  #event (kind: string, info: number | NativeUnloadInfo): void {
-    if (kind === 'init') { this.#initDone(info as number); return }
+  #event (kind: string, info: number | NativeUnloadInfo, failure: InitFailure | undefined): void {
+    if (kind === 'init') { this.#initDone(info as number, failure ?? 'rc'); return }
     const u = info as NativeUnloadInfo
     this.#unloadInfo = u
     this.#state = 'unloaded'
@@ -187,6 +217,11 @@ export class Runtime {
       if (len === ABORTED_LEN) {
         this.#failed++
         fail(res, new DlhostError('ERR_ABORTED', 'the plugin never answered this call before its threads exited', { path: this.path }))
+        continue
+      }
+      if (off === TOO_LARGE_OFFSET) {
+        this.#failed++
+        fail(res, new DlhostError('ERR_RESPONSE_TOO_LARGE', `the plugin's answer is longer than a Buffer can be (${bufferConstants.MAX_LENGTH} bytes)`, { path: this.path, rc }))
         continue
       }
       const body = off === BIG_OFFSET ? (bigs?.[i] ?? EMPTY) : len === 0 ? EMPTY : bufferView(bodies as ArrayBuffer, off, len)
@@ -257,19 +292,24 @@ export class Runtime {
 
   /** Sends one request; resolves with the plugin's response. */
   call (req: string | Uint8Array, options?: CallOptions): Promise<Buffer> {
-    if (typeof req !== 'string' && !(req instanceof Uint8Array)) {
-      return Promise.reject(typeError('request must be a string or a Uint8Array'))
-    }
+    // Everything that can throw runs before a slot is taken.
+    let n: number
+    let signal: AbortSignal | undefined
+    try {
+      n = requestLength(req)
+      signal = callSignal(options)
+    } catch (err) { return Promise.reject(err) }
     if (this.#state !== 'running') {
       return Promise.reject(new DlhostError('ERR_RUNTIME_UNLOADED', 'the runtime is unloaded', { path: this.path }))
     }
-    const signal = options?.signal
     if (signal?.aborted === true) return Promise.reject(new DlhostError('ERR_ABORTED', 'the call was aborted', { path: this.path, cause: signal.reason }))
     const counters = this.#counters
     if (counters[0] >= this.#maxQueue) {
       return Promise.reject(new DlhostError('ERR_QUEUE_FULL', 'the runtime queue is full', { path: this.path }))
     }
-    if (this.#freeCount === 0) this.#grow()
+    if (this.#freeCount === 0) {
+      try { this.#grow() } catch (err) { return Promise.reject(fromNative(err, this.path)) }
+    }
     const id = this.#free[this.#freeHead]
     if (++this.#freeHead === this.#free.length) this.#freeHead = 0
     this.#freeCount--
@@ -277,35 +317,32 @@ export class Runtime {
     // The one copy of the request, now (the caller may reuse its buffer as
     // soon as call() returns): small ones into the slot's inline bytes.
     let len = -1
-    const area = this.#areas[id >>> CHUNK_BITS]
-    const off = (id & (CHUNK - 1)) * STRIDE
-    if (typeof req === 'string') {
-      if (req.length <= INLINE / 3) len = area.write(req, off, 'utf8')
-    } else if (req.byteLength <= INLINE) {
-      area.set(req, off)
-      len = req.byteLength
-    }
-    if (len >= 0) area[off + len] = 0
-    else {
-      try {
-        this.#native.setBig(id, req)
-      } catch (e) {
-        this.#freeSlot(id)
-        return Promise.reject(fromNative(e, this.path))
+    try {
+      const area = this.#areas[id >>> CHUNK_BITS]
+      const off = (id & (CHUNK - 1)) * STRIDE
+      if (n < 0) {
+        if ((req as string).length <= INLINE / 3) len = area.write(req as string, off, 'utf8')
+      } else if (n <= INLINE) {
+        area.set(req as Uint8Array, off) // copies the intrinsic length, n
+        len = n
       }
+      if (len >= 0) area[off + len] = 0
+      else this.#native.setBig(id, req)
+    } catch (e) {
+      this.#freeSlot(id)
+      return Promise.reject(fromNative(e, this.path))
     }
     const p = new Promise<Buffer>(capture)
     this.#res[id] = capturedRes
-    const n = this.#stagedCount++
-    this.#staged[2 * n] = id
-    this.#staged[2 * n + 1] = len
-    if (n === 0) queueMicrotask(this.#flush)
-    else if (n + 1 === FLUSH_AT) this.#submitStaged()
+    const k = this.#stagedCount++
+    this.#staged[2 * k] = id
+    this.#staged[2 * k + 1] = len
+    if (k === 0) queueMicrotask(this.#flush)
+    else if (k + 1 === FLUSH_AT) this.#submitStaged()
     if (signal === undefined) return p
     return new Promise<Buffer>((resolve, reject) => {
-      const onAbort = (): void => reject(new DlhostError('ERR_ABORTED', 'the call was aborted', { path: this.path, cause: signal.reason }))
-      signal.addEventListener('abort', onAbort, { once: true })
-      p.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort))
+      const stop = onAbort(signal, () => reject(new DlhostError('ERR_ABORTED', 'the call was aborted', { path: this.path, cause: signal.reason })))
+      p.then(resolve, reject).finally(stop)
     })
   }
 
@@ -315,12 +352,11 @@ export class Runtime {
    * Buffer pool does): keeping one keeps its slab alive.
    */
   callSync (req: string | Uint8Array): Buffer {
-    const bytes = req instanceof Uint8Array
-    if (!bytes && typeof req !== 'string') throw typeError('request must be a string or a Uint8Array')
+    const bytes = requestLength(req) >= 0
     if (this.abi !== 'host') throw new DlhostError('ERR_NOT_SYNC', 'callSync needs a host-driven plugin (dlhost_handle)', { path: this.path })
     if (this.#state !== 'running') throw new DlhostError('ERR_RUNTIME_UNLOADED', 'the runtime is unloaded', { path: this.path })
     try {
-      if (bytes) (this.#syncBytes ??= this.#native.syncBytes())(req)
+      if (bytes) (this.#syncBytes ??= this.#native.syncBytes())(req as Uint8Array)
       else this.#native.callSync(req)
     } catch (err) { throw fromNative(err, this.path) }
     const m = this.#syncMeta ??= this.#native.syncMeta()
@@ -329,6 +365,9 @@ export class Runtime {
       this.#slabGen = m[0]
     }
     const len = m[2]
+    if (m[1] === C.SYNC_TOO_LARGE_OFFSET) {
+      throw new DlhostError('ERR_RESPONSE_TOO_LARGE', `the plugin's answer is longer than a Buffer can be (${bufferConstants.MAX_LENGTH} bytes)`, { path: this.path, rc: m[3] })
+    }
     const body = m[1] === SYNC_BIG_OFFSET ? this.#native.takeBig() : len === 0 ? EMPTY : bufferView(this.#slab as ArrayBuffer, m[1], len)
     if (m[3] !== 0) throw new DlhostError('ERR_PLUGIN', `plugin returned rc ${m[3]}`, { path: this.path, rc: m[3], detail: body })
     return body
@@ -344,7 +383,12 @@ export class Runtime {
       this.#state = 'unloading'
       this.#native.unload()
     }
-    if (live.get(this.key)?.rt === this) live.delete(this.key)
+    if (live.get(this.key)?.rt === this) {
+      live.delete(this.key)
+      const gone = this.#unloaded
+      dying.set(this.key, gone)
+      void gone.then(() => { if (dying.get(this.key) === gone) dying.delete(this.key) })
+    }
     return this.#unloaded
   }
 
@@ -394,27 +438,65 @@ export function frozenCfg (cfg: Cfg): Buffer {
   return b
 }
 
-/** Loads a runtime, or returns the live one for the same library identity and cfg. */
+// Runtimes being unloaded, by key: a load() of the same key waits for them.
+const dying = new Map<string, Promise<void>>()
+
+/**
+ * Loads a runtime, or returns the live one for the same library identity and
+ * cfg (then nothing else happens: no option is applied, as lua-resty-ffi
+ * returns its cached runtime). Never resolves with a runtime being unloaded:
+ * a load() of its key waits for that unload, then loads afresh.
+ */
 export async function load (path: string, cfg?: Cfg, options: LoadOptions = {}): Promise<Runtime> {
+  if (typeof path !== 'string') throw typeError('path must be a string')
+  if (path.length === 0 || path.includes('\0')) throw typeError('path must be a non-empty string without NUL bytes')
   if (options === null || typeof options !== 'object') throw typeError('options must be an object')
   const maxQueue = options.maxQueue ?? C.DEFAULT_MAX_QUEUE
   if (!Number.isInteger(maxQueue)) throw typeError('options.maxQueue must be an integer')
   if (maxQueue < 1 || maxQueue > C.MAX_MAX_QUEUE) throw rangeError(`options.maxQueue must be between 1 and ${C.MAX_MAX_QUEUE}`)
   const unloadTimeoutMs = options.unloadTimeoutMs ?? C.DEFAULT_UNLOAD_TIMEOUT_MS
-  if (typeof unloadTimeoutMs !== 'number' || !(unloadTimeoutMs >= 0)) throw typeError('options.unloadTimeoutMs must be a number >= 0')
+  if (typeof unloadTimeoutMs !== 'number' || Number.isNaN(unloadTimeoutMs) || unloadTimeoutMs < 0) {
+    throw typeError('options.unloadTimeoutMs must be a number >= 0 (Infinity: no limit)')
+  }
+  if (options.entry !== undefined && !isAbi(options.entry)) throw typeError(`options.entry must be one of ${Object.keys(ENTRY).join(', ')}`)
   const cfgBuf = cfgBuffer(cfg)
-  const lib = open(path, { pin: options.pin ?? true, global: options.global ?? false, known: options.known })
-  try {
-    const key = `${lib.realPath}\0${lib.native.key}\0${cfgHash(cfgBuf)}`
-    const existing = live.get(key)
-    if (existing !== undefined) return await existing.ready
-    const abi = pickAbi(lib, options.entry)
-    const rt = new Runtime(lib, abi, cfgBuf, key, maxQueue, unloadTimeoutMs)
-    const ready = rt.ready.then(() => rt)
-    live.set(key, { rt, ready })
-    ready.catch(() => { if (live.get(key)?.rt === rt) live.delete(key) })
-    return await ready
-  } finally {
-    lib.release() // the runtime holds its own reference while it runs
+  const hash = cfgHash(cfgBuf)
+  // A copy the caller read and checked (the reload layer) is opened first:
+  // its identity comes from that open, not from a second stat.
+  let id: NativeIdentity | null = null
+  if (options.known === undefined) {
+    try { id = binding.identify(path) } catch (err) { throw fromNative(err, path) }
+  }
+  for (;;) {
+    if (id !== null) {
+      const key = `${id.realPath}\0${id.key}\0${hash}`
+      const existing = live.get(key)
+      if (existing !== undefined) {
+        const rt = await existing.ready
+        if (rt.state === 'running') return rt
+        continue // unloaded while it started: look again
+      }
+      const leaving = dying.get(key)
+      if (leaving !== undefined) { await leaving; continue }
+    }
+    const lib = open(path, { pin: options.pin ?? true, global: options.global ?? false, known: options.known })
+    try {
+      const key = `${lib.realPath}\0${lib.native.key}\0${hash}`
+      const seen = id
+      id = lib.native
+      if (seen === null ? (live.has(key) || dying.has(key)) : key !== `${seen.realPath}\0${seen.key}\0${hash}`) {
+        // Opened something not looked up yet (the file changed, or no
+        // look-up was made): look again with what was opened.
+        continue
+      }
+      const abi = pickAbi(lib, options.entry)
+      const rt = new Runtime(lib, abi, cfgBuf, key, maxQueue, unloadTimeoutMs === Infinity ? -1 : unloadTimeoutMs)
+      const ready = rt.ready.then(() => rt)
+      live.set(key, { rt, ready })
+      ready.catch(() => { if (live.get(key)?.rt === rt) live.delete(key) })
+      return await ready
+    } finally {
+      lib.release() // the runtime holds its own reference while it runs
+    }
   }
 }
