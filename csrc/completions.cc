@@ -26,28 +26,35 @@ Napi::Value ExternalBody(Napi::Env env, void *rsp, size_t len) {
 
 }  // namespace
 
+// Calls a TypeScript callback. A JS exception out of it (a throwing
+// listener, or a throw from a nextTick callback that Node ran on the way
+// out) is user code failing: it becomes an uncaughtException, as in any
+// other callback, and settling goes on. Any other failure means the
+// environment can no longer run JS (a terminating worker): EnvGone.
 void RuntimeWrap::CallJs(Napi::FunctionReference &fn, std::initializer_list<napi_value> args) {
-  fn.MakeCallback(Value(), args, *async_ctx_);
+  napi_value result;
+  napi_status st = napi_make_callback(env_, *async_ctx_, Value(), fn.Value(), args.size(),
+                                      args.begin(), &result);
+  if (st == napi_ok) return;
+  bool pending = false;
+  napi_is_exception_pending(env_, &pending);
+  if (!pending) throw EnvGone();
+  napi_value exc;
+  napi_get_and_clear_last_exception(env_, &exc);
+  napi_fatal_exception(env_, exc);
 }
 
 // A terminating worker still runs its loop's callbacks while JS can no
-// longer run there: N-API calls then fail without a pending exception. That
-// is not an error of ours to report: stop touching the environment; the
-// cleanup hook tears the runtime down.
+// longer run there: stop touching the environment; the cleanup hook tears
+// the runtime down.
 void RuntimeWrap::Settle() {
   if (env_gone_) return;
   try {
     SettleJs();
-  } catch (const Napi::Error &) {
-    bool pending = false;
-    napi_is_exception_pending(env_, &pending);
-    if (pending) {
-      napi_value exc;
-      napi_get_and_clear_last_exception(env_, &exc);
-      napi_fatal_exception(env_, exc);  // a throwing JS callback: uncaughtException
-      return;
-    }
+  } catch (const EnvGone &) {
     StopHandles();
+  } catch (const Napi::Error &) {
+    StopHandles();  // an N-API call of ours failed: the same cause
   }
 }
 

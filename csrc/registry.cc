@@ -115,6 +115,18 @@ bool Registry::IsMapped(const std::string &path) {
 }
 
 EntryPtr Registry::Open(const std::string &path, uint32_t flags) {
+  // A file renamed over the path between the stat and the dlopen would be
+  // reported as the wrong version: look again (bounded).
+  for (int attempt = 0;; attempt++) {
+    if (EntryPtr e = TryOpen(path, flags)) return e;
+    if (attempt == 2)
+      throw LoadError{
+          "ERR_STALE_PATH",
+          "'" + path + "' kept changing while it was opened; try again once it is stable", ""};
+  }
+}
+
+EntryPtr Registry::TryOpen(const std::string &path, uint32_t flags) {
   Identity id = Identity::Of(path);
   const char *resolved = id.real_path.c_str();
   // Readability is checked with open(), not access(): access() answers for
@@ -170,6 +182,12 @@ EntryPtr Registry::Open(const std::string &path, uint32_t flags) {
   if (!h) {
     owner->Finish([] {});
     throw LoadError{"ERR_DLOPEN", "dlopen '" + path + "' failed: " + lm, lm};
+  }
+  // What was mapped must be the inode that was stat'ed (the identity, and
+  // the facts lib/library.ts reads through a descriptor of it).
+  if (!MapsShowInode(id.real_path, id.ino)) {
+    owner->Finish([h] { dlclose(h); });
+    return nullptr;
   }
   if (!e) {
     e = std::make_shared<LibEntry>();

@@ -109,7 +109,8 @@ class Registry {
 
  private:
   Registry() = default;
-  ReleaseResult MaybeClose(const EntryPtr &e);  // mu_ held
+  ReleaseResult MaybeClose(const EntryPtr &e);                // mu_ held
+  EntryPtr TryOpen(const std::string &path, uint32_t flags);  // null: changed under dlopen
   std::mutex mu_;
   uint64_t next_serial_ = 1;
   std::unordered_map<std::string, EntryPtr> by_key_;

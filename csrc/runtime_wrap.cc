@@ -265,9 +265,14 @@ void RuntimeWrap::DeliverLifecycle() {
   if (!init_reported_ && core_->init_state.load() != RuntimeCore::kInitPending) {
     init_reported_ = true;
     Napi::HandleScope scope(env);
+    if (core_->init_state.load() == RuntimeCore::kInitFailed) {
+      unloading_ = true;
+      RuntimeCore::ReapNow(core_);
+    }
+    static const char *const kFailures[] = {"rc", "resource", "open-null"};
     CallJs(on_event_,
-           {Napi::String::New(env, "init"), Napi::Number::New(env, core_->init_rc.load())});
-    if (core_->init_state.load() == RuntimeCore::kInitFailed) unloading_ = true;
+           {Napi::String::New(env, "init"), Napi::Number::New(env, core_->init_rc.load()),
+            Napi::String::New(env, kFailures[core_->init_failure.load()])});
   }
   if (!unload_reported_ && core_->unload_state.load() == RuntimeCore::kUnloaded && Pending() == 0) {
     unload_reported_ = true;

@@ -15,7 +15,8 @@
 
 namespace dlhost {
 
-struct JsRequest;  // a request as JS handed it (completions.cc)
+struct JsRequest;   // a request as JS handed it (completions.cc)
+struct EnvGone {};  // the environment can no longer run JS
 
 class RuntimeWrap : public Napi::ObjectWrap<RuntimeWrap> {
  public:

@@ -21,6 +21,8 @@ export const codes = {
   ERR_NOT_SYNC: 'ERR_NOT_SYNC',
   ERR_RELEASED: 'ERR_RELEASED',
   ERR_STUCK: 'ERR_STUCK',
+  /** strategy 'shadow' for a library whose second copy would abort the process (Go, an embedded interpreter). */
+  ERR_CANNOT_COEXIST: 'ERR_CANNOT_COEXIST',
   ERR_ABORTED: 'ERR_ABORTED',
   ERR_CLOSED: 'ERR_CLOSED',
   ERR_COPY: 'ERR_COPY',

@@ -8,7 +8,7 @@ import { createHash } from 'crypto'
 import fs from 'fs'
 import { binding, C, NativeIdentity, NativeLibrary, NativeRow } from './binding'
 import { ElfInfo, parseElf } from './elf'
-import { errnoError, fromNative, typeError } from './errors'
+import { DlhostError, errnoError, fromNative, typeError } from './errors'
 import { checkHostCompatible, stuckReason } from './rules'
 
 export interface OpenOptions {
@@ -79,8 +79,12 @@ function seqFor (realPath: string, sha256: string): number {
   return i + 1
 }
 
-/** Facts of one identity: read, hashed and parsed once (or handed over by the caller who did). */
-function factsFor (path: string, id: NativeIdentity, known: KnownContent | undefined): Facts {
+/**
+ * Facts of one identity: read, hashed and parsed once (or handed over by the
+ * caller who did). The bytes are read through a descriptor whose fstat must
+ * be that identity; null when the path names another file by now.
+ */
+function factsFor (path: string, id: NativeIdentity, known: KnownContent | undefined): Facts | null {
   const k = identityKey(id)
   let f = factsByIdentity.get(k)
   if (f !== undefined) return f
@@ -89,8 +93,8 @@ function factsFor (path: string, id: NativeIdentity, known: KnownContent | undef
   if (known !== undefined) {
     ({ sha256, elf } = known) // parsed and checked by the caller
   } else {
-    let bytes: Buffer
-    try { bytes = fs.readFileSync(path) } catch (err) { throw errnoError(err, path) }
+    const bytes = readIdentity(path, id)
+    if (bytes === null) return null
     elf = parseElf(bytes, path)
     checkHostCompatible(elf, path)
     sha256 = createHash('sha256').update(bytes).digest('hex')
@@ -98,6 +102,21 @@ function factsFor (path: string, id: NativeIdentity, known: KnownContent | undef
   f = { elf, version: { sha256, seq: seqFor(id.realPath, sha256), dev: id.dev, ino: id.ino, size: id.size, mtimeMs: id.mtimeMs } }
   factsByIdentity.set(k, f)
   return f
+}
+
+/** The content of `path` if it is still the file `id` says, else null. */
+function readIdentity (path: string, id: NativeIdentity): Buffer | null {
+  let fd: number
+  try { fd = fs.openSync(path, fs.constants.O_RDONLY | (fs.constants.O_NONBLOCK ?? 0)) } catch (err) { throw errnoError(err, path) }
+  try {
+    const st = fs.fstatSync(fd, { bigint: true })
+    if (Number(st.dev) !== id.dev || Number(st.ino) !== id.ino || Number(st.size) !== id.size || st.mtimeNs !== id.mtimeNs) return null
+    return fs.readFileSync(fd)
+  } catch (err) {
+    throw errnoError(err, path)
+  } finally {
+    fs.closeSync(fd)
+  }
 }
 
 function stuckOf (row: NativeRow): string | null {
@@ -126,6 +145,8 @@ export class Library {
   readonly version: LibraryVersion
   /** @internal */
   readonly native: NativeLibrary
+  /** @internal The parsed ELF facts of what was opened. */
+  readonly elf: ElfInfo
   #released = false
 
   /** @internal use open() */
@@ -134,6 +155,7 @@ export class Library {
     this.realPath = native.realPath
     this.native = native
     this.version = facts.version
+    this.elf = facts.elf
   }
 
   /** The registry's count for this identity, shared by every Library object of it. */
@@ -189,21 +211,28 @@ export function open (path: string, options: OpenOptions = {}): Library {
   const lazy = checkBool('lazy', options.lazy) ?? false
   // Validate before dlopen: the loader's messages for these are vague, and a
   // foreign or truncated file deserves its own code. Each identity is read
-  // and hashed once. Content the caller knows was validated by the caller.
+  // and hashed once, and the facts are those of the file dlopen mapped (the
+  // native side checks the mapping's inode; here the bytes are read through
+  // a descriptor of that identity). Content the caller knows was validated
+  // by the caller.
   const known = options.known
-  let id: NativeIdentity | undefined
-  if (known === undefined) {
-    try { id = binding.identify(path) } catch (err) { throw fromNative(err, path) }
-    factsFor(path, id, undefined)
-  }
-  let native: NativeLibrary
   const flags = (pin ? C.OPEN_PIN : 0) | (global ? C.OPEN_GLOBAL : 0) | (lazy ? C.OPEN_LAZY : 0)
-  try {
-    native = new binding.Library(path, flags)
-  } catch (err) { throw fromNative(err, path) }
-  // Normally the same identity; if the file changed in between, read what dlopen mapped.
-  const facts = factsFor(path, native, known)
-  return new Library(path, native, facts)
+  for (let attempt = 0; attempt < 3; attempt++) {
+    if (known === undefined) {
+      let id: NativeIdentity
+      try { id = binding.identify(path) } catch (err) { throw fromNative(err, path) }
+      if (factsFor(path, id, undefined) === null) continue // replaced meanwhile
+    }
+    let native: NativeLibrary
+    try {
+      native = new binding.Library(path, flags)
+    } catch (err) { throw fromNative(err, path) }
+    // Normally the same identity; if the file changed in between, the facts of what was mapped.
+    const facts = factsFor(path, native, known)
+    if (facts !== null) return new Library(path, native, facts)
+    native.release()
+  }
+  throw new DlhostError('ERR_STALE_PATH', `${path} kept changing while it was opened; try again once it is stable`, { path })
 }
 
 /** A snapshot of the registry, for tools and dashboards. */

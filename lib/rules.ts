@@ -139,15 +139,61 @@ export function unloadBlockers (info: ElfInfo): StuckReason[] {
 }
 
 /**
- * Why two versions may not be loaded side by side: a Go runtime allows one
- * per process; GNU_UNIQUE symbols bind a second copy to the first copy's
- * objects (shared, possibly mismatched, state).
+ * Language runtimes that allow one instance per process: a library linking
+ * one (DT_NEEDED) shares it with any second copy of itself, so two versions
+ * would share (and fight over) one interpreter. lua-resty-ffi's Python loader
+ * links libpython.
  */
-export function coexistBlockers (info: ElfInfo): StuckReason[] {
-  const out: StuckReason[] = []
+const ONE_PER_PROCESS: ReadonlyArray<[RegExp, string]> = [
+  [/^libpython\d/, 'Python'],
+  [/^libjvm\.so/, 'JVM'],
+  [/^libnode\.so/, 'Node.js'],
+  [/^libruby/, 'Ruby'],
+  [/^libperl\.so/, 'Perl'],
+  [/^libjulia\.so/, 'Julia'],
+  [/^libR\.so/, 'R'],
+  [/^libcoreclr\.so/, '.NET'],
+  [/^libmonosgen/, 'Mono']
+]
+
+/** The one-per-process language runtime the library links, e.g. 'Python (libpython3.11.so.1.0)', or null. */
+export function languageRuntime (info: ElfInfo): string | null {
+  for (const lib of info.needed) {
+    for (const [re, name] of ONE_PER_PROCESS) if (re.test(lib)) return `${name} (${lib})`
+  }
+  return null
+}
+
+/**
+ * Why a second copy of the library must never be loaded beside the first:
+ * a Go runtime allows one per process (a second one crashes it), and so does
+ * an embedded language runtime (Python aborts: its thread state is shared).
+ */
+export function coexistFatal (info: ElfInfo): string[] {
+  const out: string[] = []
   if (info.goRuntime) out.push('Go runtime')
-  if (info.gnuUnique.length > 0) out.push('GNU_UNIQUE')
+  const lang = languageRuntime(info)
+  if (lang !== null) out.push(`one-per-process runtime: ${lang}`)
   return out
+}
+
+/**
+ * Why two versions may not be loaded side by side: coexistFatal(), and
+ * GNU_UNIQUE symbols, which bind a second copy to the first copy's objects
+ * (shared, possibly mismatched, state).
+ */
+export function coexistBlockers (info: ElfInfo): string[] {
+  const out = coexistFatal(info)
+  if (info.gnuUnique.length > 0) out.splice(info.goRuntime ? 1 : 0, 0, 'GNU_UNIQUE')
+  return out
+}
+
+/**
+ * Why a runtime's plugin threads never leave: a Go runtime's threads never
+ * exit (golang/go#11100), so unload need not wait for them.
+ */
+export function threadsNeverExit (info: ElfInfo): string | null {
+  return info.goRuntime ? 'Go runtime' : null
 }
 
 /**
@@ -172,7 +218,12 @@ export function reloadStrategy (asked: 'auto' | 'shadow' | 'drain', serving: Elf
  * reason, else STILL_MAPPED. null while nothing holds it in place.
  */
 export function stuckReason (row: { mapped: boolean, dlclosed: boolean, threadsStuck: boolean }, info: ElfInfo | undefined): string | null {
-  if (row.threadsStuck && row.mapped) return THREADS_STUCK
+  if (row.threadsStuck && row.mapped) return threadsStuckReason(info)
   if (!row.dlclosed || !row.mapped) return null
   return (info !== undefined ? stuckReasons(info)[0] : undefined) ?? STILL_MAPPED
+}
+
+/** The reason when a runtime's plugin threads outlived its unload. */
+export function threadsStuckReason (info: ElfInfo | undefined): string {
+  return (info !== undefined ? threadsNeverExit(info) : null) ?? THREADS_STUCK
 }

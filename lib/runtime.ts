@@ -10,7 +10,7 @@ import { DlhostError, fromNative, rangeError, typeError } from './errors'
 import { KnownContent, Library, LibraryRow, LibraryVersion, open, rowOf } from './library'
 import { onAbort } from './events'
 import { requestLength } from './request'
-import { Abi, abiOf, ENTRY, isAbi, NO_ENTRY_MESSAGE } from './rules'
+import { Abi, abiOf, ENTRY, isAbi, NO_ENTRY_MESSAGE, threadsNeverExit } from './rules'
 
 export type { Abi } from './rules'
 export type Cfg = string | Uint8Array | Record<string, unknown> | unknown[] | null | undefined
@@ -490,7 +490,9 @@ export async function load (path: string, cfg?: Cfg, options: LoadOptions = {}):
         continue
       }
       const abi = pickAbi(lib, options.entry)
-      const rt = new Runtime(lib, abi, cfgBuf, key, maxQueue, unloadTimeoutMs === Infinity ? -1 : unloadTimeoutMs)
+      // Threads that never exit (a Go runtime) are not waited for: stuck at once.
+      const timeout = threadsNeverExit(lib.elf) !== null ? 0 : unloadTimeoutMs === Infinity ? -1 : unloadTimeoutMs
+      const rt = new Runtime(lib, abi, cfgBuf, key, maxQueue, timeout)
       const ready = rt.ready.then(() => rt)
       live.set(key, { rt, ready })
       ready.catch(() => { if (live.get(key)?.rt === rt) live.delete(key) })

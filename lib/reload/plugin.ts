@@ -9,12 +9,14 @@
 import diagnostics from 'diagnostics_channel'
 import { EventEmitter } from 'events'
 import fs from 'fs'
+import { resolve as resolvePath } from 'path'
 import { debuglog } from 'util'
 import { C } from '../binding'
 import { elfCompleteness, ElfInfo } from '../elf'
 import { DlhostError, rangeError, typeError } from '../errors'
+import { emitSafely, onAbort } from '../events'
 import { isMapped, Library } from '../library'
-import { Abi, reloadStrategy, stuckReasons, STILL_MAPPED, THREADS_STUCK, unloadBlockers } from '../rules'
+import { Abi, coexistFatal, reloadStrategy, stuckReasons, STILL_MAPPED, threadsStuckReason, unloadBlockers } from '../rules'
 import { CallOptions, Cfg, frozenCfg, load, Runtime } from '../runtime'
 import { Build, checkSameAbi, parseBuild } from './build'
 import { CopyStore, PrivateCopy, sha256, SourceBytes } from './copies'
@@ -102,6 +104,8 @@ interface Held {
   opts: CallOptions | undefined
   resolve: (r: { response: Buffer, seq: number }) => void
   reject: (e: unknown) => void
+  /** Stops watching the call's signal while held. */
+  stop: (() => void) | null
 }
 
 export class Plugin extends EventEmitter {
@@ -145,7 +149,13 @@ export class Plugin extends EventEmitter {
   /** @internal */
   async start (): Promise<void> {
     const copy = await this.#store.snapshot(this.path)
-    this.#current = await this.#loadVersion(parseBuild(this.#store, copy, this.path, this.#opts.entry))
+    const build = parseBuild(this.#store, copy, this.path, this.#opts.entry)
+    const fatal = coexistFatal(build.elf)[0]
+    if (this.strategy === 'shadow' && fatal !== undefined) {
+      await this.#store.remove(copy.path).catch(() => {})
+      throw cannotCoexist(this.path, fatal)
+    }
+    this.#current = await this.#loadVersion(build)
     this.#current.state = 'serving'
     const w = this.#opts.watch ?? true
     if (w !== false) {
@@ -193,7 +203,22 @@ export class Plugin extends EventEmitter {
       if (this.#held.length >= (this.#opts.maxQueue ?? C.DEFAULT_MAX_QUEUE)) {
         return Promise.reject(new DlhostError('ERR_QUEUE_FULL', 'too many calls held during a drain reload', { path: this.path }))
       }
-      return new Promise((resolve, reject) => { this.#held?.push({ req, opts, resolve, reject }) })
+      const signal = opts?.signal
+      if (signal !== undefined && !(signal instanceof AbortSignal)) return Promise.reject(typeError('options.signal must be an AbortSignal'))
+      if (signal?.aborted === true) return Promise.reject(new DlhostError('ERR_ABORTED', 'the call was aborted', { path: this.path, cause: signal.reason }))
+      return new Promise((resolve, reject) => {
+        const h: Held = { req, opts, resolve, reject, stop: null }
+        // An abort while held: out of the line at once, never sent.
+        if (signal !== undefined) {
+          h.stop = onAbort(signal, () => {
+            const i = this.#held?.indexOf(h) ?? -1
+            if (i < 0) return
+            this.#held?.splice(i, 1)
+            reject(new DlhostError('ERR_ABORTED', 'the call was aborted', { path: this.path, cause: signal.reason }))
+          })
+        }
+        this.#held?.push(h)
+      })
     }
     return this.#dispatch(this.#current, req, opts)
   }
@@ -272,7 +297,7 @@ export class Plugin extends EventEmitter {
     let next: Version
     try {
       try {
-        strategy = this.#choose(old)
+        strategy = this.#choose(old, build)
       } catch (err) {
         await this.#store.remove(build.copy.path)
         this.#fail(err)
@@ -292,12 +317,17 @@ export class Plugin extends EventEmitter {
     const ev: ReloadEvent = { from: publicVersion(old), to: publicVersion(next), ms: next.servingSince - t0, strategy, prepared }
     debug('reload %s: %d -> %d in %s ms (%s%s)', this.path, ev.from.seq, ev.to.seq, ev.ms.toFixed(2), strategy, prepared ? ', prepared while settling' : '')
     if (reloadChannel.hasSubscribers) reloadChannel.publish({ path: this.path, ...ev })
-    this.emit('reload', ev)
+    emitSafely(this, 'reload', ev)
   }
 
   /** The serving version's facts decide how the next build comes in (rules.ts). */
-  #choose (old: Version): 'shadow' | 'drain' {
+  #choose (old: Version, next: Build): 'shadow' | 'drain' {
     const s = reloadStrategy(this.strategy, old.elf)
+    if (s === 'shadow') {
+      // Side by side, a second Go or Python runtime aborts the process: never.
+      const fatal = [...coexistFatal(old.elf), ...coexistFatal(next.elf)][0]
+      if (fatal !== undefined) throw cannotCoexist(this.path, fatal)
+    }
     if (s !== 'restart') return s
     // Neither side by side nor one after the other: only a new process can
     // take this build.
@@ -389,7 +419,10 @@ export class Plugin extends EventEmitter {
     } finally {
       const held = this.#held ?? []
       this.#held = null
-      for (const h of held) this.#dispatch(this.#current, h.req, h.opts).then(h.resolve, h.reject)
+      for (const h of held) {
+        h.stop?.()
+        this.#dispatch(this.#current, h.req, h.opts).then(h.resolve, h.reject)
+      }
     }
   }
 
@@ -407,12 +440,12 @@ export class Plugin extends EventEmitter {
     this.#versions = this.#versions.filter(x => x !== v)
     const info = v.runtime.unloadInfo
     if (isMapped(v.copy) || info?.mapped === true) {
-      const reason = info?.threadsStuck === true ? THREADS_STUCK : (unloadBlockers(v.elf)[0] ?? stuckReasons(v.elf)[0] ?? STILL_MAPPED)
+      const reason = info?.threadsStuck === true ? threadsStuckReason(v.elf) : (unloadBlockers(v.elf)[0] ?? stuckReasons(v.elf)[0] ?? STILL_MAPPED)
       this.#emitStuck(v, reason)
       return false
     }
     if (removeCopy) await this.#store.remove(v.copy).catch(() => {})
-    this.emit('drained', { version: publicVersion(v) } satisfies DrainedEvent)
+    emitSafely(this, 'drained', { version: publicVersion(v) } satisfies DrainedEvent)
     return true
   }
 
@@ -424,7 +457,7 @@ export class Plugin extends EventEmitter {
 
   #emitStuck (v: Version, reason: string): void {
     debug('stuck %s v%d: %s', this.path, v.seq, reason)
-    this.emit('stuck', { version: publicVersion(v), reason } satisfies StuckEvent)
+    emitSafely(this, 'stuck', { version: publicVersion(v), reason } satisfies StuckEvent)
   }
 
   /** A bad build or a watcher problem: reported, never thrown at the service. */
@@ -433,7 +466,7 @@ export class Plugin extends EventEmitter {
     if (errorChannel.hasSubscribers) errorChannel.publish({ path: this.path, error: err })
     // An 'error' event without a listener would throw: a bad build must not
     // take the process down, so it is only emitted to those who listen.
-    if (this.listenerCount('error') > 0) this.emit('error', err)
+    if (this.listenerCount('error') > 0) emitSafely(this, 'error', err)
   }
 
   /** Stops watching, lets every version answer its calls, unloads them, removes the copies. Idempotent. */
@@ -451,6 +484,11 @@ export class Plugin extends EventEmitter {
   }
 
   async [Symbol.asyncDispose] (): Promise<void> { await this.close() }
+}
+
+function cannotCoexist (path: string, reason: string): DlhostError {
+  return new DlhostError('ERR_CANNOT_COEXIST',
+    `${path} cannot run beside a second copy of itself (${reason}): use strategy 'drain' or 'auto'`, { path, reason })
 }
 
 function publicVersion (v: Version): PluginVersion {
@@ -472,7 +510,8 @@ export async function reloadable (path: string, cfg?: Cfg, options: ReloadableOp
   if (w !== undefined && typeof w !== 'boolean' && (w === null || typeof w !== 'object')) throw typeError('options.watch must be a boolean or an object')
   const cfgBuf = frozenCfg(cfg) // before the store: a bad cfg must not leave one behind
   const store = await CopyStore.create({ dir: options.copyDir })
-  const plugin = new Plugin(path, cfgBuf, options, store)
+  // A relative path is resolved once, now: a later chdir() changes nothing.
+  const plugin = new Plugin(resolvePath(path), cfgBuf, options, store)
   try {
     await plugin.start()
   } catch (err) {

@@ -31,6 +31,7 @@ import * as path from 'path'
 import { debuglog } from 'util'
 import { C } from '../binding'
 import { DlhostError, rangeError, typeError } from '../errors'
+import { emitSafely } from '../events'
 import { elfCompleteness } from '../elf'
 import { SYNC_SNAPSHOT_LIMIT } from './copies'
 
@@ -601,34 +602,21 @@ export class LibraryWatcher extends EventEmitter<Events> {
   /** A settle period of the library starts (not for what is already current). */
   #emitSettling (t: Target, st: fs.Stats): void {
     if (t.kind !== 'library' || !st.isFile() || sameIdentity(st, t.last) || this.listenerCount('settling') === 0) return
-    try {
-      this.emit('settling', { path: this.path, stat: st })
-    } catch (err) {
-      process.nextTick(() => { throw err })
-    }
+    emitSafely(this, 'settling', { path: this.path, stat: st })
   }
 
   #emitChange (t: Target, st: fs.Stats, bytes: Buffer | undefined, settledAt: number): void {
     const ev: ChangeEvent = { path: this.path, reason: t.kind, trigger: t.file, stat: st, settledAt }
     if (bytes !== undefined) ev.bytes = bytes
     debug('watch: %s changed (%s, %d bytes)', t.file, t.kind, st.size)
-    try {
-      this.emit('change', ev)
-    } catch (err) {
-      // A throwing listener is the listener's bug: surface it as Node would.
-      process.nextTick(() => { throw err })
-    }
+    emitSafely(this, 'change', ev)
   }
 
   #reportError (err: unknown): void {
     if (this.#closed) return
     const e = err instanceof Error ? err : new Error(String(err))
     if (this.listenerCount('error') > 0) {
-      try {
-        this.emit('error', e)
-      } catch (thrown) {
-        process.nextTick(() => { throw thrown })
-      }
+      emitSafely(this, 'error', e)
     } else {
       process.emitWarning(e)
     }
