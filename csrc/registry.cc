@@ -104,8 +104,42 @@ Identity Identity::Of(const std::string &path) {
 Registry &Registry::Get() {
   // Leaked on purpose: poll threads may still release references while the
   // process exits, after static destructors would have run.
-  static Registry *r = new Registry();
+  static Registry *r = [] {
+    auto *reg = new Registry();
+    // Registered after the loader's own handler, so it runs before glibc's
+    // _dl_fini runs the destructors of what is still loaded.
+    atexit([] { Get().AtExit(); });
+    return reg;
+  }();
   return *r;
+}
+
+// At process exit glibc runs the destructors of every library still loaded
+// on the exiting thread. A library whose init made its owner thread the
+// main thread of an embedded runtime (CPython's Py_Initialize) then waits
+// for ever for that thread. So the final dlclose of every library no
+// runtime is inside, pinned or not, runs here on its owner thread: its
+// destructors run there, once. Runtimes that were closed by their
+// environment's teardown get a bounded moment to leave first.
+void Registry::AtExit() {
+  std::unique_lock<std::mutex> lock(mu_);
+  for (int i = 0; i < 100; i++) {
+    bool busy = false;
+    for (auto &kv : by_key_) busy = busy || (kv.second->handle && kv.second->runtimes);
+    if (!busy) break;
+    lock.unlock();
+    usleep(10000);
+    lock.lock();
+  }
+  for (auto &kv : by_key_) {
+    LibEntry &e = *kv.second;
+    if (!e.handle || e.runtimes || e.threads_stuck || !e.owner || e.owner->OnOwner()) continue;
+    void *h = e.handle;
+    std::shared_ptr<OwnerThread> owner = std::move(e.owner);
+    owner->Finish([h] { dlclose(h); });
+    e.handle = nullptr;
+    e.dlclosed = true;
+  }
 }
 
 bool Registry::IsMapped(const std::string &path) {

@@ -103,6 +103,9 @@ class Registry {
   std::vector<Row> Snapshot();
   Row RowOf(const EntryPtr &e);
 
+  // Process exit: the final dlclose of idle libraries on their owner threads.
+  void AtExit();
+
   // Is an object loaded from exactly this path in the process? Asked of the
   // loader (dl_iterate_phdr), never inferred from an old pointer.
   static bool IsMapped(const std::string &path);

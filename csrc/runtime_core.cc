@@ -20,6 +20,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <thread>
+#include <unordered_set>
 
 #include "clock.h"
 
@@ -28,6 +29,25 @@ namespace dlhost {
 namespace {
 
 std::atomic<uint64_t> next_core_serial{1};
+
+// Every core of the process, for the exit hook. Leaked on purpose (see
+// Registry::Get).
+std::mutex live_mu;
+std::unordered_set<RuntimeCore *> *live_cores = new std::unordered_set<RuntimeCore *>();
+
+// process.exit() ends the process without tearing environments down: close
+// every runtime's queue here (non-blocking), so that its threads leave and
+// Registry::AtExit, which runs after this, can close idle libraries on their
+// owner threads.
+void CloseAllAtExit() {
+  std::vector<std::shared_ptr<RuntimeCore>> cores;
+  {
+    std::lock_guard<std::mutex> lock(live_mu);
+    for (RuntimeCore *c : *live_cores)
+      if (auto sp = c->weak_from_this().lock()) cores.push_back(std::move(sp));
+  }
+  for (auto &c : cores) RuntimeCore::BeginUnload(c);
+}
 std::atomic<uint64_t> orphan_misuse{0};
 thread_local uint64_t tls_last_core = 0;
 
@@ -54,9 +74,20 @@ RuntimeCore::RuntimeCore(EntryPtr e, Abi a, size_t mq, int64_t unload_timeout)
       abi(a),
       serial(next_core_serial++),
       requests(mq, kDefaultSpinNs),
-      unload_timeout_ms(unload_timeout) {}
+      unload_timeout_ms(unload_timeout) {
+  // Registered after the registry's handler (the registry exists before any
+  // runtime), so it runs first.
+  static bool hooked = (atexit(CloseAllAtExit), true);
+  (void)hooked;
+  std::lock_guard<std::mutex> lock(live_mu);
+  live_cores->insert(this);
+}
 
 RuntimeCore::~RuntimeCore() {
+  {
+    std::lock_guard<std::mutex> lock(live_mu);
+    live_cores->erase(this);
+  }
   for (auto &chunk : chunks)
     for (uint32_t i = 0; i < kChunkSlots; i++) {
       Task &t = chunk[i];

@@ -63,7 +63,7 @@ namespace dlhost {
 // Everything a runtime's threads share. Owned by shared_ptr: the JS wrapper,
 // the host poll thread and the reaper each hold one; a core whose plugin
 // threads never left is leaked on purpose (they may still call into it).
-class RuntimeCore {
+class RuntimeCore : public std::enable_shared_from_this<RuntimeCore> {
  public:
   RuntimeCore(EntryPtr entry, Abi abi, size_t max_queue, int64_t unload_timeout_ms);
   ~RuntimeCore();
