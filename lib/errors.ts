@@ -26,6 +26,10 @@ export const codes = {
   ERR_ABORTED: 'ERR_ABORTED',
   ERR_CLOSED: 'ERR_CLOSED',
   ERR_COPY: 'ERR_COPY',
+  /** A watched build settled and stayed an incomplete ELF file. */
+  ERR_INCOMPLETE: 'ERR_INCOMPLETE',
+  /** A build larger than maxBuildBytes (never read into memory). */
+  ERR_BUILD_TOO_LARGE: 'ERR_BUILD_TOO_LARGE',
   ERR_INVALID_ARG: 'ERR_INVALID_ARG',
   /** A thread (or memory) the operation needs could not be had. */
   ERR_RESOURCE: 'ERR_RESOURCE',

@@ -67,6 +67,8 @@ export interface CopyStoreOptions {
    * name. Default: 16 random bytes as hex + `.so`.
    */
   randomName?: () => string
+  /** Largest source read, in bytes (default MAX_BUILD_BYTES). */
+  maxBuildBytes?: number
 }
 
 const O_NOFOLLOW = fs.constants.O_NOFOLLOW ?? 0
@@ -182,6 +184,13 @@ interface SnapshotIo {
   readFile (p: string, flags: number): Promise<Buffer>
 }
 
+/**
+ * Largest build read and copied: 512 MiB by default. A bigger file is
+ * refused with ERR_BUILD_TOO_LARGE before it is read into memory (the
+ * watcher reports it the same way).
+ */
+export const MAX_BUILD_BYTES = 512 * 1024 * 1024
+
 /** Files up to this size are snapshotted with synchronous I/O. */
 export const SYNC_SNAPSHOT_LIMIT = 4 * 1024 * 1024
 
@@ -240,14 +249,16 @@ function pickIo (srcPath: string): SnapshotIo {
 export class CopyStore {
   readonly #dir: string
   readonly #name: () => string
+  readonly #maxBytes: number
   readonly #copies = new Set<string>()
   readonly #pending = new Set<Promise<unknown>>()
   #closed = false
   #closing: Promise<void> | null = null
 
-  private constructor (dir: string, name: () => string) {
+  private constructor (dir: string, name: () => string, maxBytes: number) {
     this.#dir = dir
     this.#name = name
+    this.#maxBytes = maxBytes
     register(this)
   }
 
@@ -322,7 +333,7 @@ export class CopyStore {
         { path: dir, loaderMessage: errMessage(err), cause: err })
     }
     debug('copy store %s created', dir)
-    return new CopyStore(dir, opts.randomName ?? defaultName)
+    return new CopyStore(dir, opts.randomName ?? defaultName, opts.maxBuildBytes ?? MAX_BUILD_BYTES)
   }
 
   /** Absolute path of the store's directory. */
@@ -406,6 +417,10 @@ export class CopyStore {
       const before = await io.fstat(src)
       if (before.isDirectory()) throw sourceError(Object.assign(new Error('is a directory'), { code: 'EISDIR' }), srcPath)
       if (!before.isFile()) throw notRegularError(srcPath)
+      if (before.size > this.#maxBytes) {
+        throw new DlhostError('ERR_BUILD_TOO_LARGE', `${srcPath}: ${before.size} bytes, more than the ${this.#maxBytes} a build may have (maxBuildBytes)`,
+          { path: srcPath, reason: 'too large' })
+      }
       bytes = await io.readAll(src, before.size)
       sourceStat = await io.fstat(src)
       if (sourceStat.size !== bytes.length || sourceStat.mtimeMs !== before.mtimeMs || sourceStat.size !== before.size) {

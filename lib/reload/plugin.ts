@@ -56,6 +56,14 @@ export interface ReloadableOptions {
    * and the build can be unloaded again; 'off' waits for the file to settle.
    */
   prepare?: 'load' | 'copy' | 'off'
+  /**
+   * A watched file that settles and stays incomplete or not ELF this long
+   * is reported ('error': ERR_INCOMPLETE / ERR_NOT_ELF) while the old
+   * version serves on (default max(1000, 4 × settleMs) ms).
+   */
+  badBuildMs?: number
+  /** Largest build read and copied, in bytes (default 512 MiB): ERR_BUILD_TOO_LARGE beyond. */
+  maxBuildBytes?: number
   entry?: Abi
   unloadTimeoutMs?: number
 }
@@ -164,6 +172,8 @@ export class Plugin extends EventEmitter {
         settleMs: this.#opts.settleMs ?? C.DEFAULT_SETTLE_MS,
         poll: wo.poll ?? false,
         files: wo.files,
+        badBuildMs: this.#opts.badBuildMs,
+        maxBuildBytes: this.#opts.maxBuildBytes,
         // The content prepared while it settled parsed whole already.
         isComplete: buf => this.#preparer.isPrepared(buf) || elfCompleteness(buf).complete
       })
@@ -509,7 +519,9 @@ export async function reloadable (path: string, cfg?: Cfg, options: ReloadableOp
   const w = options.watch
   if (w !== undefined && typeof w !== 'boolean' && (w === null || typeof w !== 'object')) throw typeError('options.watch must be a boolean or an object')
   const cfgBuf = frozenCfg(cfg) // before the store: a bad cfg must not leave one behind
-  const store = await CopyStore.create({ dir: options.copyDir })
+  if (options.badBuildMs !== undefined && (typeof options.badBuildMs !== 'number' || !(options.badBuildMs >= 0))) throw rangeError('options.badBuildMs must be a number >= 0')
+  if (options.maxBuildBytes !== undefined && (typeof options.maxBuildBytes !== 'number' || !(options.maxBuildBytes >= 1))) throw rangeError('options.maxBuildBytes must be a number >= 1')
+  const store = await CopyStore.create({ dir: options.copyDir, maxBuildBytes: options.maxBuildBytes })
   // A relative path is resolved once, now: a later chdir() changes nothing.
   const plugin = new Plugin(resolvePath(path), cfgBuf, options, store)
   try {

@@ -33,7 +33,7 @@ import { C } from '../binding'
 import { DlhostError, rangeError, typeError } from '../errors'
 import { emitSafely } from '../events'
 import { elfCompleteness } from '../elf'
-import { SYNC_SNAPSHOT_LIMIT } from './copies'
+import { MAX_BUILD_BYTES, SYNC_SNAPSHOT_LIMIT } from './copies'
 
 const debug = debuglog('dlhost')
 
@@ -103,6 +103,14 @@ export interface LibraryWatcherOptions {
   files?: string[]
   /** Is this content a complete build? Default: `elfCompleteness(buf).complete`. */
   isComplete?: (buf: Buffer) => boolean
+  /**
+   * How long a settled library may stay incomplete or not ELF before it is
+   * reported as a bad build ('error', ERR_INCOMPLETE or ERR_NOT_ELF). Default
+   * max(1000, 4 × settleMs) ms. A file still growing is not reported.
+   */
+  badBuildMs?: number
+  /** Largest build read, in bytes (default MAX_BUILD_BYTES). */
+  maxBuildBytes?: number
 }
 
 type Events = {
@@ -211,6 +219,10 @@ export class LibraryWatcher extends EventEmitter<Events> {
   readonly settleMs: number
   readonly #poll: number | false
   readonly #isComplete: (buf: Buffer) => boolean
+  readonly #badBuildMs: number
+  readonly #maxBuildBytes: number
+  // A settled library that is not a whole build: reported once it stayed so.
+  #bad: { key: string, timer: NodeJS.Timeout | null, reported: boolean } | null = null
   readonly #library: Target
   readonly #targets: Target[]
   readonly #dirs = new Map<string, DirWatch>()
@@ -227,6 +239,10 @@ export class LibraryWatcher extends EventEmitter<Events> {
     if (libraryPath === '' || libraryPath.includes('\0')) throw rangeError('LibraryWatcher(path): path must be a non-empty string without NUL bytes')
     if (opts === null || typeof opts !== 'object') throw typeError('LibraryWatcher(path, opts): opts must be an object')
     const { settleMs = C.DEFAULT_SETTLE_MS, poll = false, files = [], isComplete = defaultIsComplete } = opts
+    const badBuildMs = opts.badBuildMs ?? Math.max(1000, 4 * settleMs)
+    const maxBuildBytes = opts.maxBuildBytes ?? MAX_BUILD_BYTES
+    if (typeof badBuildMs !== 'number' || !(badBuildMs >= 0) || badBuildMs > 2 ** 31 - 1) throw rangeError('opts.badBuildMs must be a number of ms >= 0')
+    if (typeof maxBuildBytes !== 'number' || !(maxBuildBytes >= 1)) throw rangeError('opts.maxBuildBytes must be a number >= 1')
     if (typeof settleMs !== 'number' || Number.isNaN(settleMs)) throw typeError('opts.settleMs must be a number')
     if (settleMs < 0 || !Number.isFinite(settleMs) || settleMs > 2 ** 31 - 1) throw rangeError('opts.settleMs must be a finite number >= 0')
     if (poll !== false && typeof poll !== 'number') throw typeError('opts.poll must be a number of ms or false')
@@ -242,6 +258,8 @@ export class LibraryWatcher extends EventEmitter<Events> {
     this.settleMs = settleMs
     this.#poll = poll
     this.#isComplete = isComplete
+    this.#badBuildMs = badBuildMs
+    this.#maxBuildBytes = maxBuildBytes
     this.#library = this.#makeTarget('library', this.path)
     this.#targets = [this.#library]
     const seen = new Set([this.path])
@@ -313,6 +331,7 @@ export class LibraryWatcher extends EventEmitter<Events> {
     if (this.#closed) return
     this.#closed = true
     this.#mode = 'idle'
+    this.#clearBad()
     for (const dw of this.#dirs.values()) this.#closeDirWatch(dw)
     this.#dirs.clear()
     if (this.#interval !== null) clearInterval(this.#interval)
@@ -572,6 +591,13 @@ export class LibraryWatcher extends EventEmitter<Events> {
       this.#emitChange(t, cur, undefined, settledAt)
       return
     }
+    if (cur.size > this.#maxBuildBytes) {
+      // Never read into memory: reported as a bad build, once per file.
+      this.#badBuild(cur, new DlhostError('ERR_BUILD_TOO_LARGE',
+        `${t.file}: ${cur.size} bytes, more than the ${this.#maxBuildBytes} a build may have (maxBuildBytes)`,
+        { path: t.file, reason: 'too large' }), 0)
+      return
+    }
     const buf = await readStable(t.file, cur)
     if (this.#closed) return
     if (buf === 'changed') {
@@ -592,11 +618,49 @@ export class LibraryWatcher extends EventEmitter<Events> {
     }
     if (!complete) {
       debug('watch: %s is not complete (%d bytes); waiting for the next change', t.file, buf.length)
+      const elf = buf.length >= 4 && buf[0] === 0x7f && buf[1] === 0x45 && buf[2] === 0x4c && buf[3] === 0x46
+      this.#badBuild(cur, elf
+        ? new DlhostError('ERR_INCOMPLETE', `${t.file}: an ELF file that stayed incomplete (${buf.length} bytes) for ${this.#badBuildMs} ms`, { path: t.file, reason: elfCompleteness(buf).reason ?? 'incomplete' })
+        : new DlhostError('ERR_NOT_ELF', `${t.file}: settled as something that is not an ELF file (${buf.length} bytes)`, { path: t.file, reason: buf.length === 0 ? 'empty' : 'not an ELF file (bad magic)' }),
+      this.#badBuildMs)
       return
     }
     if (this.#closed || sameIdentity(cur, t.last)) return // markCurrent() while we read
+    this.#clearBad()
     t.last = identity(cur)
     this.#emitChange(t, cur, buf, settledAt)
+  }
+
+  /**
+   * A settled library that is not a whole build: if the file is still the
+   * same `st` after `ms`, report `err` ('error'), once for that file. A file
+   * still being written changes meanwhile and is not reported.
+   */
+  #badBuild (st: fs.Stats, err: DlhostError, ms: number): void {
+    const key = statKey(st)
+    if (this.#bad?.key === key) return // pending or reported already
+    this.#clearBad()
+    const bad: { key: string, timer: NodeJS.Timeout | null, reported: boolean } = { key, timer: null, reported: false }
+    this.#bad = bad
+    const check = (): void => {
+      bad.timer = null
+      if (this.#bad !== bad || this.#closed) return
+      void statOrNull(this.path).then(now => {
+        if (this.#bad !== bad || this.#closed || statKey(now) !== key) return
+        bad.reported = true
+        this.#reportError(err)
+      })
+    }
+    if (ms === 0) check()
+    else {
+      bad.timer = setTimeout(check, ms)
+      bad.timer.unref()
+    }
+  }
+
+  #clearBad (): void {
+    if (this.#bad?.timer != null) clearTimeout(this.#bad.timer)
+    this.#bad = null
   }
 
   /** A settle period of the library starts (not for what is already current). */
