@@ -2,7 +2,9 @@
 // exports the classes, the functions and every layout constant (constants.h)
 // that lib/binding.ts reads. JS thread only. Nothing includes this file.
 #include <dlfcn.h>
+#include <ftw.h>
 #include <napi.h>
+#include <unistd.h>
 
 #include "constants.h"
 #include "env_state.h"
@@ -61,6 +63,28 @@ Napi::Value Configure(const Napi::CallbackInfo &info) {
   return env.Undefined();
 }
 
+// trackDir(path, on): a private directory to remove with the environment.
+Napi::Value TrackDir(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsString() || !info[1].IsBoolean())
+    throw Napi::TypeError::New(env, "trackDir(path: string, on: boolean)");
+  std::string dir = info[0].As<Napi::String>();
+  EnvState *st = EnvState::Of(env);
+  if (info[1].As<Napi::Boolean>())
+    st->dirs.insert(dir);
+  else
+    st->dirs.erase(dir);
+  return env.Undefined();
+}
+
+int RemoveEntry(const char *path, const struct stat *, int flag, struct FTW *) {
+  if (flag == FTW_DP)
+    rmdir(path);
+  else
+    unlink(path);
+  return 0;
+}
+
 Napi::Object Constants(Napi::Env env) {
   Napi::Object c = Napi::Object::New(env);
   c.Set("SLOT_STRIDE", double(kSlotStride));
@@ -101,12 +125,22 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("isMapped", Napi::Function::New<IsMapped>(env, "isMapped"));
   exports.Set("identify", Napi::Function::New<Identify>(env, "identify"));
   exports.Set("configure", Napi::Function::New<Configure>(env, "configure"));
+  exports.Set("trackDir", Napi::Function::New<TrackDir>(env, "trackDir"));
+  napi_add_env_cleanup_hook(env, &EnvState::Cleanup, state);
   exports.Set("abiVersion", Napi::Number::New(env, DLHOST_ABI_VERSION));
   exports.Set("constants", Constants(env));
   return exports;
 }
 
 }  // namespace
+
+void EnvState::Cleanup(void *self) {
+  auto *st = static_cast<EnvState *>(self);
+  // Depth first, never following a link out of the directory.
+  for (const std::string &dir : st->dirs) nftw(dir.c_str(), RemoveEntry, 16, FTW_DEPTH | FTW_PHYS);
+  st->dirs.clear();
+}
+
 }  // namespace dlhost
 
 static Napi::Object DlhostInit(Napi::Env env, Napi::Object exports) {

@@ -12,6 +12,8 @@
 #include <napi.h>
 
 #include <cstddef>
+#include <set>
+#include <string>
 
 namespace dlhost {
 
@@ -22,8 +24,14 @@ struct EnvState {
   // lib/binding.ts through configure()): a longer answer is refused, freed
   // once, instead of failing inside napi_create_external_buffer.
   size_t max_body = size_t(1) << 32;
+  // Private directories of this environment (the reload layer's copy
+  // stores), removed when the environment goes (a terminated worker, or an
+  // exit that skipped JS's own clean-up).
+  std::set<std::string> dirs;
 
   static EnvState *Of(Napi::Env env) { return env.GetInstanceData<EnvState>(); }
+  // Environment cleanup hook: removes `dirs`. Never calls JS.
+  static void Cleanup(void *self);
 };
 
 class CleanupHook {

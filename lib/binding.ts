@@ -154,6 +154,8 @@ export interface NativeBinding {
   identify (path: string): NativeIdentity
   /** Tells the addon buffer.constants.MAX_LENGTH (once, at load). */
   configure (maxBufferLength: number): void
+  /** A private directory to remove (depth first, no links followed) when this environment goes; `on: false` forgets it. */
+  trackDir (dir: string, on: boolean): void
 }
 
 export const binding: NativeBinding = nodeGypBuild(path.join(__dirname, '..')) as NativeBinding

@@ -46,7 +46,7 @@ t.test('create: a private 0700 directory of our own', async (t) => {
   t.equal(st.mode & 0o7777, 0o700, 'mode 0700')
   if (typeof process.getuid === 'function') t.equal(st.uid, process.getuid(), 'owned by us')
   t.equal(path.dirname(store.dir), fs.realpathSync(os.tmpdir()), 'under os.tmpdir()')
-  t.match(path.basename(store.dir), /^dlhost-.{6}$/, 'mkdtemp name with the dlhost- prefix')
+  t.match(path.basename(store.dir), /^dlhost-\d+\.\d+-.{6}$/, 'mkdtemp name: dlhost-<pid>.<start time>-XXXXXX')
   t.same(store.list(), [])
 
   const parent = scratch(t)

@@ -19,6 +19,7 @@ import * as fs from 'fs'
 import * as os from 'os'
 import * as path from 'path'
 import { debuglog, promisify } from 'util'
+import { binding } from '../binding'
 import { DlhostError, errnoError, notRegularError, rangeError, typeError } from '../errors'
 
 const debug = debuglog('dlhost')
@@ -146,6 +147,7 @@ function onExit (): void {
 }
 
 function register (store: CopyStore): void {
+  binding.trackDir(store.dir, true) // a terminated worker's environment removes it
   openStores.add(store)
   if (!exitListening) {
     process.on('exit', onExit)
@@ -154,10 +156,66 @@ function register (store: CopyStore): void {
 }
 
 function unregister (store: CopyStore): void {
+  binding.trackDir(store.dir, false)
   openStores.delete(store)
   if (openStores.size === 0 && exitListening) {
     process.removeListener('exit', onExit)
     exitListening = false
+  }
+}
+
+// ─── owners: stores of processes that died without cleaning up ────────────
+//
+// SIGKILL, or a signal whose default action ends the process, skips every
+// clean-up (dlhost installs no signal handler: the application's own signal
+// behaviour is its own). Each store records its owner (pid and process start
+// time, so a reused pid is not mistaken for it) in its name; the first store
+// a process makes under a parent removes the stores there whose owner is
+// dead, and only those: never a live process's, never one named otherwise,
+// never one owned by another uid.
+
+// A store's name records its owner: dlhost-<pid>.<start time>-XXXXXX.
+const STORE_NAME = /^dlhost-(\d+)\.(\d+)-[A-Za-z0-9]{6}$/
+
+/** The start time of process `pid` (clock ticks since boot), or null when there is none. */
+function startTime (pid: number | 'self'): string | null {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
+    // Fields after the command name, which may contain spaces and parentheses.
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] ?? null
+  } catch {
+    return null
+  }
+}
+
+let prefix: string | undefined
+function storePrefix (): string {
+  prefix ??= `dlhost-${process.pid}.${startTime('self') ?? '0'}-`
+  return prefix
+}
+
+const swept = new Set<string>()
+
+/** Once per parent per process: removes the stores whose owner died. Never throws. */
+async function sweepOnce (parent: string, me: number | undefined): Promise<void> {
+  if (swept.has(parent) || me === undefined) return
+  swept.add(parent)
+  let names: string[]
+  try { names = await fs.promises.readdir(parent) } catch { return }
+  for (const name of names) {
+    const m = STORE_NAME.exec(name)
+    if (m === null) continue
+    const pid = Number(m[1])
+    if (startTime(pid) === m[2]) continue // its owner lives
+    const dir = path.join(parent, name)
+    try {
+      const st = await fs.promises.lstat(dir)
+      if (!st.isDirectory() || st.uid !== me) continue
+      await fs.promises.rm(dir, { recursive: true, force: true })
+      debug('removed copy store %s of dead process %d', dir, pid)
+    } catch {
+      // Gone already, or not ours to remove.
+    }
   }
 }
 
@@ -302,7 +360,7 @@ export class CopyStore {
 
     let dir: string
     try {
-      dir = await fs.promises.mkdtemp(path.join(realParent, 'dlhost-'))
+      dir = await fs.promises.mkdtemp(path.join(realParent, storePrefix()))
     } catch (err) {
       throw errnoError(err, realParent, 'ERR_COPY')
     }
@@ -332,6 +390,7 @@ export class CopyStore {
       throw new DlhostError('ERR_COPY', `cannot secure copy store ${dir}: ${errMessage(err)}`,
         { path: dir, loaderMessage: errMessage(err), cause: err })
     }
+    await sweepOnce(realParent, me)
     debug('copy store %s created', dir)
     return new CopyStore(dir, opts.randomName ?? defaultName, opts.maxBuildBytes ?? MAX_BUILD_BYTES)
   }
