@@ -58,7 +58,7 @@ export const EXPLAIN: Record<string, string> = {
   NODELETE: 'linked with -z nodelete (DF_1_NODELETE); dlclose keeps it mapped for the life of the process. Relink without -z nodelete.',
   GNU_UNIQUE: 'g++ emitted STB_GNU_UNIQUE symbols (inline/template statics); glibc never unloads such a library. Build with -fno-gnu-unique, or hide those symbols.',
   'TLS destructors pending': 'thread_local objects with destructors; glibc keeps it until every thread that touched them has exited. Unloads if only dlhost\'s poll threads touch them; not if the loading thread (a constructor, callSync) does.',
-  'Go runtime': 'contains a Go runtime; its threads never stop, dlclose cannot remove it, and a process can hold only one. Reload it in a child process (isolate: \'process\') or restart.',
+  'Go runtime': 'contains a Go runtime; its threads never stop, dlclose cannot remove it, and a process can hold only one. Reload it by restarting the process.',
   'static TLS': 'uses initial-exec (static) TLS; each loaded copy takes from glibc\'s small static TLS reserve, so many versions side by side can fail to dlopen.'
 }
 
@@ -103,8 +103,9 @@ export function formatReport (r: InspectReport): string {
     ? 'shadow (new version side by side, old one drains and unloads)'
     : r.autoStrategy === 'drain'
       ? 'drain (old version unloads before the new one loads)'
-      : 'restart (never leaves the process: use isolate: \'process\' or restart the process)'
+      : 'restart (never leaves the process: only a new process can take the next build)'
   lines.push(`reload:   ${reload}`)
+  lines.push(`trust:    ${r.trusted ? 'yes (owned by this user or root, not writable by others)' : `NO: ${String(r.untrusted)} (open/load/reloadable refuse it: ERR_UNTRUSTED)`}`)
   if (r.soname !== undefined) lines.push(`soname:   ${r.soname}`)
   if (r.needed.length > 0) lines.push(`needed:   ${list(r.needed, 8)}`)
   lines.push(`exports:  ${r.exports.length === 0 ? 'none' : list(r.exports, 8)}`)

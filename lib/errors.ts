@@ -21,6 +21,8 @@ export const codes = {
   ERR_NOT_SYNC: 'ERR_NOT_SYNC',
   ERR_RELEASED: 'ERR_RELEASED',
   ERR_STUCK: 'ERR_STUCK',
+  /** The file, or a directory on its real path, is owned or writable by another user (see trust.ts). */
+  ERR_UNTRUSTED: 'ERR_UNTRUSTED',
   /** strategy 'shadow' for a library whose second copy would abort the process (Go, an embedded interpreter). */
   ERR_CANNOT_COEXIST: 'ERR_CANNOT_COEXIST',
   ERR_ABORTED: 'ERR_ABORTED',

@@ -9,6 +9,7 @@ export type { Abi, Cfg, LoadOptions, CallOptions, RuntimeStats } from './runtime
 export { DlhostError, codes } from './errors'
 export type { DlhostErrorCode } from './errors'
 export { inspect } from './inspect'
+export type { Trust } from './trust'
 export type { InspectReport } from './inspect'
 import { binding } from './binding'
 /** The plugin ABI version this build of dlhost implements (DLHOST_ABI_VERSION). */

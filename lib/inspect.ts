@@ -33,6 +33,7 @@
  */
 import { readElfFile } from './elf'
 import { DlhostError, typeError } from './errors'
+import { untrustedReason } from './trust'
 import { Abi, autoStrategy, checkHostCompatible, coexistBlockers, detectAbi, stuckReasons, unloadBlockers } from './rules'
 
 export type Verdict = 'unloadable' | 'conditional' | 'stuck'
@@ -73,9 +74,13 @@ export interface InspectReport {
   /**
    * What the 'auto' reload rule (rules.ts) picks from these facts: 'shadow'
    * (coexists and unloads), 'drain' (unloads but cannot coexist), 'restart'
-   * (never leaves the process: isolate it in a child process or restart).
+   * (never leaves the process: only a new process takes the next build).
    */
   autoStrategy: 'shadow' | 'drain' | 'restart'
+  /** Would open()/load()/reloadable() trust this file by default (trust.ts)? */
+  trusted: boolean
+  /** Why not, when trusted is false: the offending path and the reason. */
+  untrusted?: string
 }
 
 /**
@@ -129,8 +134,11 @@ export async function inspect (path: string): Promise<InspectReport> {
     canCoexist: blockers.length === 0,
     coexistBlockers: blockers,
     loadable: loadError === undefined,
-    autoStrategy: autoStrategy(info)
+    autoStrategy: autoStrategy(info),
+    trusted: untrustedReason(path) === null
   }
+  const why = untrustedReason(path)
+  if (why !== null) report.untrusted = `${why.path}: ${why.reason}`
   if (info.soname !== undefined) report.soname = info.soname
   if (loadError !== undefined) report.loadError = loadError
   return report

@@ -10,6 +10,7 @@ import { binding, C, NativeIdentity, NativeLibrary, NativeRow } from './binding'
 import { ElfInfo, parseElf } from './elf'
 import { DlhostError, errnoError, fromNative, typeError } from './errors'
 import { checkHostCompatible, stuckReason } from './rules'
+import { checkTrusted, checkTrustOption, Trust } from './trust'
 
 export interface OpenOptions {
   /** Never dlclose (default true, as in lua-resty-ffi). Once pinned, stays pinned. */
@@ -18,6 +19,8 @@ export interface OpenOptions {
   global?: boolean
   /** RTLD_LAZY instead of RTLD_NOW. */
   lazy?: boolean
+  /** Whose files may be loaded (default: this process's uid and root; see trust.ts). */
+  trust?: Trust
   /**
    * @internal What the caller already read, hashed and parsed of exactly
    * this file (the reload layer's private copies): open() then does not
@@ -209,6 +212,7 @@ export function open (path: string, options: OpenOptions = {}): Library {
   const pin = checkBool('pin', options.pin) ?? true
   const global = checkBool('global', options.global) ?? false
   const lazy = checkBool('lazy', options.lazy) ?? false
+  const trust = checkTrustOption(options.trust)
   // Validate before dlopen: the loader's messages for these are vague, and a
   // foreign or truncated file deserves its own code. Each identity is read
   // and hashed once, and the facts are those of the file dlopen mapped (the
@@ -216,6 +220,7 @@ export function open (path: string, options: OpenOptions = {}): Library {
   // a descriptor of that identity). Content the caller knows was validated
   // by the caller.
   const known = options.known
+  if (known === undefined) checkTrusted(path, trust)
   const flags = (pin ? C.OPEN_PIN : 0) | (global ? C.OPEN_GLOBAL : 0) | (lazy ? C.OPEN_LAZY : 0)
   for (let attempt = 0; attempt < 3; attempt++) {
     if (known === undefined) {

@@ -10,6 +10,7 @@ import { DlhostError, fromNative, rangeError, typeError } from './errors'
 import { KnownContent, Library, LibraryRow, LibraryVersion, open, rowOf } from './library'
 import { onAbort } from './events'
 import { requestLength } from './request'
+import type { Trust } from './trust'
 import { Abi, abiOf, ENTRY, isAbi, NO_ENTRY_MESSAGE, threadsNeverExit } from './rules'
 
 export type { Abi } from './rules'
@@ -26,6 +27,8 @@ export interface LoadOptions {
   entry?: Abi
   /** How long unload waits for plugin threads to exit before reporting stuck (default 5000). */
   unloadTimeoutMs?: number
+  /** Whose files may be loaded (default: this process's uid and root; see trust.ts). */
+  trust?: Trust
   /** @internal See OpenOptions.known. */
   known?: KnownContent
 }
@@ -479,7 +482,7 @@ export async function load (path: string, cfg?: Cfg, options: LoadOptions = {}):
       const leaving = dying.get(key)
       if (leaving !== undefined) { await leaving; continue }
     }
-    const lib = open(path, { pin: options.pin ?? true, global: options.global ?? false, known: options.known })
+    const lib = open(path, { pin: options.pin ?? true, global: options.global ?? false, known: options.known, trust: options.trust })
     try {
       const key = `${lib.realPath}\0${lib.native.key}\0${hash}`
       const seen = id

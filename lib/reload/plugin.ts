@@ -18,6 +18,7 @@ import { emitSafely, onAbort } from '../events'
 import { isMapped, Library } from '../library'
 import { Abi, coexistFatal, reloadStrategy, stuckReasons, STILL_MAPPED, threadsStuckReason, unloadBlockers } from '../rules'
 import { CallOptions, Cfg, frozenCfg, load, Runtime } from '../runtime'
+import { checkTrusted, checkTrustOption, Trust } from '../trust'
 import { Build, checkSameAbi, parseBuild } from './build'
 import { CopyStore, PrivateCopy, sha256, SourceBytes } from './copies'
 import { Prepared, Preparer } from './prepare'
@@ -64,6 +65,8 @@ export interface ReloadableOptions {
   badBuildMs?: number
   /** Largest build read and copied, in bytes (default 512 MiB): ERR_BUILD_TOO_LARGE beyond. */
   maxBuildBytes?: number
+  /** Whose builds may be loaded (default: this process's uid and root; checked on every new build; see trust.ts). */
+  trust?: Trust
   entry?: Abi
   unloadTimeoutMs?: number
 }
@@ -149,6 +152,7 @@ export class Plugin extends EventEmitter {
       entry: opts.entry,
       global: opts.global,
       servingSha256: () => this.#current.sha256,
+      checkSource: () => checkTrusted(path, opts.trust),
       mayPreload: build => this.#mayPreload(build),
       closed: () => this.#closing !== null
     })
@@ -156,6 +160,7 @@ export class Plugin extends EventEmitter {
 
   /** @internal */
   async start (): Promise<void> {
+    checkTrusted(this.path, this.#opts.trust)
     const copy = await this.#store.snapshot(this.path)
     const build = parseBuild(this.#store, copy, this.path, this.#opts.entry)
     const fatal = coexistFatal(build.elf)[0]
@@ -278,6 +283,9 @@ export class Plugin extends EventEmitter {
     // The prepared copy's dlopen reference, held until the version's runtime has its own.
     let preloaded: Library | null = null
     try {
+      // Every new build, before a byte of it is copied: a file someone else
+      // could have planted is refused.
+      checkTrusted(this.path, this.#opts.trust)
       const read: SourceBytes | null = change?.bytes !== undefined ? null : await this.#store.read(this.path)
       const bytes = read?.bytes ?? change?.bytes as Buffer
       const ready: Prepared | null = await this.#preparer.take(bytes)
@@ -521,6 +529,7 @@ export async function reloadable (path: string, cfg?: Cfg, options: ReloadableOp
   const cfgBuf = frozenCfg(cfg) // before the store: a bad cfg must not leave one behind
   if (options.badBuildMs !== undefined && (typeof options.badBuildMs !== 'number' || !(options.badBuildMs >= 0))) throw rangeError('options.badBuildMs must be a number >= 0')
   if (options.maxBuildBytes !== undefined && (typeof options.maxBuildBytes !== 'number' || !(options.maxBuildBytes >= 1))) throw rangeError('options.maxBuildBytes must be a number >= 1')
+  checkTrustOption(options.trust)
   const store = await CopyStore.create({ dir: options.copyDir, maxBuildBytes: options.maxBuildBytes })
   // A relative path is resolved once, now: a later chdir() changes nothing.
   const plugin = new Plugin(resolvePath(path), cfgBuf, options, store)

@@ -32,6 +32,8 @@ export interface PreparerHost {
   readonly global: boolean | undefined
   /** sha256 of the version serving now. */
   servingSha256 (): string
+  /** Throws unless the source may be trusted (trust.ts). */
+  checkSource (): void
   /** May a build with these facts be dlopen'ed before its turn (its constructors run)? */
   mayPreload (build: Build): boolean
   closed (): boolean
@@ -95,6 +97,7 @@ export class Preparer {
 
   async #prepareOnce (): Promise<void> {
     const { path, store } = this.#host
+    this.#host.checkSource()
     const src = await store.read(path)
     if (src.sha256 === this.#host.servingSha256() || src.sha256 === this.#prepared?.build.copy.sha256) return
     if (!elfCompleteness(src.bytes).complete) return
