@@ -204,7 +204,7 @@ interface Header {
   shstrndx: number
 }
 
-interface Phdr { type: number, offset: number, vaddr: number, filesz: number, memsz: number }
+interface Phdr { type: number, flags: number, offset: number, vaddr: number, filesz: number, memsz: number, align: number }
 interface Shdr { nameOff: number, name: string, type: number, offset: number, size: number, link: number, entsize: number, addr: number }
 
 interface Layout { h: Header, ph: Phdr[], sh: Shdr[] }
@@ -291,8 +291,8 @@ function layout (src: Source): Layout {
     for (let i = 0; i < h.phnum; i++) {
       const o = i * h.phentsize
       ph.push(is64
-        ? { type: t.u32(o), offset: t.u64(o + 8), vaddr: t.u64(o + 16), filesz: t.u64(o + 32), memsz: t.u64(o + 40) }
-        : { type: t.u32(o), offset: t.u32(o + 4), vaddr: t.u32(o + 8), filesz: t.u32(o + 16), memsz: t.u32(o + 20) })
+        ? { type: t.u32(o), flags: t.u32(o + 4), offset: t.u64(o + 8), vaddr: t.u64(o + 16), filesz: t.u64(o + 32), memsz: t.u64(o + 40), align: t.u64(o + 48) }
+        : { type: t.u32(o), flags: t.u32(o + 24), offset: t.u32(o + 4), vaddr: t.u32(o + 8), filesz: t.u32(o + 16), memsz: t.u32(o + 20), align: t.u32(o + 28) })
     }
   }
   const phExtended = h.phnum === PN_XNUM
@@ -361,7 +361,7 @@ function layout (src: Source): Layout {
 
 // ─── the analysis ─────────────────────────────────────────────────────────
 
-interface Sym { name: string, bind: number, type: number, vis: number, shndx: number, value: number, size: number }
+interface Sym { name: string, nameOff: number, bind: number, type: number, vis: number, shndx: number, value: number, size: number }
 
 function readSymbols (src: Source, h: Header, off: number, count: number, entsize: number, strtab: Buffer): Sym[] {
   const out: Sym[] = []
@@ -373,8 +373,10 @@ function readSymbols (src: Source, h: Header, off: number, count: number, entsiz
     const o = i * ent
     const info = h.is64 ? r.u8(o + 4) : r.u8(o + 12)
     const other = h.is64 ? r.u8(o + 5) : r.u8(o + 13)
+    const nameOff = r.u32(o)
     out.push({
-      name: cstr(strtab, r.u32(o)),
+      name: cstr(strtab, nameOff),
+      nameOff,
       bind: info >> 4,
       type: info & 0xf,
       vis: other & 3,
@@ -391,6 +393,172 @@ function vaddrToOffset (ph: Phdr[], addr: number): number | undefined {
     if (p.type === PT_LOAD && addr >= p.vaddr && addr < p.vaddr + p.filesz) return p.offset + (addr - p.vaddr)
   }
   return undefined
+}
+
+// ─── what the loader would trip over ──────────────────────────────────────
+//
+// A structurally whole file can still crash ld.so: a PT_GNU_RELRO outside
+// every segment (SIGSEGV in _dl_protect_relro), a relocation that writes
+// outside the image, a PLT relocation kind ld.so asserts on. These are the
+// cheap checks that a shared object's layout is one glibc can load; what
+// its code does (a corrupt constructor) only a probe load in another
+// process can tell.
+
+const PT_GNU_RELRO = 0x6474e552
+const PF_X = 1
+const PF_W = 2
+const DT_PLTRELSZ = 2
+const DT_RELA = 7
+const DT_RELASZ = 8
+const DT_RELAENT = 9
+const DT_INIT = 12
+const DT_FINI = 13
+const DT_REL = 17
+const DT_RELSZ = 18
+const DT_RELENT = 19
+const DT_PLTREL = 20
+const DT_JMPREL = 23
+const DT_INIT_ARRAY = 25
+const DT_FINI_ARRAY = 26
+const DT_INIT_ARRAYSZ = 27
+const DT_FINI_ARRAYSZ = 28
+const DT_PREINIT_ARRAY = 32
+const DT_VERSYM = 0x6ffffff0
+const DT_VERNEED = 0x6ffffffe
+const DT_VERDEF = 0x6ffffffc
+const DT_PLTGOT = 3
+const MAX_RELOCS = 4_000_000
+
+// (No bitwise test: JS bit operations cut a number to 32 bits.)
+function powerOfTwo (x: number): boolean {
+  return Number.isSafeInteger(x) && x > 0 && Number.isInteger(Math.log2(x))
+}
+
+function checkLoaderSafe (src: Source, h: Header, ph: Phdr[], sh: Shdr[], dyn: Array<[number, number]>, syms: Sym[]): void {
+  const word = h.is64 ? 8 : 4
+  const loads = ph.filter(p => p.type === PT_LOAD)
+  if (loads.length === 0) throw new Malformed('no PT_LOAD segment')
+  let prevEnd = -1
+  for (const p of loads) {
+    if (p.filesz > p.memsz) throw new Malformed(`a PT_LOAD segment has p_filesz ${p.filesz} > p_memsz ${p.memsz}`)
+    if (p.align > 1 && !powerOfTwo(p.align)) throw new Malformed(`a PT_LOAD segment's alignment ${p.align} is not a power of two`)
+    if (p.align > 1 && (p.vaddr - p.offset) % p.align !== 0) throw new Malformed('a PT_LOAD segment\'s address and offset disagree modulo its alignment')
+    if (p.vaddr < prevEnd) throw new Malformed('PT_LOAD segments out of order or overlapping')
+    if (!Number.isSafeInteger(p.vaddr + p.memsz) || p.vaddr + p.memsz > 2 ** 47) throw new Malformed('a PT_LOAD segment reaches past the address space')
+    prevEnd = p.vaddr + p.memsz
+  }
+  const seg = (addr: number, len: number): Phdr | undefined =>
+    loads.find(p => addr >= p.vaddr && len >= 0 && addr + len <= p.vaddr + p.memsz)
+  const need = (what: string, addr: number, len: number, flags = 0): void => {
+    const p = seg(addr, len)
+    if (p === undefined) throw new Malformed(`${what} (0x${addr.toString(16)}, ${len} bytes) lies outside every PT_LOAD segment`)
+    if ((p.flags & flags) !== flags) throw new Malformed(`${what} (0x${addr.toString(16)}) lies in a segment that is not ${flags === PF_X ? 'executable' : 'writable'}`)
+  }
+  for (const p of ph) {
+    if (p.type === PT_DYNAMIC) need('PT_DYNAMIC', p.vaddr, p.memsz)
+    else if (p.type === PT_GNU_RELRO) need('PT_GNU_RELRO', p.vaddr, p.memsz)
+    else if (p.type === PT_TLS) {
+      if (p.filesz > p.memsz) throw new Malformed('PT_TLS has p_filesz > p_memsz')
+      if (p.align > 1 && !powerOfTwo(p.align)) throw new Malformed(`PT_TLS alignment ${p.align} is not a power of two`)
+      if (p.filesz > 0) need('PT_TLS', p.vaddr, p.filesz)
+    }
+  }
+  // The dynamic section's own section header, when there is one, inside a segment.
+  const dynSec = sh.find(s => s.type === SHT_DYNAMIC)
+  if (dynSec !== undefined && dynSec.addr !== 0) need('the .dynamic section', dynSec.addr, dynSec.size)
+  const tag = (t: number): number | undefined => dyn.find(([k]) => k === t)?.[1]
+  for (const [t, what] of [[DT_STRTAB, 'DT_STRTAB'], [DT_SYMTAB, 'DT_SYMTAB'], [DT_HASH, 'DT_HASH'], [DT_GNU_HASH, 'DT_GNU_HASH'],
+    [DT_VERSYM, 'DT_VERSYM'], [DT_VERNEED, 'DT_VERNEED'], [DT_VERDEF, 'DT_VERDEF'], [DT_PLTGOT, 'DT_PLTGOT']] as const) {
+    const v = tag(t)
+    if (v !== undefined) need(what, v, t === DT_STRTAB ? tag(DT_STRSZ) ?? 1 : 1)
+  }
+  for (const [t, what, name] of [[DT_INIT, 'DT_INIT', '.init'], [DT_FINI, 'DT_FINI', '.fini']] as const) {
+    const v = tag(t)
+    if (v === undefined) continue
+    need(what, v, 1, PF_X)
+    const sec = sh.find(x => x.name === name)
+    if (sec !== undefined && sec.addr !== 0 && sec.addr !== v) throw new Malformed(`${what} disagrees with the ${name} section`)
+  }
+  for (const [t, sz, what] of [[DT_INIT_ARRAY, DT_INIT_ARRAYSZ, 'DT_INIT_ARRAY'], [DT_FINI_ARRAY, DT_FINI_ARRAYSZ, 'DT_FINI_ARRAY']] as const) {
+    const v = tag(t)
+    if (v !== undefined) need(what, v, tag(sz) ?? 0)
+  }
+  if (tag(DT_PREINIT_ARRAY) !== undefined) throw new Malformed('DT_PREINIT_ARRAY in a shared object (glibc refuses it)')
+  // Tags that only make sense together: ld.so dereferences the partner.
+  for (const [a, b, what] of [[DT_INIT_ARRAY, DT_INIT_ARRAYSZ, 'DT_INIT_ARRAY/DT_INIT_ARRAYSZ'], [DT_FINI_ARRAY, DT_FINI_ARRAYSZ, 'DT_FINI_ARRAY/DT_FINI_ARRAYSZ'],
+    [DT_RELA, DT_RELASZ, 'DT_RELA/DT_RELASZ'], [DT_REL, DT_RELSZ, 'DT_REL/DT_RELSZ'], [DT_JMPREL, DT_PLTRELSZ, 'DT_JMPREL/DT_PLTRELSZ'],
+    [DT_JMPREL, DT_PLTREL, 'DT_JMPREL/DT_PLTREL'], [DT_SYMTAB, DT_STRTAB, 'DT_SYMTAB/DT_STRTAB'], [DT_STRTAB, DT_STRSZ, 'DT_STRTAB/DT_STRSZ']] as const) {
+    if ((tag(a) === undefined) !== (tag(b) === undefined)) throw new Malformed(`${what}: one without the other`)
+  }
+  // Tables start where their entries can be read, and where the section
+  // headers (when there are some) say they are.
+  for (const [t, align, what] of [[DT_SYMTAB, word, 'DT_SYMTAB'], [DT_RELA, word, 'DT_RELA'], [DT_REL, word, 'DT_REL'], [DT_JMPREL, word, 'DT_JMPREL'],
+    [DT_INIT_ARRAY, word, 'DT_INIT_ARRAY'], [DT_FINI_ARRAY, word, 'DT_FINI_ARRAY'], [DT_HASH, 4, 'DT_HASH'], [DT_GNU_HASH, word, 'DT_GNU_HASH'],
+    [DT_VERSYM, 2, 'DT_VERSYM'], [DT_PLTGOT, word, 'DT_PLTGOT']] as const) {
+    const v = tag(t)
+    if (v !== undefined && v % align !== 0) throw new Malformed(`${what} (0x${v.toString(16)}) is not ${align}-byte aligned`)
+  }
+  const dynsymSec = sh.find(x => x.type === SHT_DYNSYM)
+  if (dynsymSec !== undefined && dynsymSec.addr !== 0 && tag(DT_SYMTAB) !== undefined && tag(DT_SYMTAB) !== dynsymSec.addr) {
+    throw new Malformed('DT_SYMTAB disagrees with the .dynsym section')
+  }
+  const dynstrSec = dynsymSec !== undefined ? sh[dynsymSec.link] : undefined
+  if (dynstrSec !== undefined && dynstrSec.addr !== 0 && tag(DT_STRTAB) !== undefined && tag(DT_STRTAB) !== dynstrSec.addr) {
+    throw new Malformed('DT_STRTAB disagrees with the .dynstr section')
+  }
+  const pltrel = tag(DT_PLTREL)
+  if (pltrel !== undefined && pltrel !== DT_RELA && pltrel !== DT_REL) throw new Malformed(`DT_PLTREL is ${pltrel}, neither DT_RELA nor DT_REL`)
+  if (h.machine === 62 && pltrel !== undefined && pltrel !== DT_RELA) throw new Malformed('DT_PLTREL is not DT_RELA on x86-64 (ld.so asserts on it)')
+  const relaEnt = tag(DT_RELAENT)
+  if (relaEnt !== undefined && relaEnt !== (h.is64 ? 24 : 12)) throw new Malformed(`DT_RELAENT is ${relaEnt}`)
+  const relEnt = tag(DT_RELENT)
+  if (relEnt !== undefined && relEnt !== (h.is64 ? 16 : 8)) throw new Malformed(`DT_RELENT is ${relEnt}`)
+
+  // Every relocation writes inside a writable part of the image (or the
+  // RELRO part, writable until relocation is done), names a symbol that
+  // exists, and a relative one points into the image.
+  const writable = (addr: number): boolean => {
+    const p = seg(addr, word)
+    if (p === undefined) return false
+    if ((p.flags & PF_W) !== 0) return true
+    return ph.some(r => r.type === PT_GNU_RELRO && addr >= r.vaddr && addr + word <= r.vaddr + r.memsz)
+  }
+  const tables: Array<[string, number | undefined, number | undefined, boolean]> = [
+    ['DT_RELA', tag(DT_RELA), tag(DT_RELASZ), true],
+    ['DT_REL', tag(DT_REL), tag(DT_RELSZ), false],
+    ['DT_JMPREL', tag(DT_JMPREL), tag(DT_PLTRELSZ), pltrel !== DT_REL]
+  ]
+  const symCount = syms.length
+  for (const [what, addr, size, rela] of tables) {
+    if (addr === undefined || size === undefined || size === 0) continue
+    const ent = rela ? (h.is64 ? 24 : 12) : (h.is64 ? 16 : 8)
+    if (size % ent !== 0 || size / ent > MAX_RELOCS) throw new Malformed(`${what}: a size of ${size} bytes is not a whole number of entries`)
+    const off = vaddrToOffset(ph, addr)
+    if (off === undefined || !inside(off, size, src.size)) throw new Malformed(`${what} lies outside the file`)
+    const r = new Reader(src.read(off, size), h.le, h.is64)
+    for (let o = 0; o < size; o += ent) {
+      const where = r.word(o)
+      const info = r.word(o + word)
+      const type = h.is64 ? info % 0x100000000 : info & 0xff
+      const sym = h.is64 ? Math.floor(info / 0x100000000) : info >>> 8
+      if (type === 0) continue // R_*_NONE
+      if (!writable(where)) throw new Malformed(`${what}: a relocation writes at 0x${where.toString(16)}, outside the image's writable segments`)
+      if (symCount > 0 && sym >= symCount) throw new Malformed(`${what}: a relocation names symbol ${sym} of ${symCount}`)
+      if (rela && h.machine === 62 && (type === 8 || type === 37)) { // R_X86_64_RELATIVE, R_X86_64_IRELATIVE
+        const addend = r.word(o + 2 * word)
+        if (seg(addend, 0) === undefined) throw new Malformed(`${what}: a relative relocation points at 0x${addend.toString(16)}, outside the image`)
+        if (type === 37) need(`${what}: an IFUNC resolver`, addend, 1, PF_X)
+      }
+    }
+  }
+  // Symbol names lie in the string table; defined functions start in executable code.
+  const strsz = tag(DT_STRSZ)
+  for (const sy of syms) {
+    if (strsz !== undefined && sy.nameOff >= strsz) throw new Malformed(`a dynamic symbol's name (offset ${sy.nameOff}) lies past the string table (${strsz} bytes)`)
+    if ((sy.type === STT_FUNC || sy.type === STT_GNU_IFUNC) && sy.shndx !== SHN_UNDEF && sy.shndx !== SHN_ABS && sy.value !== 0) {
+      need(`function ${sy.name || '(unnamed)'}`, sy.value, 1, PF_X)
+    }
+  }
 }
 
 /** Number of symbols in a DT_GNU_HASH table: past the highest bucket's chain end. */
@@ -549,6 +717,7 @@ function analyze (src: Source, path?: string): ElfInfo {
       info.goRuntime = all.some(s => s.name === 'runtime.main' || s.name === 'x_cgo_init' || s.name === 'runtime.goexit')
     }
   }
+  if (info.type === 'ET_DYN') checkLoaderSafe(src, h, ph, sh, dyn, syms)
   return info
 }
 

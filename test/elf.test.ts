@@ -226,7 +226,8 @@ function synthElf (o: SynthOpts): Buffer {
   phdrs.forEach(([type, poff, filesz, memsz], i) => {
     const e = ehsize + i * phent
     u32(e, type)
-    if (o.is64) { u32(e + 4, 4); word(e + 8, poff); word(e + 16, poff); word(e + 24, poff); word(e + 32, filesz); word(e + 40, memsz); word(e + 48, 8) } else { u32(e + 4, poff); u32(e + 8, poff); u32(e + 12, poff); u32(e + 16, filesz); u32(e + 20, memsz); u32(e + 24, 4); u32(e + 28, 8) }
+    // p_flags PF_R | PF_X: the code a symbol names is executable, as in a real shared object
+    if (o.is64) { u32(e + 4, 5); word(e + 8, poff); word(e + 16, poff); word(e + 24, poff); word(e + 32, filesz); word(e + 40, memsz); word(e + 48, 8) } else { u32(e + 4, poff); u32(e + 8, poff); u32(e + 12, poff); u32(e + 16, filesz); u32(e + 20, memsz); u32(e + 24, 5); u32(e + 28, 8) }
   })
   // ELF header
   buf.write('\x7fELF', 0, 'latin1')
@@ -590,4 +591,37 @@ t.test('files: errors and completeness', async t => {
   t.match(elfCompleteness(fs.readFileSync(half)), { complete: false, reason: /truncated|outside/ })
   fs.appendFileSync(half, full.subarray(full.length >> 1))
   t.same(elfCompleteness(fs.readFileSync(half)), { complete: true }, 'complete once the rest is written')
+})
+
+t.test('loader safety: corruptions that crash ld.so are refused before dlopen', { skip: process.arch !== 'x64' && 'x86-64 layout' }, async t => {
+  const good = fs.readFileSync(path.join(__dirname, '..', 'examples', 'out', 'libecho_host.so'))
+  t.doesNotThrow(() => parseElf(good), 'the original parses')
+  const phoff = Number(good.readBigUInt64LE(32))
+  const phnum = good.readUInt16LE(56)
+  const phdr = (type: number): number => {
+    for (let i = 0; i < phnum; i++) if (good.readUInt32LE(phoff + i * 56) === type) return phoff + i * 56
+    throw new Error(`no phdr ${type}`)
+  }
+  const dynOff = Number(good.readBigUInt64LE(phdr(2) + 8))
+  const dynEntry = (tag: number): number => {
+    for (let o = dynOff; ; o += 16) {
+      const k = Number(good.readBigUInt64LE(o))
+      if (k === tag) return o
+      if (k === 0) throw new Error(`no dynamic tag ${tag}`)
+    }
+  }
+  const rela = Number(good.readBigUInt64LE(dynEntry(7) + 8)) // DT_RELA vaddr == file offset in this layout
+  const cases: Array<[string, (b: Buffer) => void, RegExp]> = [
+    ['PT_GNU_RELRO outside every segment', b => b.writeBigUInt64LE(0x7fff0000n, phdr(0x6474e552) + 16), /PT_GNU_RELRO/],
+    ['DT_PLTREL that is not DT_RELA', b => b.writeBigUInt64LE(17n, dynEntry(20) + 8), /DT_PLTREL/],
+    ['DT_INIT_ARRAY without its size', b => b.writeBigUInt64LE(0x840000000000001bn, dynEntry(27)), /DT_INIT_ARRAY/],
+    ['a relocation writing outside the image', b => b.writeBigUInt64LE(0x7fff0000n, rela), /relocation writes/],
+    ['a segment alignment that is not a power of two', b => b.writeBigUInt64LE(0x80000001000n, phdr(1) + 48), /power of two/],
+    ['DT_SYMTAB off its section', b => b.writeBigUInt64LE(BigInt(Number(good.readBigUInt64LE(dynEntry(6) + 8)) + 8), dynEntry(6) + 8), /DT_SYMTAB/]
+  ]
+  for (const [what, patch, reason] of cases) {
+    const b = Buffer.from(good)
+    patch(b)
+    t.throws(() => parseElf(b, 'mutant.so'), { code: 'ERR_NOT_ELF', reason }, what)
+  }
 })
