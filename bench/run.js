@@ -2,7 +2,7 @@
 'use strict'
 // dlhost benchmarks: `npm run bench` (builds first) or `node bench/run.js`.
 //
-//   node bench/run.js [--json] [--quick] [--only=seq,pipe,sync,spin,spin1,reload,storm] [--rounds=N]
+//   node bench/run.js [--json] [--quick] [--only=seq,pipe,sync,spin,spin1,reload,storm,memory] [--rounds=N]
 //
 // Every number is measured in rounds that alternate with a *peer* measured in
 // the same process and the same run (a setImmediate round trip, a plain N-API
@@ -25,6 +25,7 @@ const { benchCallSync } = require('./cases/callsync')
 const { benchSpin, benchSpinPinned } = require('./cases/spin')
 const { benchReload } = require('./cases/reload')
 const { benchStorm } = require('./cases/storm')
+const { benchMemory } = require('./cases/memory')
 
 const results = {
   meta: {
@@ -56,7 +57,7 @@ async function main () {
   let peer = null
   try { peer = buildPeer() } catch (err) { log(`  (no N-API peers: ${err.message})`) }
   let variants = null
-  if (ONLY.has('reload') || ONLY.has('storm')) {
+  if (ONLY.has('reload') || ONLY.has('storm') || ONLY.has('memory')) {
     try { variants = buildVariants() } catch (err) { log(`  (no reload benchmarks: cannot build echo variants: ${err.message})`) }
   }
   const needRts = ['seq', 'pipe', 'sync', 'spin'].some(s => ONLY.has(s))
@@ -81,6 +82,7 @@ async function main () {
   if (ONLY.has('spin1')) results.spinOneCpu = benchSpinPinned()
   if (variants && ONLY.has('reload')) results.reload = await benchReload(variants)
   if (variants && ONLY.has('storm')) results.storm = await benchStorm(variants)
+  if (variants && ONLY.has('memory')) results.memory = await benchMemory(variants)
   results.meta.loadavgEnd = os.loadavg().map(round3)
   results.meta.seconds = round3((now() - t0) / 1000)
   results.targets = targets(results)

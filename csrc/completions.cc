@@ -48,7 +48,7 @@ void RuntimeWrap::CallJs(Napi::FunctionReference &fn, std::initializer_list<napi
 // longer run there: stop touching the environment; the cleanup hook tears
 // the runtime down.
 void RuntimeWrap::Settle() {
-  if (env_gone_) return;
+  if (env_gone_ || !core_) return;
   try {
     SettleJs();
   } catch (const EnvGone &) {
@@ -191,6 +191,7 @@ Napi::Value RuntimeWrap::SyncBytes(const Napi::CallbackInfo &info) {
 }
 
 void RuntimeWrap::RunSync(Napi::Env env, const JsRequest &r) {
+  if (!core_) ThrowCoded(env, "ERR_RUNTIME_UNLOADED", "the runtime is not running");
   if (core_->abi != Abi::kHost)
     ThrowCoded(env, "ERR_NOT_SYNC", "callSync needs a host-driven plugin (dlhost_handle)");
   if (unloading_ || env_gone_ || core_->init_state.load() != RuntimeCore::kInitOk)

@@ -123,6 +123,7 @@ Napi::Value RuntimeWrap::Submit(const Napi::CallbackInfo &info) {
       std::min<size_t>(info[1].As<Napi::Number>().Uint32Value(), staged.ElementLength() / 2);
   const int32_t *m = staged.Data();
   batch_.clear();
+  if (!core_) return Napi::Number::New(env, double(kSubmitClosed));
   for (size_t i = 0; i < count; i++) {
     uint32_t id = uint32_t(m[2 * i]);
     int32_t len = m[2 * i + 1];
@@ -159,6 +160,7 @@ Napi::Value RuntimeWrap::Submit(const Napi::CallbackInfo &info) {
 // outlives every JS reference to it (the wrapper holds the core).
 Napi::Value RuntimeWrap::Grow(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
+  if (!core_) ThrowCoded(env, "ERR_RUNTIME_UNLOADED", "the runtime is unloaded");
   uint32_t c;
   try {
     c = core_->Grow();
@@ -173,6 +175,7 @@ Napi::Value RuntimeWrap::Grow(const Napi::CallbackInfo &info) {
 Napi::Value RuntimeWrap::SetBig(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   uint32_t id = info[0].As<Napi::Number>().Uint32Value();
+  if (!core_) ThrowCoded(env, "ERR_RUNTIME_UNLOADED", "the runtime is unloaded");
   if (id >= core_->slots) throw Napi::RangeError::New(env, "setBig: no such slot");
   Task *t = core_->Slot(id);
   if (t->state.load(std::memory_order_relaxed) != Task::kFree)
@@ -207,17 +210,18 @@ Napi::Value RuntimeWrap::Unload(const Napi::CallbackInfo &info) {
 Napi::Value RuntimeWrap::Stats(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   Napi::Object o = Napi::Object::New(env);
-  o.Set("queued", double(core_->requests.size_approx()));
-  o.Set("misuse", double(core_->misuse.load()));
-  o.Set("aborted", double(core_->aborted.load()));
-  o.Set("pollers", double(core_->Pollers()));
+  o.Set("queued", core_ ? double(core_->requests.size_approx()) : 0.0);
+  o.Set("misuse", core_ ? double(core_->misuse.load()) : double(final_misuse_));
+  o.Set("aborted", core_ ? double(core_->aborted.load()) : double(final_aborted_));
+  o.Set("pollers", core_ ? double(core_->Pollers()) : 0.0);
   return o;
 }
 
 // setSpin(jsSpinNs, pollerSpinNs): the spin-then-park budgets.
 Napi::Value RuntimeWrap::SetSpin(const Napi::CallbackInfo &info) {
   if (info[0].IsNumber()) spin_ns_ = info[0].As<Napi::Number>().Int64Value();
-  if (info[1].IsNumber()) core_->requests.set_spin_ns(info[1].As<Napi::Number>().Int64Value());
+  if (info[1].IsNumber() && core_)
+    core_->requests.set_spin_ns(info[1].As<Napi::Number>().Int64Value());
   return info.Env().Undefined();
 }
 
@@ -284,8 +288,15 @@ void RuntimeWrap::DeliverLifecycle() {
     o.Set("misuse", double(core_->misuse.load()));
     o.Set("aborted", double(core_->aborted.load()));
     StopHandles();
+    final_misuse_ = core_->misuse.load();
+    final_aborted_ = core_->aborted.load();
+    bool stuck = core_->threads_stuck.load();
     CallJs(on_event_, {Napi::String::New(env, "unloaded"), o});
     DropJs();
+    // The slots and the ring go now, not when a GC finds this wrapper: a
+    // host that reloads all day keeps no unloaded runtime's memory. (A core
+    // whose plugin threads never left is kept: they may still touch it.)
+    if (!stuck) core_.reset();
   }
 }
 
@@ -308,11 +319,13 @@ void RuntimeWrap::DropJs() {
 }
 
 void RuntimeWrap::StopHandles() {
-  {
-    std::lock_guard<std::mutex> lock(core_->bell_mu);
-    core_->bell = nullptr;  // worker threads never touch the handle again
+  if (core_) {
+    {
+      std::lock_guard<std::mutex> lock(core_->bell_mu);
+      core_->bell = nullptr;  // worker threads never touch the handle again
+    }
+    core_->js_spinning.store(false);
   }
-  core_->js_spinning.store(false);
   if (bell_) {
     uv_close(reinterpret_cast<uv_handle_t *>(bell_),
              [](uv_handle_t *h) { delete reinterpret_cast<uv_async_t *>(h); });

@@ -102,6 +102,7 @@ class RuntimeWrap : public Napi::ObjectWrap<RuntimeWrap> {
   uint64_t spin_ns_ = kDefaultSpinNs;
   bool init_reported_ = false, unload_reported_ = false, unloading_ = false;
   bool env_gone_ = false;
+  uint64_t final_misuse_ = 0, final_aborted_ = 0;  // kept once the core is gone
   napi_env env_;
 };
 

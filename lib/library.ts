@@ -69,8 +69,22 @@ interface Facts {
 const factsByIdentity = new Map<string, Facts>()
 const contentsByPath = new Map<string, string[]>()
 
+/**
+ * @internal An identity left the process (dlclosed, verified unmapped):
+ * its facts go, so a host that loads build after build keeps no memory of
+ * each. Seq numbers per path stay (they count the contents a path had).
+ */
+export function forgetIdentity (id: { realPath: string, key: string }): void {
+  factsByIdentity.delete(identityKey(id))
+}
+
+/** @internal A path that will never be loaded again (a private copy that was removed): its seq numbers go too. */
+export function forgetPath (realPath: string): void {
+  contentsByPath.delete(realPath)
+}
+
 /** The facts cache's key: the real path and the native side's identity key. */
-function identityKey (id: NativeIdentity): string {
+function identityKey (id: { realPath: string, key: string }): string {
   return `${id.realPath}\0${id.key}`
 }
 
@@ -187,7 +201,8 @@ export class Library {
   release (): void {
     if (this.#released) return
     this.#released = true
-    this.native.release()
+    const r = this.native.release()
+    if (r !== null && r.dlclosed && !r.mapped) forgetIdentity(this.native)
   }
 
   toJSON (): LibraryRow { return rowOf(this.native.state()) }

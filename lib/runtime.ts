@@ -7,7 +7,7 @@ import { createHash } from 'crypto'
 import { constants as bufferConstants } from 'buffer'
 import { binding, C, InitFailure, NativeIdentity, NativeRuntime, NativeStats, NativeUnloadInfo } from './binding'
 import { DlhostError, fromNative, rangeError, typeError } from './errors'
-import { KnownContent, Library, LibraryRow, LibraryVersion, open, rowOf } from './library'
+import { forgetIdentity, KnownContent, Library, LibraryRow, LibraryVersion, open, rowOf } from './library'
 import { onAbort } from './events'
 import { requestLength } from './request'
 import type { Trust } from './trust'
@@ -131,6 +131,7 @@ export class Runtime {
   #native: NativeRuntime
   #version: LibraryVersion
   #serial: number
+  #identity: { realPath: string, key: string }
   #res: Array<Resolve | undefined> = []
   #maxQueue: number
   // [pending]: calls made and not yet settled (staged, queued or running).
@@ -169,6 +170,7 @@ export class Runtime {
     this.key = key
     this.#version = lib.version
     this.#serial = lib.native.serial
+    this.#identity = { realPath: lib.native.realPath, key: lib.native.key }
     this.#maxQueue = maxQueue
     this.#unloaded = new Promise(resolve => { this.#resolveUnloaded = resolve })
     this.#init = new Promise((resolve, reject) => { this.#resolveInit = resolve; this.#rejectInit = reject })
@@ -205,6 +207,8 @@ export class Runtime {
     const u = info as NativeUnloadInfo
     this.#unloadInfo = u
     this.#state = 'unloaded'
+    this.#areas = [] // views of native memory that is gone now
+    if (u.dlclosed && !u.mapped) forgetIdentity(this.#identity)
     this.#resolveUnloaded()
   }
 

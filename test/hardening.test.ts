@@ -1,7 +1,7 @@
 // A host that runs for months: memory that comes back, listeners that throw,
 // bad input, oversized answers, thread exhaustion, init off the event loop.
 import t from 'tap'
-import { execFileSync, spawnSync } from 'child_process'
+import { execFileSync, spawn, spawnSync } from 'child_process'
 import fs from 'fs'
 import path from 'path'
 import { load, open, reloadable, DlhostError, Runtime } from '../lib/index'
@@ -273,4 +273,51 @@ t.test('user code that throws while calls settle never stops a runtime', async t
     })()`)
   t.equal(r.status, 0, r.stderr)
   t.same(JSON.parse(r.stdout), { answers: ['b', 'c'], thrown: ['tick0', 'tick1', 'tick2'] })
+})
+
+t.test('a file renamed over the path while it is opened: the version reported is the code mapped', async t => {
+  const dir = t.testdir()
+  const src = path.join(root, 'examples', 'echo-host', 'echo.c')
+  // Different sizes: two files of one size on a reused inode within the
+  // filesystem's timestamp granularity have the same identity (dev, inode,
+  // size, mtime), for glibc as for dlhost; that limit is documented.
+  const builds = ['1', '2'].map(v => {
+    const out = path.join(dir, `v${v}.so`)
+    execFileSync('cc', ['-O1', '-fPIC', '-shared', '-I' + path.join(root, 'csrc', 'include'), `-DPLUGIN_VERSION="${v}"`, '-o', out, src])
+    if (v === '2') fs.appendFileSync(out, Buffer.alloc(4096))
+    return out
+  })
+  const sha = builds.map(b => require('crypto').createHash('sha256').update(fs.readFileSync(b)).digest('hex') as string)
+  const target = path.join(dir, 'libplugin.so')
+  fs.copyFileSync(builds[0], target)
+  // Another process swaps the two builds over the path as fast as it can.
+  const a = path.join(dir, 'a.so')
+  const b = path.join(dir, 'b.so')
+  const env = { ...process.env }
+  delete env.NODE_OPTIONS
+  const renamer = spawn(process.execPath, ['-e', `
+    const fs = require('fs')
+    const [a, b, t, v1, v2] = ${JSON.stringify([a, b, target, ...builds])}
+    for (;;) { fs.copyFileSync(v1, a); fs.renameSync(a, t); fs.copyFileSync(v2, b); fs.renameSync(b, t) }`], { env, stdio: 'ignore' })
+  const stopped = new Promise(resolve => renamer.once('exit', resolve))
+  t.teardown(async () => { renamer.kill('SIGKILL'); await stopped })
+  let mismatches = 0
+  let stale = 0
+  for (let i = 0; i < 300; i++) {
+    let rt
+    try {
+      rt = await load(target, `race ${i}`, { pin: false })
+    } catch (err) {
+      // A replaced file glibc still has mapped, or one that never held still.
+      if ((err as DlhostError).code === 'ERR_STALE_PATH' || (err as DlhostError).code === 'ERR_NOT_ELF' || (err as DlhostError).code === 'ERR_NOT_FOUND') { stale++; continue }
+      throw err
+    }
+    const served = (await rt.call('version')).toString()
+    const reported = rt.stats.version.sha256
+    if (reported !== sha[Number(served) - 1]) mismatches++
+    await rt.unload()
+  }
+  renamer.kill('SIGKILL')
+  await stopped
+  t.equal(mismatches, 0, `the reported version is the one that answers (${300 - stale} loads, ${stale} refused while changing)`)
 })

@@ -108,6 +108,14 @@ function render (r) {
       ['steady calls/s', 'storm calls/s', 'ratio', 'round ratios', 'reloads/window', 'failed calls', 'reload errors'],
       [[big(s.steadyCallsPerSec), big(s.stormCallsPerSec), `${(s.ratio * 100).toFixed(1)}%`, s.roundRatios.map(x => fmt(x * 100, 0) + '%').join(' '), s.reloadsPerWindow.join(' '), s.failedCalls, s.reloadErrors]]))
   }
+  if (r.memory) {
+    const m = r.memory
+    out.push(table(`6. Memory drift after a warm-up (MB; ${m.gc ? 'gc before each sample' : 'no gc: run with node --expose-gc'})`,
+      ['after', 'RSS MB', 'external MB'],
+      [[`${m.loadUnload.cycles} load/call/unload cycles`, fmt(m.loadUnload.rssMb), fmt(m.loadUnload.externalMb)],
+        [`${m.reloads.reloads} shadow reloads`, fmt(m.reloads.rssMb), fmt(m.reloads.externalMb)],
+        [`${m.calls.calls} calls`, fmt(m.calls.rssMb), fmt(m.calls.externalMb)]]))
+  }
   const show = (v, t) => v === null ? '-' : t.unit === 'calls/s' ? big(v) : fmt(v, 2)
   out.push(table('Targets (measured = median over rounds; best = best single round, the quiet-machine estimate)', ['target', 'measured', 'best round', 'goal', 'met'],
     r.targets.map(t => [t.target, `${show(t.value, t)} ${t.unit}`, t.bestRound === null ? '-' : `${show(t.bestRound, t)} ${t.unit}`, `${t.goal} ${t.unit}`, t.met === null ? '-' : t.met ? 'yes' : 'NO'])))

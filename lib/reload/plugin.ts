@@ -15,7 +15,7 @@ import { C } from '../binding'
 import { elfCompleteness, ElfInfo } from '../elf'
 import { DlhostError, rangeError, typeError } from '../errors'
 import { emitSafely, onAbort } from '../events'
-import { isMapped, Library } from '../library'
+import { forgetPath, isMapped, Library } from '../library'
 import { Abi, coexistFatal, reloadStrategy, stuckReasons, STILL_MAPPED, threadsStuckReason, unloadBlockers } from '../rules'
 import { CallOptions, Cfg, frozenCfg, load, Runtime } from '../runtime'
 import { checkTrusted, checkTrustOption, Trust } from '../trust'
@@ -165,7 +165,7 @@ export class Plugin extends EventEmitter {
     const build = parseBuild(this.#store, copy, this.path, this.#opts.entry)
     const fatal = coexistFatal(build.elf)[0]
     if (this.strategy === 'shadow' && fatal !== undefined) {
-      await this.#store.remove(copy.path).catch(() => {})
+      await this.#removeCopy(copy.path).catch(() => {})
       throw cannotCoexist(this.path, fatal)
     }
     this.#current = await this.#loadVersion(build)
@@ -317,7 +317,7 @@ export class Plugin extends EventEmitter {
       try {
         strategy = this.#choose(old, build)
       } catch (err) {
-        await this.#store.remove(build.copy.path)
+        await this.#removeCopy(build.copy.path)
         this.#fail(err)
         throw err
       }
@@ -385,7 +385,7 @@ export class Plugin extends EventEmitter {
         throw err
       }
     } catch (err) {
-      await this.#store.remove(copy.path).catch(() => {})
+      await this.#removeCopy(copy.path).catch(() => {})
       throw err
     }
     // Numbered only once it loaded: a bad build takes no seq.
@@ -432,7 +432,7 @@ export class Plugin extends EventEmitter {
       }
       this.#current = next
       next.servingSince = performance.now()
-      if (unmapped) await this.#store.remove(old.copy).catch(() => {})
+      if (unmapped) await this.#removeCopy(old.copy).catch(() => {})
       return next
     } finally {
       const held = this.#held ?? []
@@ -462,7 +462,7 @@ export class Plugin extends EventEmitter {
       this.#emitStuck(v, reason)
       return false
     }
-    if (removeCopy) await this.#store.remove(v.copy).catch(() => {})
+    if (removeCopy) await this.#removeCopy(v.copy).catch(() => {})
     emitSafely(this, 'drained', { version: publicVersion(v) } satisfies DrainedEvent)
     return true
   }
@@ -471,6 +471,12 @@ export class Plugin extends EventEmitter {
     try {
       await this.#unloadVersion(v, true)
     } catch (err) { this.#fail(err) }
+  }
+
+  /** A copy leaves the store, and Level 1 forgets its path (never loaded again). */
+  async #removeCopy (copy: string): Promise<void> {
+    forgetPath(copy)
+    await this.#store.remove(copy)
   }
 
   #emitStuck (v: Version, reason: string): void {

@@ -9,7 +9,7 @@
 import diagnostics from 'diagnostics_channel'
 import { debuglog } from 'util'
 import { elfCompleteness } from '../elf'
-import { Library, open } from '../library'
+import { forgetPath, Library, open } from '../library'
 import { Abi } from '../rules'
 import { Build, parseBuild } from './build'
 import { CopyStore } from './copies'
@@ -85,6 +85,7 @@ export class Preparer {
   discard (p: Prepared): void {
     p.lib?.release()
     const { store } = this.#host
+    forgetPath(p.build.copy.path)
     void p.build.copy.synced.catch(() => {}).then(async () => await store.remove(p.build.copy.path)).catch(() => {})
   }
 
