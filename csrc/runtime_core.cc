@@ -40,13 +40,17 @@ std::unordered_set<RuntimeCore *> *live_cores = new std::unordered_set<RuntimeCo
 // Registry::AtExit, which runs after this, can close idle libraries on their
 // owner threads.
 void CloseAllAtExit() {
-  std::vector<std::shared_ptr<RuntimeCore>> cores;
-  {
-    std::lock_guard<std::mutex> lock(live_mu);
-    for (RuntimeCore *c : *live_cores)
-      if (auto sp = c->weak_from_this().lock()) cores.push_back(std::move(sp));
+  try {
+    std::vector<std::shared_ptr<RuntimeCore>> cores;
+    {
+      std::lock_guard<std::mutex> lock(live_mu);
+      for (RuntimeCore *c : *live_cores)
+        if (auto sp = c->weak_from_this().lock()) cores.push_back(std::move(sp));
+    }
+    for (auto &c : cores) RuntimeCore::BeginUnload(c);
+  } catch (...) {
+    // Out of memory at exit: glibc's own teardown follows.
   }
-  for (auto &c : cores) RuntimeCore::BeginUnload(c);
 }
 std::atomic<uint64_t> orphan_misuse{0};
 thread_local uint64_t tls_last_core = 0;
@@ -238,7 +242,7 @@ void FinishUnload(const std::shared_ptr<RuntimeCore> &core, bool release) {
 }
 
 // Host-driven: dlhost's own poll thread, started by the init task.
-void HostLoop(std::shared_ptr<RuntimeCore> core) {
+void HostLoopBody(const std::shared_ptr<RuntimeCore> &core) {
   Task *batch[64];
   for (;;) {
     size_t n = core->requests.pop_batch(batch, 64);
@@ -260,7 +264,7 @@ void HostLoop(std::shared_ptr<RuntimeCore> core) {
 }
 
 // Plugin-driven: wait (bounded) for every thread that polled to exit.
-void Reap(std::shared_ptr<RuntimeCore> core) {
+void ReapBody(const std::shared_ptr<RuntimeCore> &core) {
   const bool bounded = core->unload_timeout_ms >= 0;
   const uint64_t deadline =
       bounded ? monotonic_ns() + uint64_t(core->unload_timeout_ms) * 1000000ull : 0;
@@ -297,6 +301,32 @@ void Reap(std::shared_ptr<RuntimeCore> core) {
     return;
   }
   FinishUnload(core, true);
+}
+
+// Thread entry points: nothing may escape a thread (std::terminate). What
+// could (an allocation failing in the release path) leaves the core and
+// its library in place, as for stuck plugin threads.
+void Abandon(const std::shared_ptr<RuntimeCore> &core) {
+  core->threads_stuck = true;
+  new std::shared_ptr<RuntimeCore>(core);  // deliberate leak
+  core->unload_state.store(RuntimeCore::kUnloaded);
+  core->Ring();
+}
+
+void HostLoop(std::shared_ptr<RuntimeCore> core) {
+  try {
+    HostLoopBody(core);
+  } catch (...) {
+    Abandon(core);
+  }
+}
+
+void Reap(std::shared_ptr<RuntimeCore> core) {
+  try {
+    ReapBody(core);
+  } catch (...) {
+    Abandon(core);
+  }
 }
 
 }  // namespace

@@ -191,7 +191,8 @@ t.test('no thread to be had: load() rejects with ERR_RESOURCE, nothing aborts', 
       const rt = await d.load(${JSON.stringify(fixture('hard_host.so'))}, 'fine')
       out.after = (await rt.call('ok')).toString()
       console.log(JSON.stringify(out))
-    })()`, { env: { ...process.env, LD_PRELOAD: fixture('failthread.so') } })
+    })()`, // After whatever is preloaded already (the ASan runtime must come first).
+  { env: { ...process.env, LD_PRELOAD: [process.env.LD_PRELOAD, fixture('failthread.so')].filter(x => x !== undefined && x !== '').join(' ') } })
   t.equal(r.status, 0, r.stderr)
   t.same(JSON.parse(r.stdout), { owner: 'ERR_RESOURCE', host: 'ERR_RESOURCE', after: 'ok' })
 })
