@@ -161,13 +161,31 @@ EntryPtr Registry::Open(const std::string &path, uint32_t flags) {
 }
 
 EntryPtr Registry::TryOpen(const std::string &path, uint32_t flags) {
-  Identity id = Identity::Of(path);
-  const char *resolved = id.real_path.c_str();
-  // Readability is checked with open(), not access(): access() answers for
-  // the real uid, open() for what dlopen will actually be allowed to do.
-  int fd = ::open(resolved, O_RDONLY | O_CLOEXEC);
+  char real[PATH_MAX];
+  if (!realpath(path.c_str(), real)) throw ErrnoError("cannot resolve", path, errno);
+  // The identity is that of a descriptor held open until the mapping is
+  // checked: while it is open, the inode cannot be freed and its number
+  // handed to another file (a file renamed over the path and deleted at
+  // once would otherwise pass an inode comparison). open(), not access():
+  // it answers for what dlopen will actually be allowed to do.
+  int fd = ::open(real, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) throw ErrnoError("cannot open", path, errno);
-  ::close(fd);
+  struct FdCloser {
+    int fd;
+    ~FdCloser() { ::close(fd); }
+  } closer{fd};
+  struct stat st;
+  if (fstat(fd, &st) != 0) throw ErrnoError("cannot stat", path, errno);
+  if (S_ISDIR(st.st_mode)) throw ErrnoError("cannot open", path, EISDIR);
+  if (!S_ISREG(st.st_mode))
+    throw LoadError{"ERR_NOT_ELF", "'" + path + "' is not a regular file", ""};
+  Identity id;
+  id.real_path = real;
+  id.dev = st.st_dev;
+  id.ino = st.st_ino;
+  id.size = st.st_size;
+  id.mtime_ns = int64_t(st.st_mtim.tv_sec) * 1000000000LL + st.st_mtim.tv_nsec;
+  const char *resolved = id.real_path.c_str();
   const std::string key = MapKey(id);
 
   std::lock_guard<std::mutex> lock(mu_);
