@@ -103,6 +103,7 @@ Napi::Object Constants(Napi::Env env) {
   c.Set("OPEN_PIN", double(kPin));
   c.Set("OPEN_GLOBAL", double(kGlobal));
   c.Set("OPEN_LAZY", double(kLazy));
+  c.Set("OPEN_PRIVATE", double(kPrivate));
   c.Set("DEFAULT_SPIN_NS", double(kDefaultSpinNs));
   c.Set("DEFAULT_MAX_QUEUE", double(kDefaultMaxQueue));
   c.Set("MAX_MAX_QUEUE", double(kMaxMaxQueue));

@@ -82,7 +82,7 @@ void RuntimeWrap::SettleJs() {
     Napi::HandleScope scope(env);
     size_t small_total = 0;
     bool any_big = false;
-    const size_t max_body = EnvState::Of(env)->max_body;
+    const size_t max_body = max_body_;
     for (Task *t = list; t; t = t->cq_next.load(std::memory_order_relaxed)) {
       if (t->rsp_len == Task::kAbortedRsp || t->rsp_len > max_body) continue;
       if (t->rsp_len >= kBigResponse)
@@ -166,10 +166,22 @@ napi_value RuntimeWrap::SyncBytesCb(napi_env env, napi_callback_info cbinfo) {
   JsRequest r;
   napi_typedarray_type tt;
   void *p = nullptr;
+  // The typed array's own length, not a property a subclass could override
+  // (napi_get_typedarray_info refuses anything that is not a typed array).
   if (argc < 1 ||
       napi_get_typedarray_info(env, arg, &tt, &r.len, &p, nullptr, nullptr) != napi_ok ||
       tt != napi_uint8_array) {
-    napi_throw_type_error(env, nullptr, "request must be a Uint8Array");
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "request must be a string or a Uint8Array");
+    return nullptr;
+  }
+  // Empty, or a view of a transferred buffer? Only then is its buffer
+  // looked at (a handle per call costs more than the rest of the check).
+  bool detached = false;
+  napi_value ab = nullptr;
+  if (r.len == 0 && napi_get_typedarray_info(env, arg, &tt, &r.len, &p, &ab, nullptr) == napi_ok &&
+      napi_is_detached_arraybuffer(env, ab, &detached) == napi_ok && detached) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE",
+                          "request is a view of a detached ArrayBuffer (it was transferred)");
     return nullptr;
   }
   r.bytes = static_cast<const char *>(p);
@@ -208,7 +220,7 @@ void RuntimeWrap::RunSync(Napi::Env env, const JsRequest &r) {
   if (!rsp) rsp_len = 0;
   if (!sync_meta_) EnsureSyncMeta(env);
   int32_t *m = sync_meta_;
-  if (rsp_len > EnvState::Of(env)->max_body) {
+  if (rsp_len > max_body_) {
     free(rsp);
     m[1] = kSyncTooLargeOffset;
     rsp_len = 0;

@@ -30,7 +30,9 @@ constexpr int32_t kSubmitClosed = -2;
 enum class Abi : int32_t { kHost = 0, kNative = 1, kLua = 2 };
 
 // ---- open() flags
-enum OpenFlags : uint32_t { kPin = 1, kGlobal = 2, kLazy = 4 };
+// kPrivate: a private copy in the process's own 0700 store (nobody else can
+// rename over it), so the after-dlopen check of the mapping is skipped.
+enum OpenFlags : uint32_t { kPin = 1, kGlobal = 2, kLazy = 4, kPrivate = 8 };
 
 // ---- defaults
 // Spin budget before parking. Waking a parked thread costs 25-50 us on the

@@ -52,6 +52,7 @@ RuntimeWrap::RuntimeWrap(const Napi::CallbackInfo &info)
   on_complete_ = Napi::Persistent(info[3].As<Napi::Function>());
   on_event_ = Napi::Persistent(info[4].As<Napi::Function>());
   async_ctx_ = std::make_unique<Napi::AsyncContext>(env, "dlhost:runtime");
+  max_body_ = EnvState::Of(env)->max_body;
 
   uv_loop_t *loop = nullptr;
   napi_get_uv_event_loop(env, &loop);

@@ -103,6 +103,7 @@ class RuntimeWrap : public Napi::ObjectWrap<RuntimeWrap> {
   bool init_reported_ = false, unload_reported_ = false, unloading_ = false;
   bool env_gone_ = false;
   uint64_t final_misuse_ = 0, final_aborted_ = 0;  // kept once the core is gone
+  size_t max_body_ = 0;                            // EnvState::max_body, read once
   napi_env env_;
 };
 

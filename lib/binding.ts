@@ -75,6 +75,8 @@ export interface NativeConstants {
   OPEN_PIN: number
   OPEN_GLOBAL: number
   OPEN_LAZY: number
+  /** The path is a private copy nobody else can replace (the mapping check after dlopen is skipped). */
+  OPEN_PRIVATE: number
   DEFAULT_SPIN_NS: number
   DEFAULT_MAX_QUEUE: number
   MAX_MAX_QUEUE: number

@@ -146,7 +146,8 @@ export function notRegularError (path: string): DlhostError {
  * this table does not know is ERR_INTERNAL, never dropped.
  */
 export function fromNative (err: unknown, path?: string): unknown {
-  if (err instanceof DlhostError || !(err instanceof Error)) return err
+  // Argument errors (TypeError, RangeError) keep their class and code.
+  if (err instanceof DlhostError || !(err instanceof Error) || err instanceof TypeError || err instanceof RangeError) return err
   const e = err as Error & { code?: unknown, errnoCode?: unknown, loaderMessage?: string, rc?: number, detail?: Buffer }
   if (typeof e.errnoCode === 'string') return errnoError(err, path ?? '', 'ERR_ACCESS', e.errnoCode)
   if (typeof e.code !== 'string') return err

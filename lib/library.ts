@@ -23,8 +23,8 @@ export interface OpenOptions {
   trust?: Trust
   /**
    * @internal What the caller already read, hashed and parsed of exactly
-   * this file (the reload layer's private copies): open() then does not
-   * read it a second time.
+   * this file, a private copy nobody else can replace (the reload layer's
+   * 0700 store): open() then does not read it a second time.
    */
   known?: KnownContent
 }
@@ -236,7 +236,8 @@ export function open (path: string, options: OpenOptions = {}): Library {
   // by the caller.
   const known = options.known
   if (known === undefined) checkTrusted(path, trust)
-  const flags = (pin ? C.OPEN_PIN : 0) | (global ? C.OPEN_GLOBAL : 0) | (lazy ? C.OPEN_LAZY : 0)
+  // Known content is a private copy of the reload layer's 0700 store.
+  const flags = (pin ? C.OPEN_PIN : 0) | (global ? C.OPEN_GLOBAL : 0) | (lazy ? C.OPEN_LAZY : 0) | (known !== undefined ? C.OPEN_PRIVATE : 0)
   for (let attempt = 0; attempt < 3; attempt++) {
     if (known === undefined) {
       let id: NativeIdentity

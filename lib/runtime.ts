@@ -359,7 +359,8 @@ export class Runtime {
    * Buffer pool does): keeping one keeps its slab alive.
    */
   callSync (req: string | Uint8Array): Buffer {
-    const bytes = requestLength(req) >= 0
+    // The native side checks a non-string as intrinsically as requestLength() does.
+    const bytes = typeof req !== 'string'
     if (this.abi !== 'host') throw new DlhostError('ERR_NOT_SYNC', 'callSync needs a host-driven plugin (dlhost_handle)', { path: this.path })
     if (this.#state !== 'running') throw new DlhostError('ERR_RUNTIME_UNLOADED', 'the runtime is unloaded', { path: this.path })
     try {
