@@ -84,16 +84,24 @@ std::string Identity::Key() const {
 
 static std::string MapKey(const Identity &id) { return id.real_path + '\0' + id.Key(); }
 
-Identity Identity::Of(const std::string &path) {
-  char resolved[PATH_MAX];
-  if (!realpath(path.c_str(), resolved)) throw ErrnoError("cannot resolve", path, errno);
+Identity Identity::Of(const std::string &path, int *keep_fd) {
+  char real[PATH_MAX];
+  if (!realpath(path.c_str(), real)) throw ErrnoError("cannot resolve", path, errno);
+  // From a descriptor: open(), not access(), answers for what dlopen will
+  // actually be allowed to do; and a caller that keeps it open keeps the
+  // inode (its number cannot go to another file meanwhile).
+  int fd = ::open(real, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) throw ErrnoError("cannot open", path, errno);
   struct stat st;
-  if (stat(resolved, &st) != 0) throw ErrnoError("cannot stat", path, errno);
+  int rc = fstat(fd, &st), err = errno;
+  if (rc != 0 || !keep_fd || !S_ISREG(st.st_mode)) ::close(fd);
+  if (rc != 0) throw ErrnoError("cannot stat", path, err);
   if (S_ISDIR(st.st_mode)) throw ErrnoError("cannot open", path, EISDIR);
   if (!S_ISREG(st.st_mode))
     throw LoadError{"ERR_NOT_ELF", "'" + path + "' is not a regular file", ""};
+  if (keep_fd) *keep_fd = fd;
   Identity id;
-  id.real_path = resolved;
+  id.real_path = real;
   id.dev = st.st_dev;
   id.ino = st.st_ino;
   id.size = st.st_size;
@@ -161,30 +169,15 @@ EntryPtr Registry::Open(const std::string &path, uint32_t flags) {
 }
 
 EntryPtr Registry::TryOpen(const std::string &path, uint32_t flags) {
-  char real[PATH_MAX];
-  if (!realpath(path.c_str(), real)) throw ErrnoError("cannot resolve", path, errno);
-  // The identity is that of a descriptor held open until the mapping is
-  // checked: while it is open, the inode cannot be freed and its number
-  // handed to another file (a file renamed over the path and deleted at
-  // once would otherwise pass an inode comparison). open(), not access():
-  // it answers for what dlopen will actually be allowed to do.
-  int fd = ::open(real, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-  if (fd < 0) throw ErrnoError("cannot open", path, errno);
+  // The identity of a descriptor held open until the mapping is checked: a
+  // file renamed over the path and deleted at once cannot hand its inode
+  // number to another file meanwhile.
+  int fd = -1;
+  Identity id = Identity::Of(path, &fd);
   struct FdCloser {
     int fd;
     ~FdCloser() { ::close(fd); }
   } closer{fd};
-  struct stat st;
-  if (fstat(fd, &st) != 0) throw ErrnoError("cannot stat", path, errno);
-  if (S_ISDIR(st.st_mode)) throw ErrnoError("cannot open", path, EISDIR);
-  if (!S_ISREG(st.st_mode))
-    throw LoadError{"ERR_NOT_ELF", "'" + path + "' is not a regular file", ""};
-  Identity id;
-  id.real_path = real;
-  id.dev = st.st_dev;
-  id.ino = st.st_ino;
-  id.size = st.st_size;
-  id.mtime_ns = int64_t(st.st_mtim.tv_sec) * 1000000000LL + st.st_mtim.tv_nsec;
   const char *resolved = id.real_path.c_str();
   const std::string key = MapKey(id);
 

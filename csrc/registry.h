@@ -40,9 +40,10 @@ struct Identity {
   // "dev:ino:size:mtimeNs": the one place this format is written. With the
   // real path, the identity (lib/ reads it, never rebuilds it).
   std::string Key() const;
-  // Reads the identity of the file at `path` (realpath + stat). Throws
-  // LoadError (an errno, or ERR_NOT_ELF for a file that is not regular).
-  static Identity Of(const std::string &path);
+  // Reads the identity of the file at `path` (realpath, open, fstat). With
+  // keep_fd, the descriptor is left open there (the caller closes it).
+  // Throws LoadError (an errno, or ERR_NOT_ELF for a file that is not regular).
+  static Identity Of(const std::string &path, int *keep_fd = nullptr);
 };
 
 // One identity in the registry. Fields are guarded by Registry::mu_.
