@@ -26,6 +26,8 @@ export const codes = {
   /** strategy 'shadow' for a library whose second copy would abort the process (Go, an embedded interpreter). */
   ERR_CANNOT_COEXIST: 'ERR_CANNOT_COEXIST',
   ERR_ABORTED: 'ERR_ABORTED',
+  /** The call got no answer within its timeoutMs. */
+  ERR_TIMEOUT: 'ERR_TIMEOUT',
   ERR_CLOSED: 'ERR_CLOSED',
   ERR_COPY: 'ERR_COPY',
   /** A watched build settled and stayed an incomplete ELF file. */

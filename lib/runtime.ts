@@ -34,8 +34,13 @@ export interface LoadOptions {
 }
 
 export interface CallOptions {
-  /** Rejects the call with ERR_ABORTED; a call already queued still runs, its answer is dropped. */
+  /** Rejects the call with ERR_ABORTED; a call already queued still runs, its answer is dropped (and counted: stats.late). */
   signal?: AbortSignal
+  /**
+   * Rejects the call with ERR_TIMEOUT after this many ms. In process, the
+   * plugin may still finish: its answer is dropped and counted (stats.late).
+   */
+  timeoutMs?: number
 }
 
 export interface RuntimeStats {
@@ -45,6 +50,8 @@ export interface RuntimeStats {
   failed: number
   /** Plugin misuse that was detected and ignored (a task answered twice, …). */
   misuse: number
+  /** Answers that came after their caller gave up (a timeout or an abort) and were dropped. */
+  late: number
   version: LibraryVersion
 }
 
@@ -115,6 +122,15 @@ export function cfgBuffer (cfg: Cfg): Buffer {
   return Buffer.from(json)
 }
 
+/** The call's timeout (ms), checked before anything is submitted; Infinity: none. */
+function callTimeout (options: CallOptions | undefined): number | undefined {
+  const t = options?.timeoutMs
+  if (t === undefined || t === Infinity) return undefined
+  if (typeof t !== 'number' || Number.isNaN(t)) throw typeError('options.timeoutMs must be a number of ms')
+  if (!(t > 0) || t > 2 ** 31 - 1) throw rangeError('options.timeoutMs must be > 0 and at most 2147483647 (Infinity: no timeout)')
+  return t
+}
+
 /** The call's signal, checked before anything is submitted. */
 function callSignal (options: CallOptions | undefined): AbortSignal | undefined {
   if (options === undefined) return undefined
@@ -151,6 +167,9 @@ export class Runtime {
   #flush = (): void => this.#submitStaged()
   #completed = 0
   #failed = 0
+  #late = 0
+  // Slots whose caller gave up: their answer, when it comes, is dropped.
+  #abandoned = new Set<number>()
   #state: 'starting' | 'running' | 'unloading' | 'unloaded' = 'starting'
   #unloaded: Promise<void>
   #resolveUnloaded!: () => void
@@ -221,6 +240,7 @@ export class Runtime {
       const res = this.#res[id]
       this.#res[id] = undefined
       this.#freeSlot(id)
+      if (this.#abandoned.size > 0 && this.#abandoned.delete(id)) this.#late++
       if (len === ABORTED_LEN) {
         this.#failed++
         fail(res, new DlhostError('ERR_ABORTED', 'the plugin never answered this call before its threads exited', { path: this.path }))
@@ -302,9 +322,11 @@ export class Runtime {
     // Everything that can throw runs before a slot is taken.
     let n: number
     let signal: AbortSignal | undefined
+    let timeoutMs: number | undefined
     try {
       n = requestLength(req)
       signal = callSignal(options)
+      timeoutMs = callTimeout(options)
     } catch (err) { return Promise.reject(err) }
     if (this.#state !== 'running') {
       return Promise.reject(new DlhostError('ERR_RUNTIME_UNLOADED', 'the runtime is unloaded', { path: this.path }))
@@ -346,10 +368,35 @@ export class Runtime {
     this.#staged[2 * k + 1] = len
     if (k === 0) queueMicrotask(this.#flush)
     else if (k + 1 === FLUSH_AT) this.#submitStaged()
-    if (signal === undefined) return p
+    if (signal === undefined && timeoutMs === undefined) return p
+    return this.#guard(p, id, signal, timeoutMs)
+  }
+
+  /**
+   * The caller may give up on a call (its signal, its timeout) before the
+   * plugin answers; the slot stays the plugin's until it does, and that
+   * answer is then dropped and counted.
+   */
+  #guard (p: Promise<Buffer>, id: number, signal: AbortSignal | undefined, timeoutMs: number | undefined): Promise<Buffer> {
     return new Promise<Buffer>((resolve, reject) => {
-      const stop = onAbort(signal, () => reject(new DlhostError('ERR_ABORTED', 'the call was aborted', { path: this.path, cause: signal.reason })))
-      p.then(resolve, reject).finally(stop)
+      let timer: NodeJS.Timeout | undefined
+      let stop: (() => void) | undefined
+      const done = (): void => {
+        if (timer !== undefined) clearTimeout(timer)
+        stop?.()
+      }
+      const giveUp = (err: DlhostError): void => {
+        done()
+        this.#abandoned.add(id)
+        reject(err)
+      }
+      if (timeoutMs !== undefined) {
+        timer = setTimeout(() => giveUp(new DlhostError('ERR_TIMEOUT', `no answer within ${timeoutMs} ms`, { path: this.path })), timeoutMs)
+      }
+      if (signal !== undefined) {
+        stop = onAbort(signal, () => giveUp(new DlhostError('ERR_ABORTED', 'the call was aborted', { path: this.path, cause: signal.reason })))
+      }
+      p.then(v => { done(); resolve(v) }, e => { done(); reject(e) })
     })
   }
 
@@ -404,7 +451,7 @@ export class Runtime {
 
   get stats (): RuntimeStats {
     const s: NativeStats = this.#native.stats()
-    return { queued: s.queued + this.#stagedCount, inFlight: this.#counters[0], completed: this.#completed, failed: this.#failed, misuse: s.misuse, version: this.#version }
+    return { queued: s.queued + this.#stagedCount, inFlight: this.#counters[0], completed: this.#completed, failed: this.#failed, misuse: s.misuse, late: this.#late, version: this.#version }
   }
 
   /** The library row this runtime runs in. */

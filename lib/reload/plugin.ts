@@ -115,8 +115,10 @@ interface Held {
   opts: CallOptions | undefined
   resolve: (r: { response: Buffer, seq: number }) => void
   reject: (e: unknown) => void
-  /** Stops watching the call's signal while held. */
+  /** Stops watching the call's signal and timeout while held. */
   stop: (() => void) | null
+  /** performance.now() when it was held: a timeout counts from the call. */
+  since: number
 }
 
 export class Plugin extends EventEmitter {
@@ -221,17 +223,24 @@ export class Plugin extends EventEmitter {
       const signal = opts?.signal
       if (signal !== undefined && !(signal instanceof AbortSignal)) return Promise.reject(typeError('options.signal must be an AbortSignal'))
       if (signal?.aborted === true) return Promise.reject(new DlhostError('ERR_ABORTED', 'the call was aborted', { path: this.path, cause: signal.reason }))
+      const timeoutMs = opts?.timeoutMs
       return new Promise((resolve, reject) => {
-        const h: Held = { req, opts, resolve, reject, stop: null }
-        // An abort while held: out of the line at once, never sent.
-        if (signal !== undefined) {
-          h.stop = onAbort(signal, () => {
-            const i = this.#held?.indexOf(h) ?? -1
-            if (i < 0) return
-            this.#held?.splice(i, 1)
-            reject(new DlhostError('ERR_ABORTED', 'the call was aborted', { path: this.path, cause: signal.reason }))
-          })
+        const h: Held = { req, opts, resolve, reject, stop: null, since: performance.now() }
+        // An abort or a timeout while held: out of the line at once, never sent.
+        const out = (err: DlhostError): void => {
+          const i = this.#held?.indexOf(h) ?? -1
+          if (i < 0) return
+          this.#held?.splice(i, 1)
+          h.stop?.()
+          reject(err)
         }
+        const stops: Array<() => void> = []
+        if (signal !== undefined) stops.push(onAbort(signal, () => out(new DlhostError('ERR_ABORTED', 'the call was aborted', { path: this.path, cause: signal.reason }))))
+        if (typeof timeoutMs === 'number' && timeoutMs > 0 && timeoutMs !== Infinity) {
+          const timer = setTimeout(() => out(new DlhostError('ERR_TIMEOUT', `no answer within ${timeoutMs} ms`, { path: this.path })), timeoutMs)
+          stops.push(() => clearTimeout(timer))
+        }
+        if (stops.length > 0) h.stop = () => { for (const f of stops) f() }
         this.#held?.push(h)
       })
     }
@@ -439,7 +448,10 @@ export class Plugin extends EventEmitter {
       this.#held = null
       for (const h of held) {
         h.stop?.()
-        this.#dispatch(this.#current, h.req, h.opts).then(h.resolve, h.reject)
+        let opts = h.opts
+        const t = opts?.timeoutMs
+        if (typeof t === 'number' && t !== Infinity) opts = { ...opts, timeoutMs: Math.max(1, t - (performance.now() - h.since)) }
+        this.#dispatch(this.#current, h.req, opts).then(h.resolve, h.reject)
       }
     }
   }
