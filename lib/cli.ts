@@ -3,19 +3,21 @@
  * The `dlhost` command.
  *
  *   dlhost inspect FILE [--json]   diagnose whether a shared library can unload
+ *   dlhost supervise [options] -- CMD ARGS…   restart CMD when it exits 3
  *   dlhost --help | --version
  *
  * Exit codes of `inspect`: 0 unloadable (also when only conditionally, see
  * lib/inspect.ts), 1 not unloadable, 2 usage error or a bad file (the error
  * code is printed).
  *
- * Imports only ./inspect, ./elf and ./errors: the CLI must not load the
- * native addon to diagnose a file.
+ * Imports only modules without native code (inspect, elf, rules, trust,
+ * errors, supervise): the CLI must not load the native addon.
  */
 import * as fs from 'fs'
 import * as path from 'path'
 import { DlhostError } from './errors'
 import { inspect, InspectReport } from './inspect'
+import { parseSupervise, supervise, SUPERVISE_USAGE } from './supervise'
 
 export interface CliIo {
   out (text: string): void
@@ -34,6 +36,10 @@ Commands:
                           unloaded (dlclose) and hot-reloaded, and which plugin
                           ABI it offers. Exit 0: unloadable, 1: not unloadable,
                           2: usage error or not a usable file.
+  supervise [options] -- CMD [ARGS...]
+                          Run CMD; start it again when it exits 3 (the
+                          shotgun restart); forward signals. See
+                          dlhost supervise --help.
 
 Options:
   -h, --help              Show this help (also: dlhost inspect --help).
@@ -167,10 +173,12 @@ export async function main (argv: string[], io: CliIo = processIo): Promise<numb
       return 0
     case 'inspect':
       return await cmdInspect(rest, io)
-    // case 'supervise':
-    //   Level 4's `dlhost supervise -- CMD ARGS...` (restart on exit code 3,
-    //   signals passed through) goes here, in its own module; keep this file
-    //   free of the native addon.
+    case 'supervise': {
+      const p = parseSupervise(rest)
+      if ('help' in p) { io.out(SUPERVISE_USAGE); return 0 }
+      if ('error' in p) return usageError(io, p.error, SUPERVISE_USAGE)
+      return await supervise(p.cmd, p.opts, line => io.err(line + '\n'))
+    }
     default:
       return usageError(io, `unknown command ${cmd}`, USAGE)
   }

@@ -67,6 +67,15 @@ export interface ReloadableOptions {
   maxBuildBytes?: number
   /** Whose builds may be loaded (default: this process's uid and root; checked on every new build; see trust.ts). */
   trust?: Trust
+  /**
+   * When a new build can only be taken by a new process (the serving version
+   * can neither coexist with a second copy nor unload: NODELETE, GNU_UNIQUE,
+   * Go): 'error' (default) reports ERR_STUCK and keeps serving; 'restart'
+   * holds new calls, lets the serving version answer its calls, emits
+   * 'restart' and exits the process with code 3, which `dlhost supervise`
+   * (or any supervisor told so) answers by starting it again.
+   */
+  onStuck?: 'error' | 'restart'
   entry?: Abi
   unloadTimeoutMs?: number
 }
@@ -95,6 +104,7 @@ export interface ReloadEvent {
   prepared: boolean
 }
 export interface DrainedEvent { version: PluginVersion }
+export interface RestartEvent { version: PluginVersion, reason: string, exitCode: 3 }
 export interface StuckEvent { version: PluginVersion, reason: string }
 
 interface Version extends PluginVersion {
@@ -327,6 +337,9 @@ export class Plugin extends EventEmitter {
         strategy = this.#choose(old, build)
       } catch (err) {
         await this.#removeCopy(build.copy.path)
+        if (this.#opts.onStuck === 'restart' && err instanceof DlhostError && err.code === 'ERR_STUCK') {
+          await this.#restartProcess(old, err.reason ?? 'cannot reload in place')
+        }
         this.#fail(err)
         throw err
       }
@@ -485,6 +498,19 @@ export class Plugin extends EventEmitter {
     } catch (err) { this.#fail(err) }
   }
 
+  /**
+   * The shotgun restart: hold new calls, let the serving version answer the
+   * ones it has, say so ('restart'), and exit 3 for the supervisor to start
+   * the process again with the new build.
+   */
+  async #restartProcess (v: Version, reason: string): Promise<void> {
+    this.#held ??= []
+    if (v.inFlight > 0) await new Promise<void>(resolve => { v.idle = resolve })
+    debug('restart %s: %s', this.path, reason)
+    emitSafely(this, 'restart', { version: publicVersion(v), reason, exitCode: 3 } satisfies RestartEvent)
+    process.exit(3)
+  }
+
   /** A copy leaves the store, and Level 1 forgets its path (never loaded again). */
   async #removeCopy (copy: string): Promise<void> {
     forgetPath(copy)
@@ -545,6 +571,7 @@ export async function reloadable (path: string, cfg?: Cfg, options: ReloadableOp
   const w = options.watch
   if (w !== undefined && typeof w !== 'boolean' && (w === null || typeof w !== 'object')) throw typeError('options.watch must be a boolean or an object')
   const cfgBuf = frozenCfg(cfg) // before the store: a bad cfg must not leave one behind
+  if (options.onStuck !== undefined && options.onStuck !== 'error' && options.onStuck !== 'restart') throw typeError("options.onStuck must be 'error' or 'restart'")
   if (options.badBuildMs !== undefined && (typeof options.badBuildMs !== 'number' || !(options.badBuildMs >= 0))) throw rangeError('options.badBuildMs must be a number >= 0')
   if (options.maxBuildBytes !== undefined && (typeof options.maxBuildBytes !== 'number' || !(options.maxBuildBytes >= 1))) throw rangeError('options.maxBuildBytes must be a number >= 1')
   checkTrustOption(options.trust)
