@@ -506,6 +506,9 @@ export class Plugin extends EventEmitter {
   async #restartProcess (v: Version, reason: string): Promise<void> {
     this.#held ??= []
     if (v.inFlight > 0) await new Promise<void>(resolve => { v.idle = resolve })
+    // A turn of the loop, so that the callers' own continuations of those
+    // answers run before the process ends.
+    await new Promise(resolve => setImmediate(resolve))
     debug('restart %s: %s', this.path, reason)
     emitSafely(this, 'restart', { version: publicVersion(v), reason, exitCode: 3 } satisfies RestartEvent)
     process.exit(3)
