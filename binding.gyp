@@ -15,6 +15,7 @@
         "csrc/runtime_core.cc",
         "csrc/runtime_wrap.cc",
         "csrc/completions.cc",
+        "csrc/channel_wrap.cc",
         "csrc/host_abi.cc"
       ],
       "include_dirs": [
@@ -32,6 +33,33 @@
       "cflags_cc!": ["-fno-exceptions", "-fno-rtti", "-std=gnu++17", "-std=gnu++20"],
       "cflags": ["-fvisibility=hidden", "-Wall", "-Wextra", "-Wno-unused-parameter"],
       "cflags_cc": ["-std=c++17", "-fexceptions", "-fvisibility=hidden", "-fno-gnu-unique", "-O2"],
+      "libraries": ["-ldl", "-lpthread"],
+      "conditions": [
+        ["dlhost_sanitize=='address'", {
+          "cflags": ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g"],
+          "ldflags": ["-fsanitize=address,undefined"]
+        }]
+      ]
+    },
+    {
+      # The child process of an isolated runtime, and of a probe load: the
+      # same registry and runtime core, no N-API (csrc/child/host_main.cc).
+      "target_name": "dlhost-host",
+      "type": "executable",
+      "sources": [
+        "csrc/child/host_main.cc",
+        "csrc/registry.cc",
+        "csrc/owner_thread.cc",
+        "csrc/runtime_core.cc",
+        "csrc/host_abi.cc"
+      ],
+      "include_dirs": ["csrc/include"],
+      "cflags!": ["-fno-exceptions"],
+      "cflags_cc!": ["-fno-exceptions", "-fno-rtti", "-std=gnu++17", "-std=gnu++20"],
+      "cflags": ["-Wall", "-Wextra", "-Wno-unused-parameter"],
+      "cflags_cc": ["-std=c++17", "-fexceptions", "-fno-gnu-unique", "-O2"],
+      # Plugins resolve the host ABI by name from the executable.
+      "ldflags": ["-Wl,--export-dynamic"],
       "libraries": ["-ldl", "-lpthread"],
       "conditions": [
         ["dlhost_sanitize=='address'", {

@@ -13,6 +13,7 @@
 #include "library_wrap.h"
 #include "registry.h"
 #include "runtime_wrap.h"
+#include "channel_wrap.h"
 
 namespace dlhost {
 namespace {
@@ -122,6 +123,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   state->library_class = Napi::Persistent(library);
   exports.Set("Library", library);
   exports.Set("Runtime", RuntimeWrap::Init(env));
+  exports.Set("Channel", ChannelWrap::Init(env));
   exports.Set("libraries", Napi::Function::New<Libraries>(env, "libraries"));
   exports.Set("isMapped", Napi::Function::New<IsMapped>(env, "isMapped"));
   exports.Set("identify", Napi::Function::New<Identify>(env, "identify"));

@@ -211,11 +211,14 @@ class MpmcRing {
 //
 // The epoch is 32 bits: a waiter would miss a notify only if exactly 2^32
 // notifies happened between its prepare_wait and commit_wait.
-class Parker {
+// Shared = true: the word lives in memory shared between processes (the
+// isolation channel), so the futex calls are not FUTEX_PRIVATE.
+template <bool Shared = false>
+class BasicParker {
  public:
-  Parker() = default;
-  Parker(const Parker &) = delete;
-  Parker &operator=(const Parker &) = delete;
+  BasicParker() = default;
+  BasicParker(const BasicParker &) = delete;
+  BasicParker &operator=(const BasicParker &) = delete;
 
   // Consumer thread. Registers as a waiter; returns the key for commit_wait.
   // Must be followed by exactly one cancel_wait or commit_wait.
@@ -242,7 +245,8 @@ class Parker {
   void commit_wait(uint32_t key) noexcept {
     // Loops over EINTR and spurious returns; EAGAIN (word != key) exits.
     while (epoch() == key)
-      syscall(SYS_futex, epoch_word(), FUTEX_WAIT_PRIVATE, key, nullptr, nullptr, 0);
+      syscall(SYS_futex, epoch_word(), Shared ? FUTEX_WAIT : FUTEX_WAIT_PRIVATE, key, nullptr, nullptr,
+              0);
   }
 
   // Producer, any thread, after making the condition true. Both claim and
@@ -275,7 +279,8 @@ class Parker {
                                       std::memory_order_relaxed))
         break;
     }
-    syscall(SYS_futex, epoch_word(), FUTEX_WAKE_PRIVATE, INT_MAX, nullptr, nullptr, 0);
+    syscall(SYS_futex, epoch_word(), Shared ? FUTEX_WAKE : FUTEX_WAKE_PRIVATE, INT_MAX, nullptr,
+            nullptr, 0);
   }
   // The futex word is the epoch: the high 32 bits of word_.
   uint32_t *epoch_word() noexcept {
@@ -291,6 +296,8 @@ class Parker {
   // producers' hot read stays a shared-cache hit.
   alignas(kCacheLine) std::atomic<uint64_t> word_{0};
 };
+
+using Parker = BasicParker<false>;
 
 // ----------------------------------------------------------------- TaskQueue
 //

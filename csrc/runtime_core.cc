@@ -140,7 +140,7 @@ Task *RuntimeCore::TakeCompletions() { return completions.pop_all(); }
 
 void RuntimeCore::Ring() {
   std::lock_guard<std::mutex> lock(bell_mu);
-  if (bell) uv_async_send(bell);
+  if (bell) bell(bell_arg);
 }
 
 void RuntimeCore::Complete(Task *t) {

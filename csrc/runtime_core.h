@@ -4,8 +4,6 @@
 // the thread map).
 #pragma once
 
-#include <uv.h>
-
 #include <atomic>
 #include <memory>
 #include <mutex>
@@ -34,7 +32,8 @@ struct Task {
   std::atomic<Task *> cq_next{nullptr};
   std::atomic<uint32_t> state{kFree};
   uint32_t magic = kMagic;
-  uint32_t id = 0;  // slot index, the JS side's key for this call
+  uint32_t id = 0;    // slot index, the JS side's key for this call
+  uint32_t call = 0;  // in an isolated runtime's child: the host's key for this call
   RuntimeCore *core = nullptr;
   // Request: owned by the host; req points to inline_buf or to a malloc
   // (big, set before submit by the wrapper's setBig).
@@ -99,10 +98,13 @@ class RuntimeCore : public std::enable_shared_from_this<RuntimeCore> {
   size_t Pollers();
   std::vector<pid_t> PollerTids();
 
-  // Doorbell to the JS thread; set/cleared on the JS thread under bell_mu.
+  // Doorbell to whoever settles calls (the JS thread: a uv_async_t; in a
+  // child host: its writer thread); set and cleared under bell_mu, so no
+  // thread rings a doorbell that is gone.
   void Ring();
   std::mutex bell_mu;
-  uv_async_t *bell = nullptr;
+  void (*bell)(void *) = nullptr;
+  void *bell_arg = nullptr;
   std::atomic<bool> js_spinning{false};
 
   const EntryPtr entry;

@@ -66,7 +66,8 @@ RuntimeWrap::RuntimeWrap(const Napi::CallbackInfo &info)
   uv_unref(reinterpret_cast<uv_handle_t *>(idle_));
   {
     std::lock_guard<std::mutex> lock(core_->bell_mu);
-    core_->bell = bell_;
+    core_->bell = [](void *h) { uv_async_send(static_cast<uv_async_t *>(h)); };
+    core_->bell_arg = bell_;
   }
   hook_.Arm(env, &RuntimeWrap::OnEnvCleanup, this);
 }
@@ -324,6 +325,7 @@ void RuntimeWrap::StopHandles() {
     {
       std::lock_guard<std::mutex> lock(core_->bell_mu);
       core_->bell = nullptr;  // worker threads never touch the handle again
+      core_->bell_arg = nullptr;
     }
     core_->js_spinning.store(false);
   }

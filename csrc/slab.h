@@ -32,6 +32,8 @@ class Slab {
     off_ = std::min(cap_, (at + n + 7) & ~size_t(7));
     return at;
   }
+  // Would n more bytes go into the current buffer?
+  bool Fits(size_t n) const { return data_ != nullptr && off_ + n <= cap_; }
   char *Data() const { return data_; }
   int32_t generation() const { return gen_; }
   Napi::Value Buffer(Napi::Env env) const {

@@ -26,6 +26,12 @@ export const codes = {
   /** strategy 'shadow' for a library whose second copy would abort the process (Go, an embedded interpreter). */
   ERR_CANNOT_COEXIST: 'ERR_CANNOT_COEXIST',
   ERR_ABORTED: 'ERR_ABORTED',
+  /** An isolated plugin's child process died (a signal, an exit, a limit): its calls reject with this. */
+  ERR_PLUGIN_CRASHED: 'ERR_PLUGIN_CRASHED',
+  /** An isolated plugin crashed too often in a window: not restarted until reload(). */
+  ERR_CRASH_LOOP: 'ERR_CRASH_LOOP',
+  /** A probe load of a new build in a throwaway child process crashed or failed. */
+  ERR_PROBE_FAILED: 'ERR_PROBE_FAILED',
   /** The call got no answer within its timeoutMs. */
   ERR_TIMEOUT: 'ERR_TIMEOUT',
   ERR_CLOSED: 'ERR_CLOSED',

@@ -10,6 +10,11 @@ import { DlhostError, fromNative, rangeError, typeError } from './errors'
 import { forgetIdentity, KnownContent, Library, LibraryRow, LibraryVersion, open, rowOf } from './library'
 import { onAbort } from './events'
 import { requestLength } from './request'
+import { parseElf } from './elf'
+import { errnoError } from './errors'
+import { IsolatedRuntime } from './isolate/runtime'
+import type { Limits } from './isolate/host'
+import fs from 'fs'
 import type { Trust } from './trust'
 import { Abi, abiOf, ENTRY, isAbi, NO_ENTRY_MESSAGE, threadsNeverExit } from './rules'
 
@@ -29,6 +34,15 @@ export interface LoadOptions {
   unloadTimeoutMs?: number
   /** Whose files may be loaded (default: this process's uid and root; see trust.ts). */
   trust?: Trust
+  /**
+   * 'process': the library lives in a child process (see docs/isolation.md):
+   * a crash rejects its calls with ERR_PLUGIN_CRASHED and the child is
+   * started again; what can never leave a process (Go, NODELETE) is unloaded
+   * by ending the child. Resolves with an IsolatedRuntime.
+   */
+  isolate?: 'process' | false
+  /** Resource limits of an isolated runtime's child (setrlimit). */
+  limits?: Limits
   /** @internal See OpenOptions.known. */
   known?: KnownContent
 }
@@ -493,6 +507,19 @@ export function frozenCfg (cfg: Cfg): Buffer {
   return b
 }
 
+/** An isolated runtime: its own child process per load (no sharing by identity and cfg). */
+async function loadIsolated (path: string, cfg: Buffer, options: LoadOptions, maxQueue: number, unloadTimeoutMs: number): Promise<Runtime> {
+  let elf
+  try {
+    elf = parseElf(fs.readFileSync(path), path)
+  } catch (err) { throw err instanceof DlhostError ? err : errnoError(err, path) }
+  const abi = options.entry ?? abiOf(s => elf.exports.includes(s)).abi
+  if (abi === null) throw new DlhostError('ERR_SYMBOL_MISSING', `${path} ${NO_ENTRY_MESSAGE}`, { path })
+  const rt = new IsolatedRuntime(path, { abi, cfg, global: options.global ?? false, maxQueue, unloadTimeoutMs: unloadTimeoutMs === Infinity ? -1 : unloadTimeoutMs, limits: options.limits, trust: options.trust })
+  await rt.start()
+  return rt as unknown as Runtime
+}
+
 // Runtimes being unloaded, by key: a load() of the same key waits for them.
 const dying = new Map<string, Promise<void>>()
 
@@ -515,6 +542,8 @@ export async function load (path: string, cfg?: Cfg, options: LoadOptions = {}):
   }
   if (options.entry !== undefined && !isAbi(options.entry)) throw typeError(`options.entry must be one of ${Object.keys(ENTRY).join(', ')}`)
   const cfgBuf = cfgBuffer(cfg)
+  if (options.isolate === 'process') return await loadIsolated(path, cfgBuf, options, maxQueue, unloadTimeoutMs)
+  if (options.isolate !== undefined && options.isolate !== false) throw typeError("options.isolate must be 'process' or false")
   const hash = cfgHash(cfgBuf)
   // A copy the caller read and checked (the reload layer) is opened first:
   // its identity comes from that open, not from a second stat.

@@ -1,0 +1,382 @@
+// channel_wrap.cc: class Channel (binding). JS thread only.
+#include "channel_wrap.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "js_request.h"
+#include "js_util.h"
+
+namespace dlhost {
+
+namespace {
+constexpr size_t kBigAnswer = 64 * 1024;
+constexpr size_t kSettleChunk = 256;
+struct EnvGoneC {};
+}  // namespace
+
+Napi::Function ChannelWrap::Init(Napi::Env env) {
+  return DefineClass(env, "Channel",
+                     {InstanceMethod<&ChannelWrap::Fds>("fds"),
+                      InstanceMethod<&ChannelWrap::Spawned>("spawned"),
+                      InstanceMethod<&ChannelWrap::SendCfg>("sendCfg"),
+                      InstanceMethod<&ChannelWrap::Send>("send"),
+                      InstanceMethod<&ChannelWrap::Unload>("unload"),
+                      InstanceMethod<&ChannelWrap::Counters>("counters"),
+                      InstanceMethod<&ChannelWrap::Limit>("limit"),
+                      InstanceMethod<&ChannelWrap::Close>("close")});
+}
+
+// new Channel(ringBytes, onComplete, onEvent)
+ChannelWrap::ChannelWrap(const Napi::CallbackInfo &info)
+    : Napi::ObjectWrap<ChannelWrap>(info), env_(info.Env()) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsNumber() || !info[1].IsFunction() || !info[2].IsFunction())
+    throw Napi::TypeError::New(env, "Channel(ringBytes, onComplete, onEvent)");
+  uint64_t ring = 1;
+  while (ring < uint64_t(info[0].As<Napi::Number>().DoubleValue()) && ring < (uint64_t(1) << 30)) ring <<= 1;
+  if (ring < 64 * 1024) ring = 64 * 1024;
+  map_bytes_ = ChannelBytes(ring);
+  memfd_ = memfd_create("dlhost-channel", MFD_CLOEXEC);
+  if (memfd_ < 0 || ftruncate(memfd_, off_t(map_bytes_)) != 0) {
+    int err = errno;
+    if (memfd_ >= 0) close(memfd_);
+    ThrowCoded(env, "ERR_RESOURCE", std::string("cannot make the channel: ") + strerror(err));
+  }
+  void *m = mmap(nullptr, map_bytes_, PROT_READ | PROT_WRITE, MAP_SHARED, memfd_, 0);
+  int fds[2];
+  if (m == MAP_FAILED || pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0) {
+    int err = errno;
+    if (m != MAP_FAILED) munmap(m, map_bytes_);
+    close(memfd_);
+    ThrowCoded(env, "ERR_RESOURCE", std::string("cannot make the channel: ") + strerror(err));
+  }
+  chan_ = new (m) ChannelShared();
+  chan_->magic = kChannelMagic;
+  chan_->version = kChannelVersion;
+  chan_->ring_bytes = ring;
+  bell_r_ = fds[0];
+  bell_w_ = fds[1];
+  on_complete_ = Napi::Persistent(info[1].As<Napi::Function>());
+  on_event_ = Napi::Persistent(info[2].As<Napi::Function>());
+  async_ctx_ = std::make_unique<Napi::AsyncContext>(env, "dlhost:isolated");
+  uv_loop_t *loop = nullptr;
+  napi_get_uv_event_loop(env, &loop);
+  poll_ = new uv_poll_t;
+  uv_poll_init(loop, poll_, bell_r_);
+  poll_->data = this;
+  uv_poll_start(poll_, UV_READABLE, [](uv_poll_t *h, int, int) {
+    auto *self = static_cast<ChannelWrap *>(h->data);
+    char buf[256];
+    while (read(self->bell_r_, buf, sizeof buf) > 0) {
+    }
+    self->Settle();
+  });
+  uv_unref(reinterpret_cast<uv_handle_t *>(poll_));
+  idle_ = new uv_idle_t;
+  uv_idle_init(loop, idle_);
+  idle_->data = this;
+  uv_unref(reinterpret_cast<uv_handle_t *>(idle_));
+  hook_.Arm(env, &ChannelWrap::OnEnvCleanup, this);
+}
+
+ChannelWrap::~ChannelWrap() {
+  Detach();
+  if (chan_) munmap(chan_, map_bytes_);
+}
+
+void ChannelWrap::OnEnvCleanup(void *self) { static_cast<ChannelWrap *>(self)->Detach(); }
+
+// The end: no more JS, no more handles, no more descriptors. The mapping
+// stays until the wrapper goes (a late read finds it valid).
+void ChannelWrap::Detach() {
+  hook_.Disarm();
+  closed_ = true;
+  if (poll_) {
+    uv_close(reinterpret_cast<uv_handle_t *>(poll_), [](uv_handle_t *h) { delete reinterpret_cast<uv_poll_t *>(h); });
+    poll_ = nullptr;
+  }
+  if (idle_) {
+    uv_close(reinterpret_cast<uv_handle_t *>(idle_), [](uv_handle_t *h) { delete reinterpret_cast<uv_idle_t *>(h); });
+    idle_ = nullptr;
+  }
+  for (int *fd : {&memfd_, &bell_r_, &bell_w_})
+    if (*fd >= 0) {
+      close(*fd);
+      *fd = -1;
+    }
+  on_complete_.Reset();
+  on_event_.Reset();
+  counters_ref_.Reset();
+  counters_ = nullptr;
+  meta_ref_.Reset();
+  meta_ = nullptr;
+  slab_.Reset();
+}
+
+// fds() -> [channel, doorbell]: what the child gets as fds 3 and 4.
+Napi::Value ChannelWrap::Fds(const Napi::CallbackInfo &info) {
+  Napi::Array a = Napi::Array::New(info.Env(), 2);
+  a.Set(uint32_t(0), double(memfd_));
+  a.Set(uint32_t(1), double(bell_w_));
+  return a;
+}
+
+// spawned(): the child has its copies; the host closes its own (the
+// mapping stays), so the doorbell breaks when the child is gone.
+Napi::Value ChannelWrap::Spawned(const Napi::CallbackInfo &info) {
+  for (int *fd : {&memfd_, &bell_w_})
+    if (*fd >= 0) {
+      close(*fd);
+      *fd = -1;
+    }
+  return info.Env().Undefined();
+}
+
+bool ChannelWrap::WriteFrames(uint32_t id, uint32_t flags, const char *p, size_t len) {
+  size_t max = MaxFramePayload(chan_->ring_bytes);
+  // All of it or none: a call never half-sent.
+  uint64_t need = 0;
+  for (size_t left = len;;) {
+    size_t n = left > max ? max : left;
+    need += FrameSize(n);
+    left -= n;
+    if (left == 0) break;
+  }
+  if (chan_->req.tail.load() + need - chan_->req.head.load() > chan_->ring_bytes) return false;
+  for (;;) {
+    size_t n = len > max ? max : len;
+    FrameHeader h{0, id, uint32_t(n), flags | (len > n ? kFrameMore : 0)};
+    RingWrite(chan_->req, ReqData(chan_), chan_->ring_bytes, h, p, n);
+    p += n;
+    len -= n;
+    if (len == 0) return true;
+  }
+}
+
+Napi::Value ChannelWrap::SendCfg(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (closed_ || !info[0].IsBuffer()) throw Napi::TypeError::New(env, "sendCfg(cfg: Buffer)");
+  auto b = info[0].As<Napi::Buffer<char>>();
+  if (b.Length() > MaxFramePayload(chan_->ring_bytes))
+    throw Napi::RangeError::New(env, "cfg is larger than the channel carries");
+  FrameHeader h{0, kControlId, uint32_t(b.Length()), kFrameCfg};
+  RingWrite(chan_->req, ReqData(chan_), chan_->ring_bytes, h, b.Data(), b.Length());
+  StartSpin();
+  UpdateLoopRef();
+  return env.Undefined();
+}
+
+// send(id, req) -> true, or false when the channel has no room for it now.
+Napi::Value ChannelWrap::Send(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (closed_) return Napi::Boolean::New(env, false);
+  uint32_t id = info[0].As<Napi::Number>().Uint32Value();
+  JsRequest r = ReadRequest(env, info[1]);
+  bool ok;
+  if (r.str) {
+    std::string s(r.len + 1, '\0');
+    r.CopyTo(env, &s[0]);
+    ok = WriteFrames(id, 0, s.data(), r.len);
+  } else {
+    ok = WriteFrames(id, 0, r.bytes, r.len);
+  }
+  if (ok) {
+    StartSpin();
+    UpdateLoopRef();
+  }
+  return Napi::Boolean::New(env, ok);
+}
+
+Napi::Value ChannelWrap::Unload(const Napi::CallbackInfo &info) {
+  if (!closed_) {
+    FrameHeader h{0, kControlId, 0, kFrameUnload};
+    RingWrite(chan_->req, ReqData(chan_), chan_->ring_bytes, h, nullptr, 0);
+  }
+  return info.Env().Undefined();
+}
+
+Napi::Value ChannelWrap::Counters(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (counters_ref_.IsEmpty()) {
+    Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, sizeof(int32_t));
+    counters_ref_ = Napi::Persistent(Napi::Object(Napi::Int32Array::New(env, 1, ab, 0)));
+    counters_ = static_cast<int32_t *>(ab.Data());
+  }
+  return counters_ref_.Value();
+}
+
+// limit() -> 'memoryMb' | 'cpuSeconds' | 'openFiles' | null: what the child
+// said it was dying of.
+Napi::Value ChannelWrap::Limit(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  switch (chan_ ? chan_->limit.load() : 0) {
+    case 1: return Napi::String::New(env, "memoryMb");
+    case 2: return Napi::String::New(env, "cpuSeconds");
+    case 3: return Napi::String::New(env, "openFiles");
+    default: return env.Null();
+  }
+}
+
+// close(): settle what the child wrote, then stop (the child is gone).
+Napi::Value ChannelWrap::Close(const Napi::CallbackInfo &info) {
+  if (!closed_) {
+    Settle();
+    Detach();
+  }
+  return info.Env().Undefined();
+}
+
+void ChannelWrap::StartSpin() {
+  if (idle_active_ || !idle_) return;
+  last_activity_ = uv_hrtime();
+  chan_->host_spinning.store(1, std::memory_order_seq_cst);
+  uv_idle_start(idle_, [](uv_idle_t *h) {
+    auto *self = static_cast<ChannelWrap *>(h->data);
+    self->Settle();
+    if (self->closed_ || !self->idle_active_) return;
+    if (self->Pending() == 0 || uv_hrtime() - self->last_activity_ > kDefaultSpinNs) {
+      self->chan_->host_spinning.store(0, std::memory_order_seq_cst);
+      uv_idle_stop(self->idle_);
+      self->idle_active_ = false;
+      self->Settle();  // anything written while the child thought we spin
+    } else {
+      sched_yield();
+    }
+  });
+  idle_active_ = true;
+}
+
+void ChannelWrap::UpdateLoopRef() {
+  if (!poll_) return;
+  bool want = Pending() > 0;
+  if (want == referenced_) return;
+  referenced_ = want;
+  if (want) uv_ref(reinterpret_cast<uv_handle_t *>(poll_));
+  else uv_unref(reinterpret_cast<uv_handle_t *>(poll_));
+}
+
+void ChannelWrap::CallJs(Napi::FunctionReference &fn, std::initializer_list<napi_value> args) {
+  napi_value result;
+  napi_status st = napi_make_callback(env_, *async_ctx_, Value(), fn.Value(), args.size(), args.begin(), &result);
+  if (st == napi_ok) return;
+  bool pending = false;
+  napi_is_exception_pending(env_, &pending);
+  if (!pending) throw EnvGoneC();
+  napi_value exc;
+  napi_get_and_clear_last_exception(env_, &exc);
+  napi_fatal_exception(env_, exc);
+}
+
+void ChannelWrap::Settle() {
+  if (closed_ || on_complete_.IsEmpty()) return;
+  try {
+    SettleJs();
+  } catch (const EnvGoneC &) {
+    Detach();
+  } catch (const Napi::Error &) {
+    Detach();
+  }
+}
+
+void ChannelWrap::SettleJs() {
+  Napi::Env env(env_);
+  const uint64_t cap = chan_->ring_bytes;
+  char *data = RspData(chan_);
+  for (;;) {
+    Napi::HandleScope scope(env);
+    if (meta_cap_ < kSettleChunk * 4) {
+      Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, kSettleChunk * 4 * sizeof(int32_t));
+      meta_ref_ = Napi::Persistent(Napi::Object(Napi::Int32Array::New(env, kSettleChunk * 4, ab, 0)));
+      meta_ = static_cast<int32_t *>(ab.Data());
+      meta_cap_ = kSettleChunk * 4;
+    }
+    size_t count = 0;
+    Napi::Array bigs;
+    bool any_big = false;
+    Napi::Value bodies = env.Undefined();
+    FrameHeader h;
+    while (count < kSettleChunk && RingPeek(chan_->rsp, data, cap, &h)) {
+      if (h.id == kControlId) {
+        std::string p(h.b, '\0');
+        RingTake(chan_->rsp, data, cap, h, &p[0], h.b);
+        int32_t kind = int32_t(h.a);
+        if (kind == kEventMore && p.size() >= 4) {
+          uint32_t id;
+          memcpy(&id, p.data(), 4);
+          partial_[id].append(p, 4, std::string::npos);
+        } else if (kind == kEventInit && p.size() >= 8) {
+          int32_t rc, failure;
+          memcpy(&rc, p.data(), 4);
+          memcpy(&failure, p.data() + 4, 4);
+          static const char *const kFailures[] = {"rc", "resource", "open-null", "symbol", "load"};
+          CallJs(on_event_, {Napi::String::New(env, "init"), Napi::Number::New(env, rc),
+                             Napi::String::New(env, kFailures[failure >= 0 && failure <= 4 ? failure : 0]),
+                             Napi::String::New(env, p.substr(8))});
+        } else if (kind == kEventUnloaded && p.size() >= 12) {
+          Napi::Object o = Napi::Object::New(env);
+          uint32_t misuse, aborted;
+          memcpy(&misuse, p.data() + 4, 4);
+          memcpy(&aborted, p.data() + 8, 4);
+          o.Set("dlclosed", bool(p[0]));
+          o.Set("mapped", bool(p[1]));
+          o.Set("threadsStuck", bool(p[2]));
+          o.Set("misuse", double(misuse));
+          o.Set("aborted", double(aborted));
+          CallJs(on_event_, {Napi::String::New(env, "unloaded"), o});
+        }
+        if (closed_) return;
+        continue;
+      }
+      int32_t *m = meta_ + count * 4;
+      m[0] = int32_t(h.id);
+      m[1] = int32_t(h.a);
+      if (h.b == kFrameAborted) {
+        RingTake(chan_->rsp, data, cap, h, nullptr, 0);
+        m[2] = 0;
+        m[3] = kAbortedLen;
+        count++;
+        continue;
+      }
+      auto it = partial_.find(h.id);
+      size_t total = (it != partial_.end() ? it->second.size() : 0) + h.b;
+      // One slab per callback: a body that needs a new one waits for the next.
+      if (total < kBigAnswer && !bodies.IsUndefined() && !slab_.Fits(total)) break;
+      std::string head;
+      if (it != partial_.end()) {
+        head.swap(it->second);
+        partial_.erase(it);
+      }
+      if (total >= kBigAnswer) {
+        char *p = static_cast<char *>(malloc(total ? total : 1));
+        if (!p) throw Napi::Error::New(env, "out of memory");
+        memcpy(p, head.data(), head.size());
+        RingTake(chan_->rsp, data, cap, h, p + head.size(), h.b);
+        if (!any_big) bigs = Napi::Array::New(env);
+        any_big = true;
+        bigs.Set(uint32_t(count), Napi::Buffer<char>::New(env, p, total, [](Napi::Env, char *q) { free(q); }));
+        m[2] = kBigOffset;
+        m[3] = int32_t(total);
+      } else {
+        size_t at = slab_.Reserve(env, total);
+        memcpy(slab_.Data() + at, head.data(), head.size());
+        RingTake(chan_->rsp, data, cap, h, slab_.Data() + at + head.size(), h.b);
+        bodies = slab_.Buffer(env);
+        m[2] = int32_t(at);
+        m[3] = int32_t(total);
+      }
+      count++;
+    }
+    if (count == 0) break;
+    last_activity_ = uv_hrtime();
+    CallJs(on_complete_, {Napi::Number::New(env, double(count)), meta_ref_.Value(), bodies,
+                          any_big ? Napi::Value(bigs) : env.Undefined()});
+    if (closed_) return;
+  }
+  UpdateLoopRef();
+}
+
+}  // namespace dlhost

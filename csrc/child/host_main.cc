@@ -1,0 +1,415 @@
+// host_main.cc: dlhost-host, the child process of an isolated runtime (and
+// of a probe load). A small native host: it loads one library with the same
+// registry and runtime core as the addon, and serves the calls the parent
+// sends through the channel (channel.h). Threads: main (the writer:
+// completions and lifecycle -> responses), the reader (requests -> tasks),
+// the lifeline (parent gone -> exit), and those of the runtime core.
+//
+//   dlhost-host --parent PID --lib PATH --abi N [--global] [--max-queue N]
+//               [--unload-timeout-ms N] [--memory-mb N] [--cpu-seconds N]
+//               [--open-files N] [--ring-bytes N] [--probe]
+//   fd 0: the lifeline (EOF: the parent is gone); fd 3: the channel memfd;
+//   fd 4: the doorbell (a pipe the parent polls).
+// --probe: dlopen and init, then exit 0 (or die of what the build does).
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "../channel.h"
+#include "../clock.h"
+#include "../registry.h"
+#include "../runtime_core.h"
+
+using namespace dlhost;
+
+namespace {
+
+struct Args {
+  long parent = 0;
+  std::string lib;
+  int abi = 0;
+  bool global = false, probe = false;
+  long max_queue = kDefaultMaxQueue, unload_timeout_ms = kDefaultUnloadTimeoutMs;
+  long memory_mb = 0, cpu_seconds = 0, open_files = 0;
+  uint64_t ring_bytes = 0;
+};
+
+ChannelShared *chan = nullptr;
+int doorbell = -1;
+uint64_t memory_limit = 0;
+
+[[noreturn]] void Die(const char *what) {
+  fprintf(stderr, "dlhost-host: %s\n", what);
+  _exit(70);
+}
+
+// A crash: say which limit was near (best effort, async-signal-safe calls
+// only), then die of the signal as the parent expects.
+void OnCrash(int sig) {
+  if (chan) {
+    int32_t limit = 0;
+    if (sig == SIGXCPU) limit = 2;
+    else if (memory_limit) {
+      char buf[64];
+      int fd = open("/proc/self/statm", O_RDONLY);
+      if (fd >= 0) {
+        ssize_t n = read(fd, buf, sizeof buf - 1);
+        close(fd);
+        if (n > 0) {
+          buf[n] = 0;
+          unsigned long pages = strtoul(buf, nullptr, 10);  // strtoul: no locks, no allocation
+          if (uint64_t(pages) * uint64_t(sysconf(_SC_PAGESIZE)) * 10 >= memory_limit * 9) limit = 1;
+        }
+      }
+    }
+    chan->limit.store(limit);
+  }
+  signal(sig, SIG_DFL);
+  raise(sig);
+}
+
+void InstallCrashHandlers() {
+  static char altstack[64 * 1024];
+  stack_t ss{};
+  ss.ss_sp = altstack;
+  ss.ss_size = sizeof altstack;
+  sigaltstack(&ss, nullptr);
+  struct sigaction sa {};
+  sa.sa_handler = OnCrash;
+  sa.sa_flags = SA_ONSTACK | SA_RESETHAND;
+  for (int s : {SIGSEGV, SIGBUS, SIGABRT, SIGILL, SIGFPE, SIGXCPU}) sigaction(s, &sa, nullptr);
+}
+
+void Limit(int resource, long value) {
+  if (value <= 0) return;
+  struct rlimit rl;
+  rl.rlim_cur = rl.rlim_max = rlim_t(value);
+  setrlimit(resource, &rl);
+}
+
+// Response writer (main thread only).
+void Ding() {
+  if (chan->host_spinning.load(std::memory_order_seq_cst)) return;
+  char c = 1;
+  if (write(doorbell, &c, 1) < 0 && errno == EPIPE) _exit(0);
+}
+void Write(uint32_t id, int32_t rc, const void *payload, size_t len, uint32_t b) {
+  FrameHeader h{0, id, uint32_t(rc), b};
+  uint64_t cap = chan->ring_bytes;
+  uint64_t spin_until = monotonic_ns() + kDefaultSpinNs;
+  while (!RingWrite(chan->rsp, RspData(chan), cap, h, payload, len)) {
+    Ding();  // the host may be parked with our answers waiting
+    if (monotonic_ns() < spin_until) {
+      sched_yield();
+      continue;
+    }
+    uint32_t key = chan->rsp.space.prepare_wait();
+    uint64_t head = chan->rsp.head.load(), tail = chan->rsp.tail.load();
+    if (tail + FrameSize(len) - head <= cap) {
+      chan->rsp.space.cancel_wait(key);
+      continue;
+    }
+    chan->rsp.space.commit_wait(key);
+  }
+}
+// A payload longer than one frame goes in pieces: kEventMore frames, then
+// the last piece in the frame of the answer itself.
+void WriteAnswer(uint32_t id, int32_t rc, const char *p, size_t len) {
+  size_t max = MaxFramePayload(chan->ring_bytes) - sizeof(uint32_t);
+  std::vector<char> piece;
+  while (len > max) {
+    piece.resize(sizeof(uint32_t) + max);
+    memcpy(piece.data(), &id, sizeof id);
+    memcpy(piece.data() + sizeof id, p, max);
+    Write(kControlId, kEventMore, piece.data(), piece.size(), uint32_t(piece.size()));
+    p += max;
+    len -= max;
+  }
+  Write(id, rc, p, len, uint32_t(len));
+}
+
+// Slots: the reader takes them, the writer gives them back.
+std::mutex free_mu;
+std::vector<uint32_t> free_slots;
+
+// Writer's doorbell from the runtime core (any thread).
+BasicParker<false> writer_bell;
+std::atomic<uint32_t> writer_rings{0};
+void RingWriter(void *) {
+  writer_rings.fetch_add(1);
+  writer_bell.notify_all();
+}
+
+void Reader(std::shared_ptr<RuntimeCore> core) {
+  uint64_t cap = chan->ring_bytes;
+  std::unordered_map<uint32_t, std::string> partial;
+  std::vector<Task *> batch;
+  for (;;) {
+    FrameHeader h;
+    uint64_t spin_until = monotonic_ns() + kDefaultSpinNs;
+    while (!RingPeek(chan->req, ReqData(chan), cap, &h)) {
+      if (!batch.empty()) {
+        if (core->SubmitBatch(batch.data(), batch.size()) < long(batch.size())) {
+          // Closed under us: those calls are answered as never run.
+          for (Task *t : batch) {
+            t->state.store(Task::kDone);
+            t->rsp_len = Task::kAbortedRsp;
+            core->Complete(t);
+          }
+        }
+        batch.clear();
+      }
+      if (monotonic_ns() < spin_until) {
+        sched_yield();
+        continue;
+      }
+      uint32_t key = chan->req.items.prepare_wait();
+      if (RingPeek(chan->req, ReqData(chan), cap, &h)) {
+        chan->req.items.cancel_wait(key);
+        break;
+      }
+      chan->req.items.commit_wait(key);
+      spin_until = monotonic_ns() + kDefaultSpinNs;
+    }
+    if (h.id == kControlId) {
+      RingTake(chan->req, ReqData(chan), cap, h, nullptr, 0);
+      if (h.b & kFrameUnload) {
+        if (!batch.empty()) {
+          core->SubmitBatch(batch.data(), batch.size());
+          batch.clear();
+        }
+        RuntimeCore::BeginUnload(core);
+        return;
+      }
+      continue;
+    }
+    std::string &acc = partial[h.id];
+    size_t at = acc.size();
+    acc.resize(at + h.a);
+    RingTake(chan->req, ReqData(chan), cap, h, &acc[at], h.a);
+    if (h.b & kFrameMore) continue;
+    uint32_t slot;
+    {
+      std::lock_guard<std::mutex> lock(free_mu);
+      if (free_slots.empty()) {
+        uint32_t c = core->Grow();
+        for (uint32_t i = kChunkSlots; i-- > 0;) free_slots.push_back((c << kChunkBits) + i);
+      }
+      slot = free_slots.back();
+      free_slots.pop_back();
+    }
+    Task *t = core->Slot(slot);
+    size_t len = acc.size();
+    if (len <= kSlotInline) {
+      memcpy(t->inline_buf, acc.data(), len);
+      t->inline_buf[len] = 0;
+      t->req = t->inline_buf;
+    } else {
+      t->req = static_cast<char *>(malloc(len + 1));
+      if (!t->req) Die("out of memory for a request");
+      memcpy(t->req, acc.data(), len);
+      t->req[len] = 0;
+    }
+    t->req_len = len;
+    t->call = h.id;
+    partial.erase(h.id);
+    t->state.store(Task::kQueued, std::memory_order_relaxed);
+    batch.push_back(t);
+    if (batch.size() == 64) {
+      core->SubmitBatch(batch.data(), batch.size());
+      batch.clear();
+    }
+  }
+}
+
+}  // namespace
+
+namespace {
+
+bool ParseArgs(int argc, char **argv, Args &a) {
+  for (int i = 1; i < argc; i++) {
+    std::string k = argv[i];
+    auto num = [&](long &out) {
+      if (i + 1 >= argc) return false;
+      out = strtol(argv[++i], nullptr, 10);
+      return true;
+    };
+    long v = 0;
+    if (k == "--parent") { if (!num(a.parent)) return false; }
+    else if (k == "--lib" && i + 1 < argc) a.lib = argv[++i];
+    else if (k == "--abi") { if (!num(v)) return false; a.abi = int(v); }
+    else if (k == "--global") a.global = true;
+    else if (k == "--probe") a.probe = true;
+    else if (k == "--max-queue") { if (!num(a.max_queue)) return false; }
+    else if (k == "--unload-timeout-ms") { if (!num(a.unload_timeout_ms)) return false; }
+    else if (k == "--memory-mb") { if (!num(a.memory_mb)) return false; }
+    else if (k == "--cpu-seconds") { if (!num(a.cpu_seconds)) return false; }
+    else if (k == "--open-files") { if (!num(a.open_files)) return false; }
+    else if (k == "--ring-bytes") { if (!num(v)) return false; a.ring_bytes = uint64_t(v); }
+    else return false;
+  }
+  return !a.lib.empty() && a.abi >= 0 && a.abi <= 2;
+}
+
+// The lifeline: the parent holds the other end of fd 0; EOF means it is gone.
+void Lifeline() {
+  char buf[64];
+  for (;;) {
+    ssize_t n = read(0, buf, sizeof buf);
+    if (n == 0 || (n < 0 && errno != EINTR)) _exit(0);
+  }
+}
+
+void InitEvent(int32_t rc, int32_t failure, const std::string &message) {
+  std::string p(8, '\0');
+  memcpy(&p[0], &rc, 4);
+  memcpy(&p[4], &failure, 4);
+  p += message;
+  Write(kControlId, kEventInit, p.data(), p.size(), uint32_t(p.size()));
+  Ding();
+}
+
+}  // namespace
+
+int main(int argc, char **argv) {
+  Args a;
+  if (!ParseArgs(argc, argv, a)) Die("bad arguments");
+  // Die with the parent: the signal when the thread that made us ends, the
+  // pipe when the process does (whichever comes first), and a check for a
+  // parent that died before the signal was armed.
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (a.parent && getppid() != pid_t(a.parent)) _exit(0);
+  signal(SIGPIPE, SIG_IGN);
+  Limit(RLIMIT_AS, a.memory_mb * 1024 * 1024);
+  memory_limit = uint64_t(a.memory_mb) * 1024 * 1024;
+  Limit(RLIMIT_CPU, a.cpu_seconds);
+  Limit(RLIMIT_NOFILE, a.open_files);
+  InstallCrashHandlers();
+  std::thread(Lifeline).detach();
+
+  if (a.probe) {
+    // dlopen (constructors) and init on the library's owner thread, as a
+    // host would; the parent reads the exit status.
+    try {
+      EntryPtr e = Registry::Get().Open(a.lib, (a.global ? uint32_t(kGlobal) : 0u) | uint32_t(kPin));
+      auto core = std::make_shared<RuntimeCore>(e, Abi(a.abi), 64, 0);
+      if (const char *missing = core->ResolveEntry()) {
+        fprintf(stderr, "dlhost-host: the library does not export %s\n", missing);
+        _exit(3);
+      }
+    } catch (const LoadError &e) {
+      fprintf(stderr, "dlhost-host: %s\n", e.message.c_str());
+      _exit(4);
+    }
+    _exit(0);
+  }
+
+  struct stat st;
+  if (fstat(3, &st) != 0 || st.st_size < off_t(kChannelHeader)) Die("no channel on fd 3");
+  void *map = mmap(nullptr, size_t(st.st_size), PROT_READ | PROT_WRITE, MAP_SHARED, 3, 0);
+  if (map == MAP_FAILED) Die("cannot map the channel");
+  chan = static_cast<ChannelShared *>(map);
+  if (chan->magic != kChannelMagic || chan->version != kChannelVersion ||
+      ChannelBytes(chan->ring_bytes) > size_t(st.st_size))
+    Die("not a dlhost channel");
+  doorbell = 4;
+
+  // The cfg comes first, as a control frame.
+  FrameHeader h;
+  std::string cfg;
+  for (;;) {
+    uint32_t key = chan->req.items.prepare_wait();
+    if (RingPeek(chan->req, ReqData(chan), chan->ring_bytes, &h)) {
+      chan->req.items.cancel_wait(key);
+      break;
+    }
+    chan->req.items.commit_wait(key);
+  }
+  cfg.resize(h.a);
+  RingTake(chan->req, ReqData(chan), chan->ring_bytes, h, &cfg[0], h.a);
+
+  std::shared_ptr<RuntimeCore> core;
+  try {
+    EntryPtr e = Registry::Get().Open(a.lib, (a.global ? uint32_t(kGlobal) : 0u) | uint32_t(kPin));
+    core = std::make_shared<RuntimeCore>(e, Abi(a.abi), size_t(a.max_queue), a.unload_timeout_ms);
+    if (const char *missing = core->ResolveEntry()) {
+      InitEvent(-1, 3, std::string("the library does not export ") + missing);
+      _exit(0);
+    }
+    Registry::Get().AcquireRuntime(e);
+  } catch (const LoadError &e) {
+    InitEvent(-1, 4, e.code.empty() ? e.message : e.code + ": " + e.message);
+    _exit(0);
+  }
+  {
+    std::lock_guard<std::mutex> lock(core->bell_mu);
+    core->bell = RingWriter;
+  }
+  RuntimeCore::Start(core, std::move(cfg));
+  std::thread(Reader, core).detach();
+
+  // The writer: completions and lifecycle into responses.
+  bool init_sent = false;
+  for (;;) {
+    uint32_t key = writer_bell.prepare_wait();
+    Task *list = core->TakeCompletions();
+    bool init_ready = !init_sent && core->init_state.load() != RuntimeCore::kInitPending;
+    bool unloaded = core->unload_state.load() == RuntimeCore::kUnloaded;
+    if (!list && !init_ready && !unloaded) {
+      writer_bell.commit_wait(key);
+      continue;
+    }
+    writer_bell.cancel_wait(key);
+    if (init_ready) {
+      init_sent = true;
+      InitEvent(core->init_rc.load(), core->init_failure.load(), "");
+    }
+    std::vector<uint32_t> freed;
+    for (Task *t = list; t;) {
+      Task *next = t->cq_next.load(std::memory_order_relaxed);
+      t->cq_next.store(nullptr, std::memory_order_relaxed);
+      if (t->rsp_len == Task::kAbortedRsp) Write(t->call, 0, nullptr, 0, kFrameAborted);
+      else WriteAnswer(t->call, t->rc, static_cast<const char *>(t->rsp), t->rsp_len);
+      free(t->rsp);
+      t->rsp = nullptr;
+      freed.push_back(t->id);
+      t->Reset();
+      t = next;
+    }
+    if (!freed.empty()) {
+      std::lock_guard<std::mutex> lock(free_mu);
+      free_slots.insert(free_slots.end(), freed.begin(), freed.end());
+    }
+    if (list || init_ready) Ding();
+    if (unloaded && !core->completions.empty_approx()) continue;
+    if (unloaded) {
+      char p[12] = {0};
+      p[0] = core->dlclosed.load();
+      p[1] = core->mapped.load();
+      p[2] = core->threads_stuck.load();
+      uint32_t misuse = uint32_t(core->misuse.load()), aborted = uint32_t(core->aborted.load());
+      memcpy(p + 4, &misuse, 4);
+      memcpy(p + 8, &aborted, 4);
+      Write(kControlId, kEventUnloaded, p, sizeof p, sizeof p);
+      chan->host_spinning.store(0);
+      Ding();
+      // Nothing of the library runs any more (or its threads never leave:
+      // a Go runtime); the process, not dlclose, takes it out.
+      _exit(0);
+    }
+  }
+}

@@ -1,0 +1,70 @@
+/**
+ * Where the child host (dlhost-host, built by binding.gyp beside the addon)
+ * is, and how one is started: its fds (0: the lifeline, 3: the channel,
+ * 4: the doorbell) and its options. JS thread only.
+ */
+import { ChildProcess, spawn } from 'child_process'
+import fs from 'fs'
+import path from 'path'
+import { DlhostError } from '../errors'
+
+export interface Limits {
+  /** Address space of the child, in MiB (RLIMIT_AS). */
+  memoryMb?: number
+  /** CPU time of the child, in seconds (RLIMIT_CPU: SIGXCPU). */
+  cpuSeconds?: number
+  /** Open descriptors of the child (RLIMIT_NOFILE). */
+  openFiles?: number
+}
+
+let found: string | undefined
+
+/** The dlhost-host executable: the prebuild's, else build/Release's. */
+export function hostPath (): string {
+  if (found !== undefined) return found
+  const root = path.join(__dirname, '..', '..')
+  const candidates = [
+    path.join(root, 'prebuilds', `${process.platform}-${process.arch}`, 'dlhost-host'),
+    path.join(root, 'build', 'Release', 'dlhost-host')
+  ]
+  for (const c of candidates) {
+    try {
+      fs.accessSync(c, fs.constants.X_OK)
+      found = c
+      return c
+    } catch {}
+  }
+  throw new DlhostError('ERR_NOT_FOUND', `the isolation host (dlhost-host) is not built: looked in ${candidates.join(', ')}`)
+}
+
+export interface StartOptions {
+  lib: string
+  abi: number
+  global: boolean
+  maxQueue: number
+  unloadTimeoutMs: number
+  limits?: Limits
+  probe?: boolean
+  fds?: [number, number]
+}
+
+export function startHost (o: StartOptions): ChildProcess {
+  const args = ['--parent', String(process.pid), '--lib', o.lib, '--abi', String(o.abi), '--max-queue', String(o.maxQueue),
+    '--unload-timeout-ms', String(o.unloadTimeoutMs)]
+  if (o.global) args.push('--global')
+  if (o.probe === true) args.push('--probe')
+  if (o.limits?.memoryMb !== undefined) args.push('--memory-mb', String(o.limits.memoryMb))
+  if (o.limits?.cpuSeconds !== undefined) args.push('--cpu-seconds', String(o.limits.cpuSeconds))
+  if (o.limits?.openFiles !== undefined) args.push('--open-files', String(o.limits.openFiles))
+  const stdio: Array<'pipe' | 'inherit' | 'ignore' | number> = ['pipe', 'ignore', 'pipe']
+  if (o.fds !== undefined) stdio.push(o.fds[0], o.fds[1])
+  const child = spawn(hostPath(), args, { stdio })
+  // The lifeline: never written; the child sees EOF when this process is gone.
+  child.stdin?.on('error', () => {})
+  return child
+}
+
+/** The signal or exit status a child ended with, as words. */
+export function howEnded (code: number | null, signal: NodeJS.Signals | null): string {
+  return signal !== null ? `signal ${signal}` : `exit code ${String(code)}`
+}

@@ -1,0 +1,370 @@
+/**
+ * Level 4: a runtime whose library lives in a child process (dlhost-host),
+ * fed through a shared-memory channel. The same calls as an in-process
+ * Runtime; what the child does cannot take the host down: a crash rejects
+ * that child's calls with ERR_PLUGIN_CRASHED, the child is started again
+ * with exponential back-off while new calls wait in order (bounded), and
+ * after `maxCrashes` crashes within `crashWindowMs` calls reject with
+ * ERR_CRASH_LOOP until reload(). JS thread only.
+ */
+import { createHash } from 'crypto'
+import { ChildProcess } from 'child_process'
+import { EventEmitter } from 'events'
+import fs from 'fs'
+import { binding, C, NativeUnloadInfo } from '../binding'
+import { parseElf } from '../elf'
+import { DlhostError, errnoError } from '../errors'
+import { emitSafely, onAbort } from '../events'
+import { requestLength } from '../request'
+import { Abi, checkHostCompatible } from '../rules'
+import { checkTrusted, Trust } from '../trust'
+import type { LibraryVersion } from '../library'
+import { howEnded, Limits, startHost } from './host'
+
+/** The native end of the channel (csrc/channel_wrap.cc). */
+interface NativeChannel {
+  fds (): [number, number]
+  spawned (): void
+  sendCfg (cfg: Buffer): void
+  send (id: number, req: string | Uint8Array): boolean
+  unload (): void
+  counters (): Int32Array
+  limit (): 'memoryMb' | 'cpuSeconds' | 'openFiles' | null
+  close (): void
+}
+type ChannelClass = new (ringBytes: number, onComplete: (count: number, meta: Int32Array, bodies: ArrayBuffer | undefined, bigs: Array<Buffer | undefined> | undefined) => void,
+  onEvent: (kind: string, info: number | NativeUnloadInfo, failure?: string, message?: string) => void) => NativeChannel
+const Channel = (binding as unknown as { Channel: ChannelClass }).Channel
+
+const ABI_CODES: Record<Abi, number> = { host: C.ABI_HOST, native: C.ABI_NATIVE, 'lua-resty-ffi': C.ABI_LUA }
+const EMPTY = Buffer.alloc(0)
+const RING_BYTES = 16 * 1024 * 1024
+const BACKOFF_MS = 10
+const BACKOFF_MAX_MS = 2000
+const STABLE_MS = 10000
+
+export interface IsolateOptions {
+  abi: Abi
+  cfg: Buffer
+  global: boolean
+  maxQueue: number
+  unloadTimeoutMs: number
+  limits?: Limits
+  /** Crashes within crashWindowMs that stop the restarts (default 5 in 10 s). */
+  maxCrashes?: number
+  crashWindowMs?: number
+  trust?: Trust
+}
+
+interface Call {
+  req: string | Uint8Array
+  resolve: (b: Buffer) => void
+  reject: (e: unknown) => void
+  stop: (() => void) | null
+}
+
+const seqs = new Map<string, string[]>()
+
+/** The content facts of the file, read once: what this runtime reports as its version. */
+function versionOf (path: string, trust: Trust | undefined): { version: LibraryVersion, realPath: string } {
+  checkTrusted(path, trust)
+  let bytes: Buffer
+  let st: fs.BigIntStats
+  let realPath: string
+  try {
+    realPath = fs.realpathSync.native(path)
+    bytes = fs.readFileSync(realPath)
+    st = fs.statSync(realPath, { bigint: true })
+  } catch (err) { throw errnoError(err, path) }
+  checkHostCompatible(parseElf(bytes, path), path)
+  const sha256 = createHash('sha256').update(bytes).digest('hex')
+  let list = seqs.get(realPath)
+  if (list === undefined) seqs.set(realPath, list = [])
+  if (!list.includes(sha256)) list.push(sha256)
+  return { realPath, version: { sha256, seq: list.indexOf(sha256) + 1, dev: Number(st.dev), ino: Number(st.ino), size: Number(st.size), mtimeMs: Number(st.mtimeNs) / 1e6 } }
+}
+
+export class IsolatedRuntime extends EventEmitter {
+  readonly abi: Abi
+  readonly path: string
+  readonly isolate = 'process' as const
+  #o: IsolateOptions
+  #version: LibraryVersion
+  #child: ChildProcess | null = null
+  #channel: NativeChannel | null = null
+  #counters: Int32Array = new Int32Array(1)
+  #calls = new Map<number, Call>()
+  #nextId = 1
+  #held: Array<{ id: number, call: Call }> = []
+  #state: 'starting' | 'running' | 'restarting' | 'crash-loop' | 'unloading' | 'unloaded' = 'starting'
+  #crashes: number[] = []
+  #backoff = BACKOFF_MS
+  #startedAt = 0
+  #completed = 0
+  #failed = 0
+  #late = 0
+  #restarts = 0
+  #abandoned = new Set<number>()
+  #unloadInfo: NativeUnloadInfo | null = null
+  #unloaded: Promise<void>
+  #resolveUnloaded!: () => void
+  #ready: ((err?: unknown) => void) | null = null
+  #stderr = ''
+
+  /** @internal use load(path, cfg, { isolate: 'process' }) */
+  constructor (path: string, o: IsolateOptions) {
+    super()
+    this.path = path
+    this.abi = o.abi
+    this.#o = o
+    this.#version = versionOf(path, o.trust).version
+    this.#unloaded = new Promise(resolve => { this.#resolveUnloaded = resolve })
+  }
+
+  /** @internal Starts the first child; resolves once its init succeeded. */
+  start (): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.#ready = (err?: unknown) => { this.#ready = null; if (err === undefined) resolve(); else reject(err) }
+      this.#spawn()
+    })
+  }
+
+  #spawn (): void {
+    const channel = new Channel(RING_BYTES,
+      (count, meta, bodies, bigs) => this.#complete(count, meta, bodies, bigs),
+      (kind, info, failure, message) => this.#event(channel, kind, info, failure, message))
+    this.#channel = channel
+    this.#counters = channel.counters()
+    this.#counters[0] = this.#calls.size
+    let child: ChildProcess
+    try {
+      child = startHost({ lib: this.path, abi: ABI_CODES[this.abi], global: this.#o.global, maxQueue: this.#o.maxQueue, unloadTimeoutMs: this.#o.unloadTimeoutMs, limits: this.#o.limits, fds: channel.fds() })
+    } catch (err) {
+      channel.close()
+      this.#ready?.(err)
+      return
+    }
+    channel.spawned()
+    this.#child = child
+    this.#startedAt = Date.now()
+    this.#stderr = ''
+    child.stderr?.on('data', (d: Buffer) => { if (this.#stderr.length < 4096) this.#stderr += d.toString() })
+    child.once('exit', (code, signal) => this.#exited(child, channel, code, signal))
+    child.once('error', err => { this.#ready?.(new DlhostError('ERR_RESOURCE', `cannot start the isolation host: ${err.message}`, { path: this.path })) })
+    // The child keeps the loop alive while it starts; once it serves, only
+    // calls in flight do (the channel's doorbell is ref'd then).
+    ;(child.stdin as unknown as { unref?: () => void } | null)?.unref?.()
+    ;(child.stderr as unknown as { unref?: () => void } | null)?.unref?.()
+    channel.sendCfg(this.#o.cfg)
+  }
+
+  #event (channel: NativeChannel, kind: string, info: number | NativeUnloadInfo, failure?: string, message?: string): void {
+    if (channel !== this.#channel) return
+    if (kind === 'init') {
+      const rc = info as number
+      if (rc === 0) {
+        this.#state = 'running'
+        this.#child?.unref()
+        const held = this.#held
+        this.#held = []
+        for (const h of held) this.#send(h.id, h.call)
+        this.#ready?.()
+        return
+      }
+      const err = failure === 'symbol' || failure === 'load'
+        ? new DlhostError(failure === 'symbol' ? 'ERR_SYMBOL_MISSING' : 'ERR_DLOPEN', `${this.path}: ${message ?? 'cannot load'}`, { path: this.path })
+        : failure === 'open-null'
+          ? new DlhostError('ERR_INIT_FAILED', `dlhost_open returned NULL: ${this.path}`, { path: this.path })
+          : new DlhostError('ERR_INIT_FAILED', `plugin init failed with rc ${rc}: ${this.path}`, { path: this.path, rc })
+      this.#initFailed = err
+      return
+    }
+    this.#unloadInfo = info as NativeUnloadInfo
+  }
+
+  #initFailed: DlhostError | null = null
+
+  #exited (child: ChildProcess, channel: NativeChannel, code: number | null, signal: NodeJS.Signals | null): void {
+    const limit = channel.limit()
+    channel.close() // what the child wrote before it died is settled first
+    if (this.#child === child) this.#child = null
+    if (this.#channel === channel) this.#channel = null
+    if (this.#state === 'unloading' || this.#state === 'unloaded') {
+      this.#abortAll(new DlhostError('ERR_RUNTIME_UNLOADED', 'the runtime is unloaded', { path: this.path }))
+      this.#state = 'unloaded'
+      this.#unloadInfo ??= { dlclosed: false, mapped: false, threadsStuck: false, misuse: 0, aborted: 0 }
+      this.#resolveUnloaded()
+      return
+    }
+    if (this.#initFailed !== null && this.#ready !== null) {
+      // The first child could not load or init: load() rejects.
+      const err = this.#initFailed
+      this.#state = 'unloaded'
+      this.#resolveUnloaded()
+      this.#ready(err)
+      return
+    }
+    const how = limit !== null ? `${howEnded(code, signal)}, past its ${limit} limit` : howEnded(code, signal)
+    const err = new DlhostError('ERR_PLUGIN_CRASHED', `the isolated plugin crashed (${how}): ${this.path}`,
+      { path: this.path, reason: limit ?? (signal ?? `exit ${String(code)}`), loaderMessage: this.#stderr.trim() || undefined })
+    Object.assign(err, { signal, exitCode: code, limit })
+    this.#abortAll(err)
+    if (this.#ready !== null) { this.#state = 'unloaded'; this.#resolveUnloaded(); this.#ready(err); return }
+    const now = Date.now()
+    if (now - this.#startedAt >= STABLE_MS) this.#backoff = BACKOFF_MS
+    this.#crashes.push(now)
+    const window = this.#o.crashWindowMs ?? 10000
+    this.#crashes = this.#crashes.filter(t => t > now - window)
+    emitSafely(this, 'crash', err)
+    if (this.#crashes.length >= (this.#o.maxCrashes ?? 5)) {
+      this.#state = 'crash-loop'
+      const loop = new DlhostError('ERR_CRASH_LOOP', `the isolated plugin crashed ${this.#crashes.length} times within ${window} ms; not restarted until reload(): ${this.path}`, { path: this.path, cause: err })
+      for (const h of this.#held) h.call.reject(loop)
+      this.#held = []
+      if (this.listenerCount('error') > 0) emitSafely(this, 'error', loop)
+      return
+    }
+    this.#state = 'restarting'
+    const delay = this.#backoff
+    this.#backoff = Math.min(this.#backoff * 2, BACKOFF_MAX_MS)
+    setTimeout(() => {
+      if (this.#state !== 'restarting') return
+      this.#restarts++
+      this.#spawn()
+    }, delay).unref()
+  }
+
+  /** Rejects every call sent to the child that is gone. */
+  #abortAll (err: unknown): void {
+    const calls = this.#calls
+    this.#calls = new Map()
+    this.#counters[0] = this.#held.length
+    for (const [, c] of calls) {
+      c.stop?.()
+      this.#failed++
+      c.reject(err)
+    }
+  }
+
+  #complete (count: number, meta: Int32Array, bodies: ArrayBuffer | undefined, bigs: Array<Buffer | undefined> | undefined): void {
+    for (let i = 0, m = 0; i < count; i++, m += 4) {
+      const id = meta[m] as number
+      const rc = meta[m + 1] as number
+      const off = meta[m + 2] as number
+      const len = meta[m + 3] as number
+      const c = this.#calls.get(id)
+      if (c === undefined) continue
+      this.#calls.delete(id)
+      this.#counters[0]--
+      c.stop?.()
+      if (this.#abandoned.delete(id)) { this.#late++; continue }
+      if (len === C.ABORTED_LEN) {
+        this.#failed++
+        c.reject(new DlhostError('ERR_ABORTED', 'the plugin never answered this call before its threads exited', { path: this.path }))
+        continue
+      }
+      const body = off === C.BIG_OFFSET ? (bigs?.[i] ?? EMPTY) : len === 0 ? EMPTY : Buffer.from(bodies as ArrayBuffer, off, len)
+      if (rc === 0) { this.#completed++; c.resolve(body) } else {
+        this.#failed++
+        c.reject(new DlhostError('ERR_PLUGIN', `plugin returned rc ${rc}`, { path: this.path, rc, detail: body }))
+      }
+    }
+  }
+
+  #send (id: number, call: Call): void {
+    const ch = this.#channel
+    if (ch === null || !ch.send(id, call.req)) {
+      call.stop?.()
+      this.#counters[0]--
+      call.reject(new DlhostError('ERR_QUEUE_FULL', 'the channel to the isolated plugin is full', { path: this.path }))
+      return
+    }
+    this.#calls.set(id, call)
+  }
+
+  /** Sends one request to the child; resolves with the plugin's response. */
+  call (req: string | Uint8Array, options?: { signal?: AbortSignal, timeoutMs?: number }): Promise<Buffer> {
+    try {
+      requestLength(req)
+      if (options !== undefined && (options === null || typeof options !== 'object')) throw new TypeError('options must be an object')
+      if (options?.signal !== undefined && !(options.signal instanceof AbortSignal)) throw Object.assign(new TypeError('options.signal must be an AbortSignal'), { code: 'ERR_INVALID_ARG_TYPE' })
+    } catch (err) { return Promise.reject(err) }
+    if (this.#state === 'crash-loop') return Promise.reject(new DlhostError('ERR_CRASH_LOOP', `the isolated plugin is in a crash loop: ${this.path}`, { path: this.path }))
+    if (this.#state === 'unloading' || this.#state === 'unloaded') return Promise.reject(new DlhostError('ERR_RUNTIME_UNLOADED', 'the runtime is unloaded', { path: this.path }))
+    const signal = options?.signal
+    if (signal?.aborted === true) return Promise.reject(new DlhostError('ERR_ABORTED', 'the call was aborted', { path: this.path, cause: signal.reason }))
+    if (this.#calls.size + this.#held.length >= this.#o.maxQueue) return Promise.reject(new DlhostError('ERR_QUEUE_FULL', 'the runtime queue is full', { path: this.path }))
+    const timeoutMs = options?.timeoutMs
+    return new Promise<Buffer>((resolve, reject) => {
+      const id = this.#nextId++
+      if (this.#nextId >= 0x7fffffff) this.#nextId = 1
+      const call: Call = { req: typeof req === 'string' ? req : Buffer.from(req), resolve, reject, stop: null }
+      const stops: Array<() => void> = []
+      const giveUp = (err: DlhostError, wedged: boolean): void => {
+        for (const f of stops) f()
+        const h = this.#held.findIndex(x => x.id === id)
+        if (h >= 0) { this.#held.splice(h, 1); this.#counters[0]-- } else if (this.#calls.has(id)) this.#abandoned.add(id)
+        reject(err)
+        // A call past its timeout means the child may be wedged: recycle it.
+        if (wedged && this.#calls.has(id) && this.#child !== null) this.#child.kill('SIGKILL')
+      }
+      if (signal !== undefined) stops.push(onAbort(signal, () => giveUp(new DlhostError('ERR_ABORTED', 'the call was aborted', { path: this.path, cause: signal.reason }), false)))
+      if (typeof timeoutMs === 'number' && timeoutMs !== Infinity) {
+        const timer = setTimeout(() => giveUp(new DlhostError('ERR_TIMEOUT', `no answer within ${timeoutMs} ms; the child is recycled`, { path: this.path }), true), timeoutMs)
+        stops.push(() => clearTimeout(timer))
+      }
+      if (stops.length > 0) call.stop = () => { for (const f of stops) f() }
+      this.#counters[0]++
+      if (this.#state === 'running') this.#send(id, call)
+      else this.#held.push({ id, call })
+    })
+  }
+
+  callSync (): never {
+    throw new DlhostError('ERR_NOT_SYNC', 'callSync runs the handler on this thread: not for an isolated runtime', { path: this.path })
+  }
+
+  /** Graceful: every call sent is answered, the child unloads and exits (SIGTERM, then SIGKILL, past the bound). */
+  unload (): Promise<void> {
+    if (this.#state === 'unloading' || this.#state === 'unloaded') return this.#unloaded
+    const prev = this.#state
+    this.#state = 'unloading'
+    const err = new DlhostError('ERR_RUNTIME_UNLOADED', 'the runtime is unloaded', { path: this.path })
+    for (const h of this.#held) h.call.reject(err)
+    this.#counters[0] -= this.#held.length
+    this.#held = []
+    const child = this.#child
+    if (child === null || prev !== 'running') {
+      child?.kill('SIGKILL')
+      if (child === null) { this.#state = 'unloaded'; this.#resolveUnloaded() }
+      return this.#unloaded
+    }
+    this.#channel?.unload()
+    const bound = this.#o.unloadTimeoutMs + 2000
+    const term = setTimeout(() => { child.kill('SIGTERM'); setTimeout(() => child.kill('SIGKILL'), 1000).unref() }, bound)
+    term.unref()
+    void this.#unloaded.then(() => clearTimeout(term))
+    child.ref() // unloading keeps the loop alive until the child is gone
+    return this.#unloaded
+  }
+
+  /** Starts a fresh child (after a crash loop, or to pick up a rebuilt file at the same path). */
+  async restart (): Promise<void> {
+    if (this.#state === 'unloading' || this.#state === 'unloaded') throw new DlhostError('ERR_RUNTIME_UNLOADED', 'the runtime is unloaded', { path: this.path })
+    this.#crashes = []
+    this.#backoff = BACKOFF_MS
+    this.#child?.kill('SIGKILL')
+    this.#state = 'restarting'
+    if (this.#child === null) this.#spawn()
+  }
+
+  get state (): string { return this.#state }
+  get pid (): number | undefined { return this.#child?.pid }
+  get restarts (): number { return this.#restarts }
+  get unloadInfo (): NativeUnloadInfo | null { return this.#unloadInfo }
+  get stats (): { queued: number, inFlight: number, completed: number, failed: number, misuse: number, late: number, restarts: number, version: LibraryVersion } {
+    return { queued: this.#held.length, inFlight: this.#calls.size + this.#held.length, completed: this.#completed, failed: this.#failed, misuse: this.#unloadInfo?.misuse ?? 0, late: this.#late, restarts: this.#restarts, version: this.#version }
+  }
+
+  get version (): LibraryVersion { return this.#version }
+}
