@@ -6,6 +6,7 @@
 #include <napi.h>
 #include <unistd.h>
 
+#include "channel_wrap.h"
 #include "constants.h"
 #include "env_state.h"
 #include "include/dlhost.h"
@@ -13,7 +14,6 @@
 #include "library_wrap.h"
 #include "registry.h"
 #include "runtime_wrap.h"
-#include "channel_wrap.h"
 
 namespace dlhost {
 namespace {

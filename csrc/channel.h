@@ -40,9 +40,10 @@ constexpr uint32_t kFrameUnload = 4;  // control: unload gracefully
 // Response b (payload length) of a call the plugin never answered.
 constexpr uint32_t kFrameAborted = 0xffffffffu;
 // Response control kinds (in rc), with their payloads.
-constexpr int32_t kEventInit = 1;      // {int32 rc, int32 failure, message bytes}
-constexpr int32_t kEventUnloaded = 2;  // {u8 dlclosed, u8 mapped, u8 threadsStuck, u8 0, u32 misuse, u32 aborted}
-constexpr int32_t kEventMore = 3;      // response payload continues: {u32 id} then bytes
+constexpr int32_t kEventInit = 1;  // {int32 rc, int32 failure, message bytes}
+constexpr int32_t kEventUnloaded =
+    2;  // {u8 dlclosed, u8 mapped, u8 threadsStuck, u8 0, u32 misuse, u32 aborted}
+constexpr int32_t kEventMore = 3;  // response payload continues: {u32 id} then bytes
 
 // One ring: head and tail count bytes ever consumed / produced.
 struct alignas(64) RingState {

@@ -19,15 +19,13 @@ struct EnvGoneC {};
 }  // namespace
 
 Napi::Function ChannelWrap::Init(Napi::Env env) {
-  return DefineClass(env, "Channel",
-                     {InstanceMethod<&ChannelWrap::Fds>("fds"),
-                      InstanceMethod<&ChannelWrap::Spawned>("spawned"),
-                      InstanceMethod<&ChannelWrap::SendCfg>("sendCfg"),
-                      InstanceMethod<&ChannelWrap::Send>("send"),
-                      InstanceMethod<&ChannelWrap::Unload>("unload"),
-                      InstanceMethod<&ChannelWrap::Counters>("counters"),
-                      InstanceMethod<&ChannelWrap::Limit>("limit"),
-                      InstanceMethod<&ChannelWrap::Close>("close")});
+  return DefineClass(
+      env, "Channel",
+      {InstanceMethod<&ChannelWrap::Fds>("fds"), InstanceMethod<&ChannelWrap::Spawned>("spawned"),
+       InstanceMethod<&ChannelWrap::SendCfg>("sendCfg"), InstanceMethod<&ChannelWrap::Send>("send"),
+       InstanceMethod<&ChannelWrap::Unload>("unload"),
+       InstanceMethod<&ChannelWrap::Counters>("counters"),
+       InstanceMethod<&ChannelWrap::Limit>("limit"), InstanceMethod<&ChannelWrap::Close>("close")});
 }
 
 // new Channel(ringBytes, onComplete, onEvent)
@@ -37,7 +35,8 @@ ChannelWrap::ChannelWrap(const Napi::CallbackInfo &info)
   if (!info[0].IsNumber() || !info[1].IsFunction() || !info[2].IsFunction())
     throw Napi::TypeError::New(env, "Channel(ringBytes, onComplete, onEvent)");
   uint64_t ring = 1;
-  while (ring < uint64_t(info[0].As<Napi::Number>().DoubleValue()) && ring < (uint64_t(1) << 30)) ring <<= 1;
+  while (ring < uint64_t(info[0].As<Napi::Number>().DoubleValue()) && ring < (uint64_t(1) << 30))
+    ring <<= 1;
   if (ring < 64 * 1024) ring = 64 * 1024;
   map_bytes_ = ChannelBytes(ring);
   memfd_ = memfd_create("dlhost-channel", MFD_CLOEXEC);
@@ -96,11 +95,13 @@ void ChannelWrap::Detach() {
   hook_.Disarm();
   closed_ = true;
   if (poll_) {
-    uv_close(reinterpret_cast<uv_handle_t *>(poll_), [](uv_handle_t *h) { delete reinterpret_cast<uv_poll_t *>(h); });
+    uv_close(reinterpret_cast<uv_handle_t *>(poll_),
+             [](uv_handle_t *h) { delete reinterpret_cast<uv_poll_t *>(h); });
     poll_ = nullptr;
   }
   if (idle_) {
-    uv_close(reinterpret_cast<uv_handle_t *>(idle_), [](uv_handle_t *h) { delete reinterpret_cast<uv_idle_t *>(h); });
+    uv_close(reinterpret_cast<uv_handle_t *>(idle_),
+             [](uv_handle_t *h) { delete reinterpret_cast<uv_idle_t *>(h); });
     idle_ = nullptr;
   }
   for (int *fd : {&memfd_, &bell_r_, &bell_w_})
@@ -255,13 +256,16 @@ void ChannelWrap::UpdateLoopRef() {
   bool want = Pending() > 0;
   if (want == referenced_) return;
   referenced_ = want;
-  if (want) uv_ref(reinterpret_cast<uv_handle_t *>(poll_));
-  else uv_unref(reinterpret_cast<uv_handle_t *>(poll_));
+  if (want)
+    uv_ref(reinterpret_cast<uv_handle_t *>(poll_));
+  else
+    uv_unref(reinterpret_cast<uv_handle_t *>(poll_));
 }
 
 void ChannelWrap::CallJs(Napi::FunctionReference &fn, std::initializer_list<napi_value> args) {
   napi_value result;
-  napi_status st = napi_make_callback(env_, *async_ctx_, Value(), fn.Value(), args.size(), args.begin(), &result);
+  napi_status st = napi_make_callback(env_, *async_ctx_, Value(), fn.Value(), args.size(),
+                                      args.begin(), &result);
   if (st == napi_ok) return;
   bool pending = false;
   napi_is_exception_pending(env_, &pending);
@@ -290,7 +294,8 @@ void ChannelWrap::SettleJs() {
     Napi::HandleScope scope(env);
     if (meta_cap_ < kSettleChunk * 4) {
       Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, kSettleChunk * 4 * sizeof(int32_t));
-      meta_ref_ = Napi::Persistent(Napi::Object(Napi::Int32Array::New(env, kSettleChunk * 4, ab, 0)));
+      meta_ref_ =
+          Napi::Persistent(Napi::Object(Napi::Int32Array::New(env, kSettleChunk * 4, ab, 0)));
       meta_ = static_cast<int32_t *>(ab.Data());
       meta_cap_ = kSettleChunk * 4;
     }
@@ -313,9 +318,10 @@ void ChannelWrap::SettleJs() {
           memcpy(&rc, p.data(), 4);
           memcpy(&failure, p.data() + 4, 4);
           static const char *const kFailures[] = {"rc", "resource", "open-null", "symbol", "load"};
-          CallJs(on_event_, {Napi::String::New(env, "init"), Napi::Number::New(env, rc),
-                             Napi::String::New(env, kFailures[failure >= 0 && failure <= 4 ? failure : 0]),
-                             Napi::String::New(env, p.substr(8))});
+          CallJs(on_event_,
+                 {Napi::String::New(env, "init"), Napi::Number::New(env, rc),
+                  Napi::String::New(env, kFailures[failure >= 0 && failure <= 4 ? failure : 0]),
+                  Napi::String::New(env, p.substr(8))});
         } else if (kind == kEventUnloaded && p.size() >= 12) {
           Napi::Object o = Napi::Object::New(env);
           uint32_t misuse, aborted;
@@ -357,7 +363,8 @@ void ChannelWrap::SettleJs() {
         RingTake(chan_->rsp, data, cap, h, p + head.size(), h.b);
         if (!any_big) bigs = Napi::Array::New(env);
         any_big = true;
-        bigs.Set(uint32_t(count), Napi::Buffer<char>::New(env, p, total, [](Napi::Env, char *q) { free(q); }));
+        bigs.Set(uint32_t(count),
+                 Napi::Buffer<char>::New(env, p, total, [](Napi::Env, char *q) { free(q); }));
         m[2] = kBigOffset;
         m[3] = int32_t(total);
       } else {

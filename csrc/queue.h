@@ -245,8 +245,8 @@ class BasicParker {
   void commit_wait(uint32_t key) noexcept {
     // Loops over EINTR and spurious returns; EAGAIN (word != key) exits.
     while (epoch() == key)
-      syscall(SYS_futex, epoch_word(), Shared ? FUTEX_WAIT : FUTEX_WAIT_PRIVATE, key, nullptr, nullptr,
-              0);
+      syscall(SYS_futex, epoch_word(), Shared ? FUTEX_WAIT : FUTEX_WAIT_PRIVATE, key, nullptr,
+              nullptr, 0);
   }
 
   // Producer, any thread, after making the condition true. Both claim and

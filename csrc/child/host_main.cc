@@ -60,24 +60,7 @@ uint64_t memory_limit = 0;
 // A crash: say which limit was near (best effort, async-signal-safe calls
 // only), then die of the signal as the parent expects.
 void OnCrash(int sig) {
-  if (chan) {
-    int32_t limit = 0;
-    if (sig == SIGXCPU) limit = 2;
-    else if (memory_limit) {
-      char buf[64];
-      int fd = open("/proc/self/statm", O_RDONLY);
-      if (fd >= 0) {
-        ssize_t n = read(fd, buf, sizeof buf - 1);
-        close(fd);
-        if (n > 0) {
-          buf[n] = 0;
-          unsigned long pages = strtoul(buf, nullptr, 10);  // strtoul: no locks, no allocation
-          if (uint64_t(pages) * uint64_t(sysconf(_SC_PAGESIZE)) * 10 >= memory_limit * 9) limit = 1;
-        }
-      }
-    }
-    chan->limit.store(limit);
-  }
+  if (chan && sig == SIGXCPU) chan->limit.store(2);
   signal(sig, SIG_DFL);
   raise(sig);
 }
@@ -249,20 +232,52 @@ bool ParseArgs(int argc, char **argv, Args &a) {
       return true;
     };
     long v = 0;
-    if (k == "--parent") { if (!num(a.parent)) return false; }
-    else if (k == "--lib" && i + 1 < argc) a.lib = argv[++i];
-    else if (k == "--abi") { if (!num(v)) return false; a.abi = int(v); }
-    else if (k == "--global") a.global = true;
-    else if (k == "--probe") a.probe = true;
-    else if (k == "--max-queue") { if (!num(a.max_queue)) return false; }
-    else if (k == "--unload-timeout-ms") { if (!num(a.unload_timeout_ms)) return false; }
-    else if (k == "--memory-mb") { if (!num(a.memory_mb)) return false; }
-    else if (k == "--cpu-seconds") { if (!num(a.cpu_seconds)) return false; }
-    else if (k == "--open-files") { if (!num(a.open_files)) return false; }
-    else if (k == "--ring-bytes") { if (!num(v)) return false; a.ring_bytes = uint64_t(v); }
-    else return false;
+    if (k == "--parent") {
+      if (!num(a.parent)) return false;
+    } else if (k == "--lib" && i + 1 < argc)
+      a.lib = argv[++i];
+    else if (k == "--abi") {
+      if (!num(v)) return false;
+      a.abi = int(v);
+    } else if (k == "--global")
+      a.global = true;
+    else if (k == "--probe")
+      a.probe = true;
+    else if (k == "--max-queue") {
+      if (!num(a.max_queue)) return false;
+    } else if (k == "--unload-timeout-ms") {
+      if (!num(a.unload_timeout_ms)) return false;
+    } else if (k == "--memory-mb") {
+      if (!num(a.memory_mb)) return false;
+    } else if (k == "--cpu-seconds") {
+      if (!num(a.cpu_seconds)) return false;
+    } else if (k == "--open-files") {
+      if (!num(a.open_files)) return false;
+    } else if (k == "--ring-bytes") {
+      if (!num(v)) return false;
+      a.ring_bytes = uint64_t(v);
+    } else
+      return false;
   }
   return !a.lib.empty() && a.abi >= 0 && a.abi <= 2;
+}
+
+// Resident memory every 5 ms; past the limit: say so, and die.
+void MemoryWatch() {
+  const long page = sysconf(_SC_PAGESIZE);
+  for (;;) {
+    FILE *f = fopen("/proc/self/statm", "re");
+    unsigned long size = 0, resident = 0;
+    if (f) {
+      if (fscanf(f, "%lu %lu", &size, &resident) != 2) resident = 0;
+      fclose(f);
+    }
+    if (uint64_t(resident) * uint64_t(page) > memory_limit) {
+      if (chan) chan->limit.store(1);
+      kill(getpid(), SIGKILL);
+    }
+    usleep(5000);
+  }
 }
 
 // The lifeline: the parent holds the other end of fd 0; EOF means it is gone.
@@ -294,8 +309,11 @@ int main(int argc, char **argv) {
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (a.parent && getppid() != pid_t(a.parent)) _exit(0);
   signal(SIGPIPE, SIG_IGN);
-  Limit(RLIMIT_AS, a.memory_mb * 1024 * 1024);
+  // memoryMb is resident memory, sampled by a watchdog (an address-space
+  // rlimit would count thread stacks and malloc arenas' reservations, and a
+  // failed malloc says nothing of why).
   memory_limit = uint64_t(a.memory_mb) * 1024 * 1024;
+  if (memory_limit) std::thread(MemoryWatch).detach();
   Limit(RLIMIT_CPU, a.cpu_seconds);
   Limit(RLIMIT_NOFILE, a.open_files);
   InstallCrashHandlers();
@@ -305,7 +323,8 @@ int main(int argc, char **argv) {
     // dlopen (constructors) and init on the library's owner thread, as a
     // host would; the parent reads the exit status.
     try {
-      EntryPtr e = Registry::Get().Open(a.lib, (a.global ? uint32_t(kGlobal) : 0u) | uint32_t(kPin));
+      EntryPtr e =
+          Registry::Get().Open(a.lib, (a.global ? uint32_t(kGlobal) : 0u) | uint32_t(kPin));
       auto core = std::make_shared<RuntimeCore>(e, Abi(a.abi), 64, 0);
       if (const char *missing = core->ResolveEntry()) {
         fprintf(stderr, "dlhost-host: the library does not export %s\n", missing);
@@ -382,8 +401,10 @@ int main(int argc, char **argv) {
     for (Task *t = list; t;) {
       Task *next = t->cq_next.load(std::memory_order_relaxed);
       t->cq_next.store(nullptr, std::memory_order_relaxed);
-      if (t->rsp_len == Task::kAbortedRsp) Write(t->call, 0, nullptr, 0, kFrameAborted);
-      else WriteAnswer(t->call, t->rc, static_cast<const char *>(t->rsp), t->rsp_len);
+      if (t->rsp_len == Task::kAbortedRsp)
+        Write(t->call, 0, nullptr, 0, kFrameAborted);
+      else
+        WriteAnswer(t->call, t->rc, static_cast<const char *>(t->rsp), t->rsp_len);
       free(t->rsp);
       t->rsp = nullptr;
       freed.push_back(t->id);

@@ -135,7 +135,7 @@ export class IsolatedRuntime extends EventEmitter {
       (kind, info, failure, message) => this.#event(channel, kind, info, failure, message))
     this.#channel = channel
     this.#counters = channel.counters()
-    this.#counters[0] = this.#calls.size
+    this.#counters[0] = this.#calls.size + this.#held.length
     let child: ChildProcess
     try {
       child = startHost({ lib: this.path, abi: ABI_CODES[this.abi], global: this.#o.global, maxQueue: this.#o.maxQueue, unloadTimeoutMs: this.#o.unloadTimeoutMs, limits: this.#o.limits, fds: channel.fds() })
@@ -183,6 +183,8 @@ export class IsolatedRuntime extends EventEmitter {
   }
 
   #initFailed: DlhostError | null = null
+  // The child killed because a call timed out: not a crash of the plugin's.
+  #recycled: ChildProcess | null = null
 
   #exited (child: ChildProcess, channel: NativeChannel, code: number | null, signal: NodeJS.Signals | null): void {
     const limit = channel.limit()
@@ -202,6 +204,13 @@ export class IsolatedRuntime extends EventEmitter {
       this.#state = 'unloaded'
       this.#resolveUnloaded()
       this.#ready(err)
+      return
+    }
+    if (this.#recycled === child) {
+      this.#recycled = null
+      this.#abortAll(new DlhostError('ERR_PLUGIN_CRASHED', `the isolated plugin's child was recycled: a call timed out: ${this.path}`, { path: this.path, reason: 'timeout' }))
+      this.#restarts++
+      this.#spawn()
       return
     }
     const how = limit !== null ? `${howEnded(code, signal)}, past its ${limit} limit` : howEnded(code, signal)
@@ -227,11 +236,13 @@ export class IsolatedRuntime extends EventEmitter {
     this.#state = 'restarting'
     const delay = this.#backoff
     this.#backoff = Math.min(this.#backoff * 2, BACKOFF_MAX_MS)
+    // Ref'd: calls waiting for the next child keep the process alive (the
+    // delay is at most a few seconds).
     setTimeout(() => {
       if (this.#state !== 'restarting') return
       this.#restarts++
       this.#spawn()
-    }, delay).unref()
+    }, delay)
   }
 
   /** Rejects every call sent to the child that is gone. */
@@ -305,8 +316,13 @@ export class IsolatedRuntime extends EventEmitter {
         const h = this.#held.findIndex(x => x.id === id)
         if (h >= 0) { this.#held.splice(h, 1); this.#counters[0]-- } else if (this.#calls.has(id)) this.#abandoned.add(id)
         reject(err)
-        // A call past its timeout means the child may be wedged: recycle it.
-        if (wedged && this.#calls.has(id) && this.#child !== null) this.#child.kill('SIGKILL')
+        // A call past its timeout means the child may be wedged: recycle it
+        // (new calls wait for the next child).
+        if (wedged && this.#calls.has(id) && this.#child !== null && this.#state === 'running') {
+          this.#recycled = this.#child
+          this.#state = 'restarting'
+          this.#child.kill('SIGKILL')
+        }
       }
       if (signal !== undefined) stops.push(onAbort(signal, () => giveUp(new DlhostError('ERR_ABORTED', 'the call was aborted', { path: this.path, cause: signal.reason }), false)))
       if (typeof timeoutMs === 'number' && timeoutMs !== Infinity) {

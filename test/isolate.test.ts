@@ -1,0 +1,141 @@
+// Level 4: isolated runtimes. The library lives in a child process; what it
+// does (crash, hang, run out of memory) never takes the host down.
+import t from 'tap'
+import { spawn, spawnSync } from 'child_process'
+import fs from 'fs'
+import path from 'path'
+import { Worker } from 'worker_threads'
+import { load, DlhostError } from '../lib/index'
+import type { IsolatedRuntime } from '../lib/isolate/runtime'
+import { dist, examples, fixture } from './lib/helpers'
+
+const iso = async (lib: string, cfg: string | null = null, extra: Record<string, unknown> = {}): Promise<IsolatedRuntime> =>
+  await load(lib, cfg, { isolate: 'process', ...extra }) as unknown as IsolatedRuntime
+const alive = (pid: number | undefined): boolean => pid !== undefined && fs.existsSync(`/proc/${pid}`) && !/^State:\s+Z/m.test(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))
+
+t.test('all three ABIs serve from a child: ordered answers, big bodies, graceful unload', async t => {
+  for (const lib of ['libecho_host.so', 'libecho_native.so', 'libffi_echo.so']) {
+    const rt = await iso(path.join(examples, lib))
+    t.not(rt.pid, process.pid)
+    t.ok(alive(rt.pid), `${lib}: a child process`)
+    const many = await Promise.all(Array.from({ length: 500 }, (_, i) => rt.call(`m${i}`)))
+    t.ok(many.every((b, i) => b.toString() === `m${i}`), `${lib}: 500 answers, each its own`)
+    const big = Buffer.alloc(9 * 1024 * 1024, 0x5a)
+    t.ok((await rt.call(big)).equals(big), `${lib}: 9 MiB each way`)
+    const pid = rt.pid
+    await rt.unload()
+    t.equal(rt.state, 'unloaded')
+    t.notOk(alive(pid), `${lib}: the child is gone after unload`)
+    await t.rejects(rt.call('x'), { code: 'ERR_RUNTIME_UNLOADED' })
+  }
+})
+
+t.test('a crash rejects that call with ERR_PLUGIN_CRASHED; the runtime restarts and serves; the host lives', async t => {
+  for (const abi of ['host', 'native']) {
+    const rt = await iso(fixture(`hard_${abi}.so`), `crash ${abi}`)
+    for (const [req, signal] of [['segv', 'SIGSEGV'], ['abort', 'SIGABRT'], ['exit', null]] as const) {
+      const before = rt.pid
+      const e = await rt.call(req).catch((err: DlhostError) => err) as DlhostError & { signal?: string, exitCode?: number }
+      t.equal(e.code, 'ERR_PLUGIN_CRASHED', `${abi} ${req}: coded`)
+      if (signal !== null) t.equal(e.signal, signal)
+      else t.equal(e.exitCode, 3)
+      t.equal((await rt.call('after')).toString(), 'after', `${abi} ${req}: serves again (a new child)`)
+      t.not(rt.pid, before)
+    }
+    t.equal(rt.stats.restarts, 3)
+    await rt.unload()
+  }
+})
+
+t.test('calls made while the child restarts wait, in order', async t => {
+  const rt = await iso(fixture('hard_native.so'), 'ordered')
+  t.teardown(() => rt.unload())
+  const crash = rt.call('segv').catch((e: DlhostError) => e.code)
+  const waiting = Array.from({ length: 50 }, (_, i) => rt.call(`w${i}`))
+  t.equal(await crash, 'ERR_PLUGIN_CRASHED')
+  const answers = await Promise.allSettled(waiting)
+  // Those sent to the dying child are rejected with it; the rest wait for the next one.
+  const ok = answers.filter(a => a.status === 'fulfilled').map(a => (a as PromiseFulfilledResult<Buffer>).value.toString())
+  const failed = answers.filter(a => a.status === 'rejected').map(a => ((a as PromiseRejectedResult).reason as DlhostError).code)
+  t.ok(failed.every(c => c === 'ERR_PLUGIN_CRASHED'), 'never lost silently: rejected with the crash, or answered')
+  t.same(ok, [...ok].sort((a, b) => Number(a.slice(1)) - Number(b.slice(1))), 'answered in order')
+  t.equal(ok.length + failed.length, 50)
+})
+
+t.test('a plugin that crashes at every init reaches ERR_CRASH_LOOP', async t => {
+  await t.rejects(iso(fixture('hard_host.so'), 'crash-init'), { code: 'ERR_PLUGIN_CRASHED' }, 'the first start fails load()')
+  const rt = await iso(fixture('hard_native.so'), 'loop', {})
+  t.teardown(() => rt.unload())
+  const errors: DlhostError[] = []
+  rt.on('error', (e: DlhostError) => errors.push(e))
+  let last: string | undefined
+  for (let i = 0; i < 10 && last !== 'ERR_CRASH_LOOP'; i++) last = await rt.call('segv').then(() => 'ok', (e: DlhostError) => e.code)
+  t.equal(last, 'ERR_CRASH_LOOP', 'after 5 crashes in the window')
+  await t.rejects(rt.call('x'), { code: 'ERR_CRASH_LOOP' })
+  t.equal(errors[0]?.code, 'ERR_CRASH_LOOP', "an 'error' event")
+  await rt.restart()
+  t.equal((await rt.call('back')).toString(), 'back', 'restart() clears the loop')
+})
+
+t.test('a call past its timeout: ERR_TIMEOUT, the wedged child is recycled', async t => {
+  const rt = await iso(fixture('hard_native.so'), 'hang')
+  t.teardown(() => rt.unload())
+  const before = rt.pid
+  await t.rejects(rt.call('hang', { timeoutMs: 100 }), { code: 'ERR_TIMEOUT' })
+  t.equal((await rt.call('fresh')).toString(), 'fresh')
+  t.not(rt.pid, before, 'a new child')
+})
+
+t.test("a plugin past memoryMb is reported as a crash with the limit's name", async t => {
+  const rt = await iso(fixture('hard_host.so'), 'mem', { limits: { memoryMb: 256 } })
+  t.teardown(() => rt.unload())
+  t.equal((await rt.call('alloc:16')).toString(), 'ok', 'within the limit')
+  const e = await rt.call('alloc:512').catch((err: DlhostError) => err) as DlhostError & { limit?: string }
+  t.equal(e.code, 'ERR_PLUGIN_CRASHED')
+  t.equal(e.limit, 'memoryMb')
+  t.match(e.message, /memoryMb/)
+  t.equal((await rt.call('after')).toString(), 'after')
+})
+
+t.test('host SIGKILLed: its children are gone within a second', async t => {
+  const env = { ...process.env }
+  delete env.NODE_OPTIONS
+  const host = spawn(process.execPath, ['-e', `
+    const d = require(${JSON.stringify(dist)})
+    ;(async () => {
+      const a = await d.load(${JSON.stringify(fixture('hard_native.so'))}, 'a', { isolate: 'process' })
+      const b = await d.load(${JSON.stringify(path.join(examples, 'libecho_host.so'))}, 'b', { isolate: 'process' })
+      console.log(JSON.stringify([a.pid, b.pid]))
+      setInterval(() => a.call('x'), 10)
+    })()`], { env, stdio: ['ignore', 'pipe', 'inherit'] })
+  const pids = await new Promise<number[]>(resolve => host.stdout.once('data', (d: Buffer) => resolve(JSON.parse(d.toString()))))
+  t.ok(pids.every(alive), 'children running')
+  host.kill('SIGKILL')
+  const t0 = Date.now()
+  while (pids.some(alive) && Date.now() - t0 < 1000) await new Promise(resolve => setTimeout(resolve, 20))
+  t.notOk(pids.some(alive), `gone after ${Date.now() - t0} ms`)
+})
+
+t.test('a host that exits with isolated runtimes loaded does not hang; a worker can use them', async t => {
+  const env = { ...process.env }
+  delete env.NODE_OPTIONS
+  const r = spawnSync(process.execPath, ['-e', `
+    const d = require(${JSON.stringify(dist)})
+    ;(async () => {
+      const rt = await d.load(${JSON.stringify(path.join(examples, 'libecho_host.so'))}, null, { isolate: 'process' })
+      console.log((await rt.call('ok')).toString(), rt.pid)
+    })()`], { env, encoding: 'utf8', timeout: 20000 })
+  t.equal(r.status, 0, r.stderr)
+  const pid = Number(r.stdout.trim().split(' ')[1])
+  const t0 = Date.now()
+  while (alive(pid) && Date.now() - t0 < 1000) await new Promise(resolve => setTimeout(resolve, 20))
+  t.notOk(alive(pid), 'its child followed it')
+  const w = new Worker(`
+    const { parentPort } = require('worker_threads')
+    const d = require(${JSON.stringify(dist)})
+    d.load(${JSON.stringify(path.join(examples, 'libecho_native.so'))}, null, { isolate: 'process' })
+      .then(async rt => { parentPort.postMessage((await rt.call('from a worker')).toString()); await rt.unload() })`, { eval: true })
+  const msg = await new Promise(resolve => w.once('message', resolve))
+  t.equal(msg, 'from a worker')
+  await new Promise(resolve => w.once('exit', resolve))
+})
