@@ -8,7 +8,7 @@ const fs = require('fs')
 const path = require('path')
 
 const root = path.join(__dirname, '..')
-const dirs = ['csrc', 'csrc/include', 'test/native', 'bench']
+const dirs = ['csrc', 'csrc/include', 'csrc/child', 'test/native', 'bench']
 const files = dirs.flatMap(d => fs.readdirSync(path.join(root, d))
   .filter(f => /\.(cc|h)$/.test(f))
   .map(f => path.join(d, f)))

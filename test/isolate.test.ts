@@ -1,7 +1,7 @@
 // Level 4: isolated runtimes. The library lives in a child process; what it
 // does (crash, hang, run out of memory) never takes the host down.
 import t from 'tap'
-import { spawn, spawnSync } from 'child_process'
+import { execFileSync, spawn, spawnSync } from 'child_process'
 import fs from 'fs'
 import path from 'path'
 import { Worker } from 'worker_threads'
@@ -138,4 +138,100 @@ t.test('a host that exits with isolated runtimes loaded does not hang; a worker 
   const msg = await new Promise(resolve => w.once('message', resolve))
   t.equal(msg, 'from a worker')
   await new Promise(resolve => w.once('exit', resolve))
+})
+
+const go1 = fixture('godriven.so')
+const go2 = fixture('godriven2.so')
+t.test('Go: 20 reloads under load (64 in flight) through isolation: 0 failed calls, versions only forward, no child left', { skip: !fs.existsSync(go2) && 'no Go toolchain' }, async t => {
+  const { reloadable } = await import('../lib/index')
+  const dir = t.testdir()
+  const lib = path.join(dir, 'libgo.so')
+  const install = (from: string): void => { fs.copyFileSync(from, lib + '.tmp'); fs.renameSync(lib + '.tmp', lib) }
+  install(go1)
+  const plugin = await reloadable(lib, null, { watch: false })
+  const failures: unknown[] = []
+  let answered = 0
+  let backwards = 0
+  let stop = false
+  let serving = 'go:' // the prefix of the build serving since the last reload resolved
+  const worker = async (): Promise<void> => {
+    while (!stop) {
+      const expect = serving
+      try {
+        const { response } = await plugin.callVersioned('x')
+        const got = response.toString()
+        if (!/^go2?:x$/.test(got)) failures.push(got)
+        // A call made after a reload resolved is answered by the new build (or a newer one).
+        if (!got.startsWith(expect) && serving === expect) backwards++
+        answered++
+      } catch (err) { failures.push(err) }
+    }
+  }
+  const workers = Array.from({ length: 64 }, worker)
+  for (let i = 0; i < 20; i++) {
+    install(i % 2 === 0 ? go2 : go1)
+    await plugin.reload()
+    serving = i % 2 === 0 ? 'go2:' : 'go:'
+  }
+  stop = true
+  await Promise.all(workers)
+  t.same(failures, [], 'no failed call')
+  t.equal(backwards, 0, 'versions only forward')
+  t.equal(plugin.reloads, 20)
+  t.ok(answered > 64, `${answered} calls answered`)
+  const children = (): number[] => fs.readdirSync('/proc').filter(p => /^\d+$/.test(p)).map(Number).filter(p => {
+    try {
+      const stat = fs.readFileSync(`/proc/${p}/stat`, 'utf8')
+      return stat.includes('(dlhost-host)') && Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) === process.pid && !/^State:\s+Z/m.test(fs.readFileSync(`/proc/${p}/status`, 'utf8'))
+    } catch { return false }
+  })
+  t.ok(children().length >= 1, 'the serving version runs in a child')
+  await plugin.close()
+  const t0 = Date.now()
+  while (children().length > 0 && Date.now() - t0 < 2000) await new Promise(resolve => setTimeout(resolve, 20))
+  t.same(children(), [], 'no child left after close()')
+})
+
+t.test('probe: a build whose constructor aborts is refused (ERR_PROBE_FAILED); the old version serves', async t => {
+  const { reloadable } = await import('../lib/index')
+  const dir = t.testdir()
+  const src = path.join(dir, 'ctor.c')
+  fs.writeFileSync(src, `
+    #include <stdlib.h>
+    #include <string.h>
+    #include <stddef.h>
+    #ifdef BAD
+    __attribute__((constructor)) static void boom(void) { abort(); }
+    #endif
+    int dlhost_handle(void *s, const void *req, size_t len, void **rsp, size_t *rsp_len) {
+      (void)s; *rsp = malloc(len ? len : 1); memcpy(*rsp, req, len); *rsp_len = len; return 0;
+    }`)
+  const good = path.join(dir, 'good.so')
+  const bad = path.join(dir, 'bad.so')
+  execFileSync('cc', ['-O1', '-fPIC', '-shared', '-o', good, src])
+  execFileSync('cc', ['-O1', '-fPIC', '-shared', '-DBAD', '-o', bad, src])
+  const lib = path.join(dir, 'libplugin.so')
+  fs.copyFileSync(good, lib)
+  const plugin = await reloadable(lib, null, { probe: true, settleMs: 20 })
+  t.teardown(() => plugin.close())
+  const error = new Promise<DlhostError>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('no error event')), 15000)
+    plugin.once('error', (e: DlhostError) => { clearTimeout(timer); resolve(e) })
+  })
+  fs.copyFileSync(bad, lib + '.tmp')
+  fs.renameSync(lib + '.tmp', lib)
+  const e = await error as DlhostError & { signal?: string }
+  t.equal(e.code, 'ERR_PROBE_FAILED', 'the watched build was probed and refused')
+  t.equal(e.signal, 'SIGABRT')
+  await t.rejects(plugin.reload(), { code: 'ERR_PROBE_FAILED' }, 'reload() too')
+  t.equal((await plugin.call('still')).toString(), 'still', 'the old version serves')
+  t.equal(plugin.reloads, 0)
+  // Mutated builds that crash ld.so: never loaded here either.
+  const m = Buffer.from(fs.readFileSync(good))
+  const phoff = Number(m.readBigUInt64LE(32))
+  for (let i = 0; i < m.readUInt16LE(56); i++) if (m.readUInt32LE(phoff + i * 56) === 1) { m.writeBigUInt64LE(0x41414141n, phoff + i * 56 + 16); break } // a PT_LOAD at a wild address
+  fs.writeFileSync(lib + '.tmp', m)
+  fs.renameSync(lib + '.tmp', lib)
+  await t.rejects(plugin.reload(), { code: /ERR_PROBE_FAILED|ERR_NOT_ELF/ }, 'a mutant: refused by validation or by the probe')
+  t.equal((await plugin.call('again')).toString(), 'again')
 })

@@ -212,7 +212,8 @@ t.test('auto: a library that can neither coexist nor unload: stuck event and ERR
     }`)
   const so = path.join(dir, 'libunique.so')
   execFileSync('g++', ['-O1', '-fPIC', '-shared', '-o', so, src])
-  const plugin = await reloadable(so, null, { watch: false })
+  // isolate: false — by default 'auto' would isolate it (see the isolation tests).
+  const plugin = await reloadable(so, null, { watch: false, isolate: false })
   t.teardown(() => plugin.close())
   const stuck = once<{ reason: string }>(plugin, 'stuck')
   execFileSync('g++', ['-O1', '-fPIC', '-shared', '-DV2', '-o', so + '.tmp', src])

@@ -100,7 +100,7 @@ t.test("reloadable onStuck: 'restart': a build only a new process can take drain
     const d = require(${JSON.stringify(dist)})
     const fs = require('fs')
     ;(async () => {
-      const p = await d.reloadable(${JSON.stringify(lib)}, null, { watch: false, onStuck: 'restart' })
+      const p = await d.reloadable(${JSON.stringify(lib)}, null, { watch: false, onStuck: 'restart', isolate: false })
       const v = (await p.call('version')).toString()
       console.log('serving ' + v)
       if (v === '2') return p.close()

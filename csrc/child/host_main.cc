@@ -317,24 +317,40 @@ int main(int argc, char **argv) {
   Limit(RLIMIT_CPU, a.cpu_seconds);
   Limit(RLIMIT_NOFILE, a.open_files);
   InstallCrashHandlers();
-  std::thread(Lifeline).detach();
+  if (!a.probe) std::thread(Lifeline).detach();
 
   if (a.probe) {
     // dlopen (constructors) and init on the library's owner thread, as a
-    // host would; the parent reads the exit status.
+    // host would; the cfg is all of stdin; the parent reads the status.
+    std::string cfg;
+    char buf[4096];
+    for (ssize_t n; (n = read(0, buf, sizeof buf)) != 0;) {
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) break;
+      cfg.append(buf, size_t(n));
+    }
+    std::shared_ptr<RuntimeCore> core;
     try {
       EntryPtr e =
           Registry::Get().Open(a.lib, (a.global ? uint32_t(kGlobal) : 0u) | uint32_t(kPin));
-      auto core = std::make_shared<RuntimeCore>(e, Abi(a.abi), 64, 0);
+      core = std::make_shared<RuntimeCore>(e, Abi(a.abi), 64, 0);
       if (const char *missing = core->ResolveEntry()) {
         fprintf(stderr, "dlhost-host: the library does not export %s\n", missing);
         _exit(3);
       }
+      Registry::Get().AcquireRuntime(e);
     } catch (const LoadError &e) {
       fprintf(stderr, "dlhost-host: %s\n", e.message.c_str());
       _exit(4);
     }
-    _exit(0);
+    RuntimeCore::Start(core, std::move(cfg));
+    for (int i = 0; i < 10000 && core->init_state.load() == RuntimeCore::kInitPending; i++)
+      usleep(1000);
+    int st = core->init_state.load();
+    if (st != RuntimeCore::kInitOk)
+      fprintf(stderr, "dlhost-host: init %s (rc %d)\n",
+              st == RuntimeCore::kInitFailed ? "failed" : "did not return", core->init_rc.load());
+    _exit(st == RuntimeCore::kInitOk ? 0 : 5);
   }
 
   struct stat st;

@@ -16,7 +16,9 @@ import { elfCompleteness, ElfInfo } from '../elf'
 import { DlhostError, rangeError, typeError } from '../errors'
 import { emitSafely, onAbort } from '../events'
 import { forgetPath, isMapped, Library } from '../library'
-import { Abi, coexistFatal, reloadStrategy, stuckReasons, STILL_MAPPED, threadsStuckReason, unloadBlockers } from '../rules'
+import { probe } from '../isolate/probe'
+import type { Limits } from '../isolate/host'
+import { Abi, autoStrategy, coexistFatal, reloadStrategy, stuckReasons, STILL_MAPPED, threadsStuckReason, unloadBlockers } from '../rules'
 import { CallOptions, Cfg, frozenCfg, load, Runtime } from '../runtime'
 import { checkTrusted, checkTrustOption, Trust } from '../trust'
 import { Build, checkSameAbi, parseBuild } from './build'
@@ -76,6 +78,22 @@ export interface ReloadableOptions {
    * (or any supervisor told so) answers by starting it again.
    */
   onStuck?: 'error' | 'restart'
+  /**
+   * 'process': every version lives in a child process (docs/isolation.md):
+   * side by side across processes, unloaded by ending the child; reloads
+   * what can never leave a process. Default: isolated only for a library
+   * that can never leave the process in place (NODELETE, GNU_UNIQUE, Go).
+   */
+  isolate?: 'process' | false
+  /** Resource limits of each isolated version's child. */
+  limits?: Limits
+  /**
+   * Probe each new build first: dlopen and init it in a throwaway child
+   * process; a build that crashes there is a bad build (ERR_PROBE_FAILED)
+   * and never reaches this process. Runs while the file settles when it is
+   * watched. Default false.
+   */
+  probe?: boolean
   entry?: Abi
   unloadTimeoutMs?: number
 }
@@ -149,6 +167,8 @@ export class Plugin extends EventEmitter {
   #reloads = 0
   // The newest settled change, for the (possibly coalesced) reload that takes it.
   #change: ChangeEvent | null = null
+  // Every version in its own child process (decided once, at start).
+  #isolated = false
 
   /** @internal use reloadable() */
   constructor (path: string, cfg: Buffer, opts: ReloadableOptions, store: CopyStore) {
@@ -165,6 +185,7 @@ export class Plugin extends EventEmitter {
       global: opts.global,
       servingSha256: () => this.#current.sha256,
       checkSource: () => checkTrusted(path, opts.trust),
+      probe: opts.probe === true ? async build => await this.#probe(build) : null,
       mayPreload: build => this.#mayPreload(build),
       closed: () => this.#closing !== null
     })
@@ -175,8 +196,11 @@ export class Plugin extends EventEmitter {
     checkTrusted(this.path, this.#opts.trust)
     const copy = await this.#store.snapshot(this.path)
     const build = parseBuild(this.#store, copy, this.path, this.#opts.entry)
+    // 'auto' isolates what can never leave the process in place.
+    this.#isolated = this.#opts.isolate === 'process' || (this.#opts.isolate === undefined && this.strategy === 'auto' && autoStrategy(build.elf) === 'restart')
+    if (this.#opts.probe === true) await this.#probe(build)
     const fatal = coexistFatal(build.elf)[0]
-    if (this.strategy === 'shadow' && fatal !== undefined) {
+    if (this.strategy === 'shadow' && fatal !== undefined && !this.#isolated) {
       await this.#removeCopy(copy.path).catch(() => {})
       throw cannotCoexist(this.path, fatal)
     }
@@ -325,6 +349,7 @@ export class Plugin extends EventEmitter {
       }
       // Only the check that depends on the serving version is left.
       checkSameAbi(this.#store, build, old.abi, this.path)
+      if (this.#opts.probe === true && ready?.probed !== true) await this.#probe(build)
     } catch (err) {
       preloaded?.release()
       this.#fail(err)
@@ -362,6 +387,8 @@ export class Plugin extends EventEmitter {
 
   /** The serving version's facts decide how the next build comes in (rules.ts). */
   #choose (old: Version, next: Build): 'shadow' | 'drain' {
+    // Across processes every pair of versions coexists, and ending a child unloads anything.
+    if (this.#isolated) return this.strategy === 'drain' ? 'drain' : 'shadow'
     const s = reloadStrategy(this.strategy, old.elf)
     if (s === 'shadow') {
       // Side by side, a second Go or Python runtime aborts the process: never.
@@ -383,7 +410,7 @@ export class Plugin extends EventEmitter {
    * its turn.
    */
   #mayPreload (build: Build): boolean {
-    if ((this.#opts.prepare ?? 'load') !== 'load') return false
+    if ((this.#opts.prepare ?? 'load') !== 'load' || this.#isolated || this.#opts.probe === true) return false
     return reloadStrategy(this.strategy, this.#current.elf) === 'shadow' && reloadStrategy('auto', build.elf) === 'shadow'
   }
 
@@ -391,14 +418,16 @@ export class Plugin extends EventEmitter {
     const { copy, elf } = build
     let runtime: Runtime
     try {
-      runtime = await load(copy.path, this.#cfg, {
-        pin: this.#opts.pin ?? false,
-        global: this.#opts.global,
-        maxQueue: this.#opts.maxQueue,
-        entry: build.abi,
-        unloadTimeoutMs: this.#opts.unloadTimeoutMs,
-        known: { sha256: copy.sha256, elf }
-      })
+      runtime = this.#isolated
+        ? await load(copy.path, this.#cfg, { isolate: 'process', limits: this.#opts.limits, global: this.#opts.global, maxQueue: this.#opts.maxQueue, entry: build.abi, unloadTimeoutMs: this.#opts.unloadTimeoutMs })
+        : await load(copy.path, this.#cfg, {
+          pin: this.#opts.pin ?? false,
+          global: this.#opts.global,
+          maxQueue: this.#opts.maxQueue,
+          entry: build.abi,
+          unloadTimeoutMs: this.#opts.unloadTimeoutMs,
+          known: { sha256: copy.sha256, elf }
+        })
       // The copy's fsync ran while it loaded; no version serves before it is done.
       try {
         await copy.synced
@@ -482,7 +511,8 @@ export class Plugin extends EventEmitter {
     v.state = 'gone'
     this.#versions = this.#versions.filter(x => x !== v)
     const info = v.runtime.unloadInfo
-    if (isMapped(v.copy) || info?.mapped === true) {
+    // An isolated version left with its child process, whatever its library.
+    if (!this.#isolated && (isMapped(v.copy) || info?.mapped === true)) {
       const reason = info?.threadsStuck === true ? threadsStuckReason(v.elf) : (unloadBlockers(v.elf)[0] ?? stuckReasons(v.elf)[0] ?? STILL_MAPPED)
       this.#emitStuck(v, reason)
       return false
@@ -512,6 +542,16 @@ export class Plugin extends EventEmitter {
     debug('restart %s: %s', this.path, reason)
     emitSafely(this, 'restart', { version: publicVersion(v), reason, exitCode: 3 } satisfies RestartEvent)
     process.exit(3)
+  }
+
+  /** A probe load of the build in a throwaway child; a failure removes the copy. */
+  async #probe (build: Build): Promise<void> {
+    try {
+      await probe(build.copy.path, ABI_NUMBERS[build.abi], this.#cfg, this.#opts.global === true, this.path)
+    } catch (err) {
+      await this.#removeCopy(build.copy.path).catch(() => {})
+      throw err
+    }
   }
 
   /** A copy leaves the store, and Level 1 forgets its path (never loaded again). */
@@ -550,6 +590,8 @@ export class Plugin extends EventEmitter {
 
   async [Symbol.asyncDispose] (): Promise<void> { await this.close() }
 }
+
+const ABI_NUMBERS: Record<Abi, number> = { host: C.ABI_HOST, native: C.ABI_NATIVE, 'lua-resty-ffi': C.ABI_LUA }
 
 function cannotCoexist (path: string, reason: string): DlhostError {
   return new DlhostError('ERR_CANNOT_COEXIST',

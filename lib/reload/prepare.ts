@@ -20,6 +20,8 @@ const prepareChannel = diagnostics.channel('dlhost:prepare')
 /** A build copied while the file settled, waiting for the reload that takes it. */
 export interface Prepared {
   build: Build
+  /** It passed a probe load while it settled. */
+  probed: boolean
   /** The copy dlopen'ed already (the host allowed it), or null. */
   lib: Library | null
 }
@@ -34,6 +36,8 @@ export interface PreparerHost {
   servingSha256 (): string
   /** Throws unless the source may be trusted (trust.ts). */
   checkSource (): void
+  /** A probe load of the build (removes the copy and throws when it fails), or null: none. */
+  probe: ((build: Build) => Promise<void>) | null
   /** May a build with these facts be dlopen'ed before its turn (its constructors run)? */
   mayPreload (build: Build): boolean
   closed (): boolean
@@ -104,6 +108,7 @@ export class Preparer {
     if (!elfCompleteness(src.bytes).complete) return
     const copy = await store.copy(src, { deferSync: true })
     const build = parseBuild(store, copy, path, this.#host.entry)
+    if (this.#host.probe !== null) await this.#host.probe(build)
     let lib: Library | null = null
     if (this.#host.mayPreload(build)) {
       try {
@@ -115,7 +120,7 @@ export class Preparer {
     }
     copy.synced.catch(() => {}) // the reload that takes it sees the error
     if (this.#prepared !== null) this.discard(this.#prepared)
-    const p: Prepared = { build, lib }
+    const p: Prepared = { build, lib, probed: this.#host.probe !== null }
     this.#prepared = null
     if (this.#host.closed()) { this.discard(p); return }
     this.#prepared = p
