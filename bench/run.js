@@ -2,7 +2,7 @@
 'use strict'
 // dlhost benchmarks: `npm run bench` (builds first) or `node bench/run.js`.
 //
-//   node bench/run.js [--json] [--quick] [--only=seq,pipe,sync,spin,spin1,reload,storm,memory] [--rounds=N]
+//   node bench/run.js [--json] [--quick] [--only=seq,pipe,sync,spin,spin1,reload,storm,memory,isolate] [--rounds=N]
 //
 // Every number is measured in rounds that alternate with a *peer* measured in
 // the same process and the same run (a setImmediate round trip, a plain N-API
@@ -26,6 +26,7 @@ const { benchSpin, benchSpinPinned } = require('./cases/spin')
 const { benchReload } = require('./cases/reload')
 const { benchStorm } = require('./cases/storm')
 const { benchMemory } = require('./cases/memory')
+const { benchIsolate } = require('./cases/isolate')
 
 const results = {
   meta: {
@@ -83,6 +84,7 @@ async function main () {
   if (variants && ONLY.has('reload')) results.reload = await benchReload(variants)
   if (variants && ONLY.has('storm')) results.storm = await benchStorm(variants)
   if (variants && ONLY.has('memory')) results.memory = await benchMemory(variants)
+  if (ONLY.has('isolate')) results.isolate = await benchIsolate()
   results.meta.loadavgEnd = os.loadavg().map(round3)
   results.meta.seconds = round3((now() - t0) / 1000)
   results.targets = targets(results)

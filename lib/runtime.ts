@@ -41,8 +41,11 @@ export interface LoadOptions {
    * by ending the child. Resolves with an IsolatedRuntime.
    */
   isolate?: 'process' | false
-  /** Resource limits of an isolated runtime's child (setrlimit). */
+  /** Resource limits of an isolated runtime's child (setrlimit; memoryMb: resident memory, watched). */
   limits?: Limits
+  /** An isolated runtime stops restarting after maxCrashes crashes within crashWindowMs (default 5 in 10000 ms): ERR_CRASH_LOOP. */
+  maxCrashes?: number
+  crashWindowMs?: number
   /** @internal See OpenOptions.known. */
   known?: KnownContent
 }
@@ -515,7 +518,7 @@ async function loadIsolated (path: string, cfg: Buffer, options: LoadOptions, ma
   } catch (err) { throw err instanceof DlhostError ? err : errnoError(err, path) }
   const abi = options.entry ?? abiOf(s => elf.exports.includes(s)).abi
   if (abi === null) throw new DlhostError('ERR_SYMBOL_MISSING', `${path} ${NO_ENTRY_MESSAGE}`, { path })
-  const rt = new IsolatedRuntime(path, { abi, cfg, global: options.global ?? false, maxQueue, unloadTimeoutMs: unloadTimeoutMs === Infinity ? -1 : unloadTimeoutMs, limits: options.limits, trust: options.trust })
+  const rt = new IsolatedRuntime(path, { abi, cfg, global: options.global ?? false, maxQueue, unloadTimeoutMs: unloadTimeoutMs === Infinity ? -1 : unloadTimeoutMs, limits: options.limits, trust: options.trust, maxCrashes: options.maxCrashes, crashWindowMs: options.crashWindowMs })
   await rt.start()
   return rt as unknown as Runtime
 }

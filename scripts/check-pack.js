@@ -21,7 +21,7 @@ try {
   const out = execFileSync(npm, ['pack', '--silent', '--pack-destination', tmp], { cwd: root, encoding: 'utf8' }).trim().split('\n').pop()
   const tarball = path.join(tmp, out)
   const files = execFileSync('tar', ['-tzf', tarball], { encoding: 'utf8' })
-  for (const must of ['package/dist/index.js', 'package/dist/index.d.ts', 'package/csrc/include/dlhost.h', 'package/binding.gyp', `package/prebuilds/${process.platform}-${process.arch}/`]) {
+  for (const must of ['package/dist/index.js', 'package/dist/index.d.ts', 'package/csrc/include/dlhost.h', 'package/binding.gyp', `package/prebuilds/${process.platform}-${process.arch}/`, `package/prebuilds/${process.platform}-${process.arch}/dlhost-host`]) {
     if (!files.includes(must)) throw new Error(`the package lacks ${must}`)
   }
   if (/package\/(build|node_modules|test)\//.test(files)) throw new Error('the package carries build/, node_modules/ or test/')
@@ -31,7 +31,9 @@ try {
   execFileSync(npm, ['install', '--no-audit', '--no-fund', '--ignore-scripts', tarball], { cwd: app, stdio: 'inherit' })
   const pkg = path.join(app, 'node_modules', 'dlhost')
   if (fs.existsSync(path.join(pkg, 'build'))) throw new Error('a build/ directory appeared in the installed package')
-  const probe = `const d = require('dlhost'); const b = require('node-gyp-build').path(${JSON.stringify(pkg)}); if (!b.includes('prebuilds')) throw new Error('loaded ' + b); console.log('abi', d.abiVersion, 'from', b)`
+  const echo = path.join(root, 'examples', 'out', 'libecho_host.so')
+  const probe = `const d = require('dlhost'); const b = require('node-gyp-build').path(${JSON.stringify(pkg)}); if (!b.includes('prebuilds')) throw new Error('loaded ' + b); console.log('abi', d.abiVersion, 'from', b)
+    d.load(${JSON.stringify(echo)}, null, { isolate: 'process' }).then(async rt => { console.log('isolated:', (await rt.call('ok')).toString()); await rt.unload() })`
   execFileSync(process.execPath, ['-e', probe], { cwd: app, stdio: 'inherit' })
   console.log('pack check: ok')
 } finally {

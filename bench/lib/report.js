@@ -22,6 +22,16 @@ function targets (r) {
   const sh = r.reload?.strategies?.shadow
   if (sh) add('  (reload() call → serving, no settle window)', sh.medianMs, 'ms', '≤ 1', sh.medianMs <= 1)
   if (r.storm) add('throughput during reload storm', r.storm.ratio * 100, '% of steady', '≥ 90', r.storm.ratio >= 0.9)
+  const iso = r.isolate
+  if (iso) {
+    const s = iso.sequential.find(x => x.name === 'isolated')
+    add('isolated sequential round trip, × in-process', s.vsInProcess, '×', '≤ 3', s.vsInProcess <= 3)
+    add('isolated sequential round trip', s.medianUs, 'µs', '≤ 20', s.medianUs <= 20)
+    const p = iso.pipelined.find(x => x.name === 'isolated' && x.depth === 1024)
+    add('isolated pipelined 1024, × in-process', p.vsInProcess, '×', '≥ 0.5', p.vsInProcess >= 0.5)
+    add('isolated pipelined 1024', p.callsPerSec, 'calls/s', '≥ 1 M', p.callsPerSec >= 1e6)
+    add('isolated crash → serving', iso.crashToServingMs, 'ms', '≤ 50', iso.crashToServingMs <= 50)
+  }
   if (r.spin) {
     const worst = Math.max(...r.spin.map(x => x.idleCpuPct))
     add('idle CPU after calls stop (worst setting)', worst, '% of a core', '~0 (≤ 1)', worst <= 1)
@@ -115,6 +125,21 @@ function render (r) {
       [[`${m.loadUnload.cycles} load/call/unload cycles`, fmt(m.loadUnload.rssMb), fmt(m.loadUnload.externalMb)],
         [`${m.reloads.reloads} shadow reloads`, fmt(m.reloads.rssMb), fmt(m.reloads.externalMb)],
         [`${m.calls.calls} calls`, fmt(m.calls.rssMb), fmt(m.calls.externalMb)]]))
+  }
+  if (r.isolate) {
+    const x = r.isolate
+    out.push(table('7. Isolated runtimes (dlhost-host child, shared-memory channel), 64 B echo',
+      ['subject', 'median µs', 'p99 µs', '× in-process'],
+      x.sequential.map(s => [s.name, fmt(s.medianUs), fmt(s.p99Us), fmt(s.vsInProcess)])))
+    out.push(table('   pipelined', ['subject', 'in flight', 'calls/s', '× in-process'],
+      x.pipelined.map(p => [p.name, p.depth, big(p.callsPerSec), fmt(p.vsInProcess)])))
+    out.push(table('   lifecycle', ['what', 'value'], [
+      ['child start-up (load() → serving), median', `${fmt(x.startupMs)} ms`],
+      ['RSS per child (dlhost-host)', `${x.childRssKb} KiB`],
+      ['crash → serving again, median', `${fmt(x.crashToServingMs)} ms`],
+      ['a node child using the addon: start-up', `${fmt(x.nodeChildStartupMs)} ms`],
+      ['a node child using the addon: RSS', `${x.nodeChildRssKb} KiB`]
+    ]))
   }
   const show = (v, t) => v === null ? '-' : t.unit === 'calls/s' ? big(v) : fmt(v, 2)
   out.push(table('Targets (measured = median over rounds; best = best single round, the quiet-machine estimate)', ['target', 'measured', 'best round', 'goal', 'met'],

@@ -400,6 +400,11 @@ int main(int argc, char **argv) {
   // The writer: completions and lifecycle into responses.
   bool init_sent = false;
   for (;;) {
+    // Spin, then park (the same policy as the other waiters): answers come
+    // back to back while calls are in flight.
+    for (uint64_t until = monotonic_ns() + kDefaultSpinNs;
+         core->completions.empty_approx() && monotonic_ns() < until;)
+      sched_yield();
     uint32_t key = writer_bell.prepare_wait();
     Task *list = core->TakeCompletions();
     bool init_ready = !init_sent && core->init_state.load() != RuntimeCore::kInitPending;
