@@ -125,98 +125,144 @@ void WriteAnswer(uint32_t id, int32_t rc, const char *p, size_t len) {
   Write(id, rc, p, len, uint32_t(len));
 }
 
-// Slots: the reader takes them, the writer gives them back.
+// Slots: taken for requests, given back with their answers (one thread,
+// the channel thread; the lock keeps that true if it ever is not).
 std::mutex free_mu;
 std::vector<uint32_t> free_slots;
 
-// Writer's doorbell from the runtime core (any thread).
-BasicParker<false> writer_bell;
-std::atomic<uint32_t> writer_rings{0};
-void RingWriter(void *) {
-  writer_rings.fetch_add(1);
-  writer_bell.notify_all();
+// The core's doorbell (any thread of this process): the channel thread
+// parks on the request ring's event count, so one futex word wakes it for
+// requests and for answers alike.
+void RingChannel(void *) { chan->req.items.notify_all(); }
+
+// The channel thread's state.
+struct Channel {
+  std::shared_ptr<RuntimeCore> core;
+  std::unordered_map<uint32_t, std::string> partial;  // requests in pieces
+  std::vector<Task *> batch;
+  bool unloading = false;
+  // Host-driven: the handler runs on this thread, in order, as the host
+  // poll thread would run it (one thread hop less each way).
+  bool direct = false;
+};
+
+void SubmitBatch(Channel &ch) {
+  if (ch.batch.empty()) return;
+  if (ch.core->SubmitBatch(ch.batch.data(), ch.batch.size()) < long(ch.batch.size())) {
+    for (Task *t : ch.batch) {  // closed under us: answered as never run
+      t->state.store(Task::kDone);
+      t->rsp_len = Task::kAbortedRsp;
+      ch.core->Complete(t);
+    }
+  }
+  ch.batch.clear();
 }
 
-void Reader(std::shared_ptr<RuntimeCore> core) {
-  uint64_t cap = chan->ring_bytes;
-  std::unordered_map<uint32_t, std::string> partial;
-  std::vector<Task *> batch;
-  for (;;) {
-    FrameHeader h;
-    uint64_t spin_until = monotonic_ns() + kDefaultSpinNs;
-    while (!RingPeek(chan->req, ReqData(chan), cap, &h)) {
-      if (!batch.empty()) {
-        if (core->SubmitBatch(batch.data(), batch.size()) < long(batch.size())) {
-          // Closed under us: those calls are answered as never run.
-          for (Task *t : batch) {
-            t->state.store(Task::kDone);
-            t->rsp_len = Task::kAbortedRsp;
-            core->Complete(t);
-          }
-        }
-        batch.clear();
-      }
-      if (monotonic_ns() < spin_until) {
-        sched_yield();
-        continue;
-      }
-      uint32_t key = chan->req.items.prepare_wait();
-      if (RingPeek(chan->req, ReqData(chan), cap, &h)) {
-        chan->req.items.cancel_wait(key);
-        break;
-      }
-      chan->req.items.commit_wait(key);
-      spin_until = monotonic_ns() + kDefaultSpinNs;
-    }
+// Every request frame there is now; true if any was taken.
+bool ReadRequests(Channel &ch) {
+  RuntimeCore &core = *ch.core;
+  const uint64_t cap = chan->ring_bytes;
+  bool any = false;
+  FrameHeader h;
+  while (!ch.unloading && RingPeek(chan->req, ReqData(chan), cap, &h)) {
     if (h.id == kControlId) {
       RingTake(chan->req, ReqData(chan), cap, h, nullptr, 0);
+      any = true;
       if (h.b & kFrameUnload) {
-        if (!batch.empty()) {
-          core->SubmitBatch(batch.data(), batch.size());
-          batch.clear();
-        }
-        RuntimeCore::BeginUnload(core);
-        return;
+        SubmitBatch(ch);
+        ch.unloading = true;
+        RuntimeCore::BeginUnload(ch.core);
       }
       continue;
     }
-    std::string &acc = partial[h.id];
-    size_t at = acc.size();
-    acc.resize(at + h.a);
-    RingTake(chan->req, ReqData(chan), cap, h, &acc[at], h.a);
-    if (h.b & kFrameMore) continue;
+    // A host-driven plugin is called here, once its init succeeded.
+    if (ch.direct && core.init_state.load() != RuntimeCore::kInitOk) break;
+    any = true;
+    // Most requests come in one frame: straight to where they go; a
+    // request in pieces is gathered first.
+    std::string gathered;
+    bool whole = !(h.b & kFrameMore) && ch.partial.empty();
+    if (!whole) {
+      auto it = ch.partial.find(h.id);
+      if (it != ch.partial.end()) gathered.swap(it->second), ch.partial.erase(it);
+      size_t at = gathered.size();
+      gathered.resize(at + h.a);
+      RingTake(chan->req, ReqData(chan), cap, h, &gathered[at], h.a);
+      if (h.b & kFrameMore) {
+        ch.partial[h.id].swap(gathered);
+        continue;
+      }
+    }
+    size_t len = whole ? h.a : gathered.size();
+    if (ch.direct) {
+      char small[512];
+      std::unique_ptr<char[]> big;
+      char *req = len < sizeof small ? small : (big.reset(new char[len + 1]), big.get());
+      if (whole)
+        RingTake(chan->req, ReqData(chan), cap, h, req, len);
+      else
+        memcpy(req, gathered.data(), len);
+      req[len] = 0;
+      void *rsp = nullptr;
+      size_t rsp_len = 0;
+      int rc = core.handle_fn(core.state, req, len, &rsp, &rsp_len);
+      WriteAnswer(h.id, rc, static_cast<const char *>(rsp), rsp ? rsp_len : 0);
+      free(rsp);
+      continue;
+    }
     uint32_t slot;
     {
       std::lock_guard<std::mutex> lock(free_mu);
       if (free_slots.empty()) {
-        uint32_t c = core->Grow();
+        uint32_t c = core.Grow();
         for (uint32_t i = kChunkSlots; i-- > 0;) free_slots.push_back((c << kChunkBits) + i);
       }
       slot = free_slots.back();
       free_slots.pop_back();
     }
-    Task *t = core->Slot(slot);
-    size_t len = acc.size();
-    if (len <= kSlotInline) {
-      memcpy(t->inline_buf, acc.data(), len);
-      t->inline_buf[len] = 0;
-      t->req = t->inline_buf;
-    } else {
-      t->req = static_cast<char *>(malloc(len + 1));
-      if (!t->req) Die("out of memory for a request");
-      memcpy(t->req, acc.data(), len);
-      t->req[len] = 0;
+    Task *t = core.Slot(slot);
+    char *dst = t->inline_buf;
+    if (len > kSlotInline) {
+      dst = static_cast<char *>(malloc(len + 1));
+      if (!dst) Die("out of memory for a request");
     }
+    if (whole)
+      RingTake(chan->req, ReqData(chan), cap, h, dst, len);
+    else
+      memcpy(dst, gathered.data(), len);
+    dst[len] = 0;
+    t->req = dst;
     t->req_len = len;
     t->call = h.id;
-    partial.erase(h.id);
     t->state.store(Task::kQueued, std::memory_order_relaxed);
-    batch.push_back(t);
-    if (batch.size() == 64) {
-      core->SubmitBatch(batch.data(), batch.size());
-      batch.clear();
-    }
+    ch.batch.push_back(t);
+    if (ch.batch.size() == 64) SubmitBatch(ch);
   }
+  SubmitBatch(ch);
+  return any;
+}
+
+// Every answer there is now into the response ring; true if any.
+bool WriteCompletions(Channel &ch) {
+  Task *list = ch.core->TakeCompletions();
+  if (!list) return false;
+  std::vector<uint32_t> freed;
+  for (Task *t = list; t;) {
+    Task *next = t->cq_next.load(std::memory_order_relaxed);
+    t->cq_next.store(nullptr, std::memory_order_relaxed);
+    if (t->rsp_len == Task::kAbortedRsp)
+      Write(t->call, 0, nullptr, 0, kFrameAborted);
+    else
+      WriteAnswer(t->call, t->rc, static_cast<const char *>(t->rsp), t->rsp_len);
+    free(t->rsp);
+    t->rsp = nullptr;
+    freed.push_back(t->id);
+    t->Reset();
+    t = next;
+  }
+  std::lock_guard<std::mutex> lock(free_mu);
+  free_slots.insert(free_slots.end(), freed.begin(), freed.end());
+  return true;
 }
 
 }  // namespace
@@ -392,53 +438,24 @@ int main(int argc, char **argv) {
   }
   {
     std::lock_guard<std::mutex> lock(core->bell_mu);
-    core->bell = RingWriter;
+    core->bell = RingChannel;
   }
   RuntimeCore::Start(core, std::move(cfg));
-  std::thread(Reader, core).detach();
-
-  // The writer: completions and lifecycle into responses.
+  // The channel thread (this one): requests in, answers and lifecycle out.
+  Channel ch;
+  ch.core = core;
+  ch.direct = core->abi == Abi::kHost;
   bool init_sent = false;
   for (;;) {
-    // Spin, then park (the same policy as the other waiters): answers come
-    // back to back while calls are in flight.
-    for (uint64_t until = monotonic_ns() + kDefaultSpinNs;
-         core->completions.empty_approx() && monotonic_ns() < until;)
-      sched_yield();
-    uint32_t key = writer_bell.prepare_wait();
-    Task *list = core->TakeCompletions();
-    bool init_ready = !init_sent && core->init_state.load() != RuntimeCore::kInitPending;
-    bool unloaded = core->unload_state.load() == RuntimeCore::kUnloaded;
-    if (!list && !init_ready && !unloaded) {
-      writer_bell.commit_wait(key);
-      continue;
-    }
-    writer_bell.cancel_wait(key);
-    if (init_ready) {
+    bool progress = ReadRequests(ch);
+    progress = WriteCompletions(ch) || progress;
+    if (!init_sent && core->init_state.load() != RuntimeCore::kInitPending) {
       init_sent = true;
       InitEvent(core->init_rc.load(), core->init_failure.load(), "");
+      progress = true;
     }
-    std::vector<uint32_t> freed;
-    for (Task *t = list; t;) {
-      Task *next = t->cq_next.load(std::memory_order_relaxed);
-      t->cq_next.store(nullptr, std::memory_order_relaxed);
-      if (t->rsp_len == Task::kAbortedRsp)
-        Write(t->call, 0, nullptr, 0, kFrameAborted);
-      else
-        WriteAnswer(t->call, t->rc, static_cast<const char *>(t->rsp), t->rsp_len);
-      free(t->rsp);
-      t->rsp = nullptr;
-      freed.push_back(t->id);
-      t->Reset();
-      t = next;
-    }
-    if (!freed.empty()) {
-      std::lock_guard<std::mutex> lock(free_mu);
-      free_slots.insert(free_slots.end(), freed.begin(), freed.end());
-    }
-    if (list || init_ready) Ding();
-    if (unloaded && !core->completions.empty_approx()) continue;
-    if (unloaded) {
+    if (core->unload_state.load() == RuntimeCore::kUnloaded && core->completions.empty_approx()) {
+      WriteCompletions(ch);
       char p[12] = {0};
       p[0] = core->dlclosed.load();
       p[1] = core->mapped.load();
@@ -453,5 +470,26 @@ int main(int argc, char **argv) {
       // a Go runtime); the process, not dlclose, takes it out.
       _exit(0);
     }
+    if (progress) {
+      Ding();
+      continue;
+    }
+    // Spin, then park (the same policy as the other waiters).
+    FrameHeader h;
+    auto idle = [&] {
+      return core->completions.empty_approx() &&
+             (ch.unloading || (ch.direct && core->init_state.load() != RuntimeCore::kInitOk) ||
+              !RingPeek(chan->req, ReqData(chan), chan->ring_bytes, &h)) &&
+             (init_sent || core->init_state.load() == RuntimeCore::kInitPending) &&
+             core->unload_state.load() != RuntimeCore::kUnloaded;
+    };
+    for (uint64_t until = monotonic_ns() + kDefaultSpinNs; idle() && monotonic_ns() < until;)
+      sched_yield();
+    uint32_t key = chan->req.items.prepare_wait();
+    if (!idle()) {
+      chan->req.items.cancel_wait(key);
+      continue;
+    }
+    chan->req.items.commit_wait(key);
   }
 }

@@ -16,6 +16,7 @@ import { parseElf } from '../elf'
 import { DlhostError, errnoError } from '../errors'
 import { emitSafely, onAbort } from '../events'
 import { requestLength } from '../request'
+import { bufferView } from '../runtime'
 import { Abi, checkHostCompatible } from '../rules'
 import { checkTrusted, Trust } from '../trust'
 import type { LibraryVersion } from '../library'
@@ -64,6 +65,11 @@ interface Call {
 }
 
 const seqs = new Map<string, string[]>()
+
+// new Promise(capture) hands out its settlers without a closure per call.
+let capturedRes: (b: Buffer) => void = () => {}
+let capturedRej: (e: unknown) => void = () => {}
+function capture (res: (b: Buffer) => void, rej: (e: unknown) => void): void { capturedRes = res; capturedRej = rej }
 
 /** The content facts of the file, read once: what this runtime reports as its version. */
 function versionOf (path: string, trust: Trust | undefined): { version: LibraryVersion, realPath: string } {
@@ -274,7 +280,7 @@ export class IsolatedRuntime extends EventEmitter {
         c.reject(new DlhostError('ERR_ABORTED', 'the plugin never answered this call before its threads exited', { path: this.path }))
         continue
       }
-      const body = off === C.BIG_OFFSET ? (bigs?.[i] ?? EMPTY) : len === 0 ? EMPTY : Buffer.from(bodies as ArrayBuffer, off, len)
+      const body = off === C.BIG_OFFSET ? (bigs?.[i] ?? EMPTY) : len === 0 ? EMPTY : bufferView(bodies as ArrayBuffer, off, len)
       if (rc === 0) { this.#completed++; c.resolve(body) } else {
         this.#failed++
         c.reject(new DlhostError('ERR_PLUGIN', `plugin returned rc ${rc}`, { path: this.path, rc, detail: body }))
@@ -306,9 +312,18 @@ export class IsolatedRuntime extends EventEmitter {
     if (signal?.aborted === true) return Promise.reject(new DlhostError('ERR_ABORTED', 'the call was aborted', { path: this.path, cause: signal.reason }))
     if (this.#calls.size + this.#held.length >= this.#o.maxQueue) return Promise.reject(new DlhostError('ERR_QUEUE_FULL', 'the runtime queue is full', { path: this.path }))
     const timeoutMs = options?.timeoutMs
+    const id = this.#nextId++
+    if (this.#nextId >= 0x7fffffff) this.#nextId = 1
+    // The fast path: no signal, no timeout, a child serving: the request is
+    // copied into the channel now, and only the promise's settlers are kept.
+    if (signal === undefined && timeoutMs === undefined && this.#state === 'running') {
+      const p = new Promise<Buffer>(capture)
+      this.#counters[0]++
+      this.#send(id, { req, resolve: capturedRes, reject: capturedRej, stop: null })
+      return p
+    }
     return new Promise<Buffer>((resolve, reject) => {
-      const id = this.#nextId++
-      if (this.#nextId >= 0x7fffffff) this.#nextId = 1
+      // Kept until it is sent (held while a child starts): a copy of the bytes.
       const call: Call = { req: typeof req === 'string' ? req : Buffer.from(req), resolve, reject, stop: null }
       const stops: Array<() => void> = []
       const giveUp = (err: DlhostError, wedged: boolean): void => {
