@@ -5,6 +5,8 @@
 export { open, libraries, Library } from './library'
 export type { OpenOptions, LibraryVersion, LibraryRow } from './library'
 export { load, Runtime } from './runtime'
+export { IsolatedRuntime } from './isolate/runtime'
+export type { Limits } from './isolate/host'
 export type { Abi, Cfg, LoadOptions, CallOptions, RuntimeStats } from './runtime'
 export { DlhostError, codes } from './errors'
 export type { DlhostErrorCode } from './errors'

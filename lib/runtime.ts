@@ -511,7 +511,7 @@ export function frozenCfg (cfg: Cfg): Buffer {
 }
 
 /** An isolated runtime: its own child process per load (no sharing by identity and cfg). */
-async function loadIsolated (path: string, cfg: Buffer, options: LoadOptions, maxQueue: number, unloadTimeoutMs: number): Promise<Runtime> {
+async function loadIsolated (path: string, cfg: Buffer, options: LoadOptions, maxQueue: number, unloadTimeoutMs: number): Promise<IsolatedRuntime> {
   let elf
   try {
     elf = parseElf(fs.readFileSync(path), path)
@@ -520,19 +520,21 @@ async function loadIsolated (path: string, cfg: Buffer, options: LoadOptions, ma
   if (abi === null) throw new DlhostError('ERR_SYMBOL_MISSING', `${path} ${NO_ENTRY_MESSAGE}`, { path })
   const rt = new IsolatedRuntime(path, { abi, cfg, global: options.global ?? false, maxQueue, unloadTimeoutMs: unloadTimeoutMs === Infinity ? -1 : unloadTimeoutMs, limits: options.limits, trust: options.trust, maxCrashes: options.maxCrashes, crashWindowMs: options.crashWindowMs })
   await rt.start()
-  return rt as unknown as Runtime
+  return rt
 }
 
 // Runtimes being unloaded, by key: a load() of the same key waits for them.
 const dying = new Map<string, Promise<void>>()
 
+export async function load (path: string, cfg: Cfg | undefined, options: LoadOptions & { isolate: 'process' }): Promise<IsolatedRuntime>
+export async function load (path: string, cfg?: Cfg, options?: LoadOptions): Promise<Runtime>
 /**
  * Loads a runtime, or returns the live one for the same library identity and
  * cfg (then nothing else happens: no option is applied, as lua-resty-ffi
  * returns its cached runtime). Never resolves with a runtime being unloaded:
  * a load() of its key waits for that unload, then loads afresh.
  */
-export async function load (path: string, cfg?: Cfg, options: LoadOptions = {}): Promise<Runtime> {
+export async function load (path: string, cfg?: Cfg, options: LoadOptions = {}): Promise<Runtime | IsolatedRuntime> {
   if (typeof path !== 'string') throw typeError('path must be a string')
   if (path.length === 0 || path.includes('\0')) throw typeError('path must be a non-empty string without NUL bytes')
   if (options === null || typeof options !== 'object') throw typeError('options must be an object')

@@ -235,3 +235,24 @@ t.test('probe: a build whose constructor aborts is refused (ERR_PROBE_FAILED); t
   await t.rejects(plugin.reload(), { code: /ERR_PROBE_FAILED|ERR_NOT_ELF/ }, 'a mutant: refused by validation or by the probe')
   t.equal((await plugin.call('again')).toString(), 'again')
 })
+
+t.test('cpuSeconds and openFiles limits', async t => {
+  const rt = await iso(fixture('hard_host.so'), 'limits', { limits: { cpuSeconds: 1, openFiles: 64 } })
+  t.teardown(() => rt.unload())
+  const n = Number((await rt.call('files')).toString())
+  t.ok(n > 0 && n < 64, `open files stop below the limit (${n})`)
+  const e = await rt.call('spin').catch((err: DlhostError) => err) as DlhostError & { limit?: string, signal?: string }
+  t.equal(e.code, 'ERR_PLUGIN_CRASHED')
+  t.equal(e.limit, 'cpuSeconds', 'the limit named')
+  t.equal((await rt.call('after')).toString(), 'after')
+})
+
+t.test('isolated runtimes: bad options and the interface', async t => {
+  await t.rejects(load(path.join(examples, 'libecho_host.so'), null, { isolate: 'thread' as 'process' }), { code: 'ERR_INVALID_ARG_TYPE' })
+  const rt = await iso(path.join(examples, 'libecho_host.so'))
+  t.teardown(() => rt.unload())
+  t.throws(() => rt.callSync(), { code: 'ERR_NOT_SYNC' })
+  t.match(rt.library, { path: path.join(examples, 'libecho_host.so'), mapped: false, runtimes: 1 })
+  t.match(rt.stats, { inFlight: 0, version: { seq: 1 } })
+  await t.rejects(rt.call(42 as unknown as string), { code: 'ERR_INVALID_ARG_TYPE' })
+})

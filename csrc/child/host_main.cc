@@ -77,10 +77,11 @@ void InstallCrashHandlers() {
   for (int s : {SIGSEGV, SIGBUS, SIGABRT, SIGILL, SIGFPE, SIGXCPU}) sigaction(s, &sa, nullptr);
 }
 
-void Limit(int resource, long value) {
+void Limit(int resource, long value, long hard_extra = 0) {
   if (value <= 0) return;
   struct rlimit rl;
-  rl.rlim_cur = rl.rlim_max = rlim_t(value);
+  rl.rlim_cur = rlim_t(value);
+  rl.rlim_max = rlim_t(value + hard_extra);
   setrlimit(resource, &rl);
 }
 
@@ -360,7 +361,9 @@ int main(int argc, char **argv) {
   // failed malloc says nothing of why).
   memory_limit = uint64_t(a.memory_mb) * 1024 * 1024;
   if (memory_limit) std::thread(MemoryWatch).detach();
-  Limit(RLIMIT_CPU, a.cpu_seconds);
+  // The soft limit sends SIGXCPU (named as the limit by the crash handler);
+  // the hard one, a second later, SIGKILL for a plugin that ignores it.
+  Limit(RLIMIT_CPU, a.cpu_seconds, 1);
   Limit(RLIMIT_NOFILE, a.open_files);
   InstallCrashHandlers();
   if (!a.probe) std::thread(Lifeline).detach();

@@ -19,13 +19,13 @@ export interface Limits {
 
 let found: string | undefined
 
-/** The dlhost-host executable: the prebuild's, else build/Release's. */
+/** The dlhost-host executable: build/Release's, else the prebuild's (node-gyp-build's order for the addon). */
 export function hostPath (): string {
   if (found !== undefined) return found
   const root = path.join(__dirname, '..', '..')
   const candidates = [
-    path.join(root, 'prebuilds', `${process.platform}-${process.arch}`, 'dlhost-host'),
-    path.join(root, 'build', 'Release', 'dlhost-host')
+    path.join(root, 'build', 'Release', 'dlhost-host'),
+    path.join(root, 'prebuilds', `${process.platform}-${process.arch}`, 'dlhost-host')
   ]
   for (const c of candidates) {
     try {

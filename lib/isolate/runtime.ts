@@ -398,4 +398,12 @@ export class IsolatedRuntime extends EventEmitter {
   }
 
   get version (): LibraryVersion { return this.#version }
+
+  /** Its library, as libraries() would show it: in the child, not in this process. */
+  get library (): { path: string, version: LibraryVersion, refs: number, pinned: boolean, runtimes: number, mapped: boolean, stuck: string | null } {
+    return { path: this.path, version: this.#version, refs: 0, pinned: false, runtimes: this.#state === 'unloaded' ? 0 : 1, mapped: false, stuck: null }
+  }
+
+  /** Spin budgets are the child's own (the defaults); accepted for the Runtime interface. */
+  setSpin (): void {}
 }

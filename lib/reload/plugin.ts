@@ -17,6 +17,7 @@ import { DlhostError, rangeError, typeError } from '../errors'
 import { emitSafely, onAbort } from '../events'
 import { forgetPath, isMapped, Library } from '../library'
 import { probe } from '../isolate/probe'
+import type { IsolatedRuntime } from '../isolate/runtime'
 import type { Limits } from '../isolate/host'
 import { Abi, autoStrategy, coexistFatal, reloadStrategy, stuckReasons, STILL_MAPPED, threadsStuckReason, unloadBlockers } from '../rules'
 import { CallOptions, Cfg, frozenCfg, load, Runtime } from '../runtime'
@@ -126,7 +127,7 @@ export interface RestartEvent { version: PluginVersion, reason: string, exitCode
 export interface StuckEvent { version: PluginVersion, reason: string }
 
 interface Version extends PluginVersion {
-  runtime: Runtime
+  runtime: Runtime | IsolatedRuntime
   elf: ElfInfo
   abi: Abi
   inFlight: number
@@ -416,7 +417,7 @@ export class Plugin extends EventEmitter {
 
   async #loadVersion (build: Build): Promise<Version> {
     const { copy, elf } = build
-    let runtime: Runtime
+    let runtime: Runtime | IsolatedRuntime
     try {
       runtime = this.#isolated
         ? await load(copy.path, this.#cfg, { isolate: 'process', limits: this.#opts.limits, global: this.#opts.global, maxQueue: this.#opts.maxQueue, entry: build.abi, unloadTimeoutMs: this.#opts.unloadTimeoutMs })
