@@ -104,6 +104,23 @@ inline bool RingWrite(RingState &r, char *data, uint64_t cap, FrameHeader h, con
   return true;
 }
 
+// Producer, batched: writes one frame at *pos (a tail not published yet)
+// if it fits, and advances *pos; RingPublish makes the batch visible.
+inline bool RingStage(RingState &r, char *data, uint64_t cap, uint64_t *pos, FrameHeader h,
+                      const void *payload, size_t n) {
+  h.size = FrameSize(n);
+  uint64_t head = r.head.load(std::memory_order_acquire);
+  if (*pos + h.size - head > cap) return false;
+  RingCopyIn(data, cap, *pos, &h, sizeof h);
+  if (n) RingCopyIn(data, cap, *pos + sizeof h, payload, n);
+  *pos += h.size;
+  return true;
+}
+inline void RingPublish(RingState &r, uint64_t pos) {
+  r.tail.store(pos, std::memory_order_seq_cst);
+  r.items.notify_all();
+}
+
 // Consumer: the next frame's header, if there is one (not consumed).
 inline bool RingPeek(RingState &r, const char *data, uint64_t cap, FrameHeader *h) {
   uint64_t head = r.head.load(std::memory_order_relaxed);

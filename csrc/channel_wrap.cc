@@ -23,7 +23,7 @@ Napi::Function ChannelWrap::Init(Napi::Env env) {
       env, "Channel",
       {InstanceMethod<&ChannelWrap::Fds>("fds"), InstanceMethod<&ChannelWrap::Spawned>("spawned"),
        InstanceMethod<&ChannelWrap::SendCfg>("sendCfg"), InstanceMethod<&ChannelWrap::Send>("send"),
-       InstanceMethod<&ChannelWrap::Unload>("unload"),
+       InstanceMethod<&ChannelWrap::Flush>("flush"), InstanceMethod<&ChannelWrap::Unload>("unload"),
        InstanceMethod<&ChannelWrap::Counters>("counters"),
        InstanceMethod<&ChannelWrap::Limit>("limit"), InstanceMethod<&ChannelWrap::Close>("close")});
 }
@@ -147,11 +147,13 @@ bool ChannelWrap::WriteFrames(uint32_t id, uint32_t flags, const char *p, size_t
     left -= n;
     if (left == 0) break;
   }
-  if (chan_->req.tail.load() + need - chan_->req.head.load() > chan_->ring_bytes) return false;
+  if (!staging_) staged_tail_ = chan_->req.tail.load(std::memory_order_relaxed);
+  if (staged_tail_ + need - chan_->req.head.load() > chan_->ring_bytes) return false;
+  staging_ = true;
   for (;;) {
     size_t n = len > max ? max : len;
     FrameHeader h{0, id, uint32_t(n), flags | (len > n ? kFrameMore : 0)};
-    RingWrite(chan_->req, ReqData(chan_), chan_->ring_bytes, h, p, n);
+    RingStage(chan_->req, ReqData(chan_), chan_->ring_bytes, &staged_tail_, h, p, n);
     p += n;
     len -= n;
     if (len == 0) return true;
@@ -192,7 +194,21 @@ Napi::Value ChannelWrap::Send(const Napi::CallbackInfo &info) {
   return Napi::Boolean::New(env, ok);
 }
 
+// flush(): the requests written since the last flush become visible to the
+// child at once, with one wake-up (the JS side flushes once per turn).
+Napi::Value ChannelWrap::Flush(const Napi::CallbackInfo &info) {
+  if (!closed_ && staging_) {
+    staging_ = false;
+    RingPublish(chan_->req, staged_tail_);
+  }
+  return info.Env().Undefined();
+}
+
 Napi::Value ChannelWrap::Unload(const Napi::CallbackInfo &info) {
+  if (!closed_ && staging_) {
+    staging_ = false;
+    RingPublish(chan_->req, staged_tail_);
+  }
   if (!closed_) {
     FrameHeader h{0, kControlId, 0, kFrameUnload};
     RingWrite(chan_->req, ReqData(chan_), chan_->ring_bytes, h, nullptr, 0);

@@ -26,6 +26,7 @@ class ChannelWrap : public Napi::ObjectWrap<ChannelWrap> {
   Napi::Value Spawned(const Napi::CallbackInfo &info);
   Napi::Value SendCfg(const Napi::CallbackInfo &info);
   Napi::Value Send(const Napi::CallbackInfo &info);
+  Napi::Value Flush(const Napi::CallbackInfo &info);
   Napi::Value Unload(const Napi::CallbackInfo &info);
   Napi::Value Counters(const Napi::CallbackInfo &info);
   Napi::Value Limit(const Napi::CallbackInfo &info);
@@ -46,6 +47,9 @@ class ChannelWrap : public Napi::ObjectWrap<ChannelWrap> {
   uv_poll_t *poll_ = nullptr;
   uv_idle_t *idle_ = nullptr;
   bool idle_active_ = false, referenced_ = false, closed_ = false;
+  // Requests written and not yet published (flush()): the tail to publish.
+  bool staging_ = false;
+  uint64_t staged_tail_ = 0;
   uint64_t last_activity_ = 0;
   Napi::FunctionReference on_complete_, on_event_;
   std::unique_ptr<Napi::AsyncContext> async_ctx_;

@@ -28,6 +28,7 @@ interface NativeChannel {
   spawned (): void
   sendCfg (cfg: Buffer): void
   send (id: number, req: string | Uint8Array): boolean
+  flush (): void
   unload (): void
   counters (): Int32Array
   limit (): 'memoryMb' | 'cpuSeconds' | 'openFiles' | null
@@ -288,8 +289,18 @@ export class IsolatedRuntime extends EventEmitter {
     }
   }
 
+  // Requests written in one turn are published together (one wake-up of the
+  // child); a long burst every FLUSH_AT.
+  #unflushed = 0
+  #flush = (): void => {
+    this.#unflushed = 0
+    this.#channel?.flush()
+  }
+
   #send (id: number, call: Call): void {
     const ch = this.#channel
+    if (ch !== null && this.#unflushed++ === 0) queueMicrotask(this.#flush)
+    else if (this.#unflushed >= 64) this.#flush()
     if (ch === null || !ch.send(id, call.req)) {
       call.stop?.()
       this.#counters[0]--
