@@ -46,7 +46,7 @@ t.test('CPython: 20 unpinned cycles, another runtime in between: each dlclosed, 
   }
 })
 
-t.test('CPython under reloadable(): auto drains (one interpreter per process), no abort, no failed call', { skip: !havePy && 'no python3-dev' }, async t => {
+t.test('CPython under reloadable(), in process: auto drains (one interpreter per process), no abort, no failed call', { skip: !havePy && 'no python3-dev' }, async t => {
   const dir = t.testdir()
   const lib = path.join(dir, 'libpy.so')
   const good = fs.readFileSync(py)
@@ -57,8 +57,9 @@ t.test('CPython under reloadable(): auto drains (one interpreter per process), n
     fs.renameSync(lib + '.tmp', lib)
   }
   install(0)
-  await t.rejects(reloadable(lib, null, { watch: false, global: true, strategy: 'shadow' }), { code: 'ERR_CANNOT_COEXIST' }, 'side by side is refused, not an abort')
-  const plugin = await reloadable(lib, null, { watch: false, global: true })
+  await t.rejects(reloadable(lib, null, { watch: false, global: true, strategy: 'shadow', isolate: false }), { code: 'ERR_CANNOT_COEXIST' }, 'side by side is refused, not an abort')
+  // isolate: false: in this process ('auto' would isolate it, see below).
+  const plugin = await reloadable(lib, null, { watch: false, global: true, isolate: false })
   t.teardown(() => plugin.close())
   const events: ReloadEvent[] = []
   plugin.on('reload', ev => events.push(ev))
@@ -98,4 +99,29 @@ t.test('Go, plugin-driven: unload is reported stuck (Go runtime) at once, not af
   t.ok(Date.now() - t0 < 10000, `no wait for threads that never exit (${Date.now() - t0} ms; the bound was 60 s)`)
   t.equal(rt.unloadInfo?.threadsStuck, true)
   t.equal(rt.library.stuck, 'Go runtime')
+})
+
+t.test("CPython under reloadable() with 'auto': isolated, versions side by side in their own processes", { skip: !havePy && 'no python3-dev' }, async t => {
+  const dir = t.testdir()
+  const lib = path.join(dir, 'libpy.so')
+  const good = fs.readFileSync(py)
+  const install = (i: number): void => {
+    const b = Buffer.from(good)
+    b[b.length - 1] ^= i
+    fs.writeFileSync(lib + '.tmp', b)
+    fs.renameSync(lib + '.tmp', lib)
+  }
+  install(0)
+  const plugin = await reloadable(lib, null, { watch: false, global: true })
+  t.teardown(() => plugin.close())
+  const pid = Number((await plugin.call('pid')).toString())
+  t.not(pid, process.pid, 'Python runs in a child')
+  const events: ReloadEvent[] = []
+  plugin.on('reload', ev => events.push(ev))
+  const inflight = Array.from({ length: 32 }, (_, i) => plugin.call(`c${i}`))
+  install(1)
+  await plugin.reload()
+  t.same((await Promise.all(inflight)).map(String), Array.from({ length: 32 }, (_, i) => `c${i}`), 'no call lost across the swap')
+  t.equal(events[0]?.strategy, 'shadow', 'side by side, across processes')
+  t.not(Number((await plugin.call('pid')).toString()), pid, 'the new version in a new child')
 })

@@ -19,7 +19,7 @@ import { forgetPath, isMapped, Library } from '../library'
 import { probe } from '../isolate/probe'
 import type { IsolatedRuntime } from '../isolate/runtime'
 import type { Limits } from '../isolate/host'
-import { Abi, autoStrategy, coexistFatal, reloadStrategy, stuckReasons, STILL_MAPPED, threadsStuckReason, unloadBlockers } from '../rules'
+import { Abi, autoStrategy, coexistFatal, languageRuntime, reloadStrategy, stuckReasons, STILL_MAPPED, threadsStuckReason, unloadBlockers } from '../rules'
 import { CallOptions, Cfg, frozenCfg, load, Runtime } from '../runtime'
 import { checkTrusted, checkTrustOption, Trust } from '../trust'
 import { Build, checkSameAbi, parseBuild } from './build'
@@ -82,8 +82,9 @@ export interface ReloadableOptions {
   /**
    * 'process': every version lives in a child process (docs/isolation.md):
    * side by side across processes, unloaded by ending the child; reloads
-   * what can never leave a process. Default: isolated only for a library
-   * that can never leave the process in place (NODELETE, GNU_UNIQUE, Go).
+   * what can never leave a process. Default ('auto' strategy): isolated for
+   * a library that can never leave the process in place (NODELETE,
+   * GNU_UNIQUE, Go) or that links a one-per-process language runtime.
    */
   isolate?: 'process' | false
   /** Resource limits of each isolated version's child. */
@@ -197,8 +198,11 @@ export class Plugin extends EventEmitter {
     checkTrusted(this.path, this.#opts.trust)
     const copy = await this.#store.snapshot(this.path)
     const build = parseBuild(this.#store, copy, this.path, this.#opts.entry)
-    // 'auto' isolates what can never leave the process in place.
-    this.#isolated = this.#opts.isolate === 'process' || (this.#opts.isolate === undefined && this.strategy === 'auto' && autoStrategy(build.elf) === 'restart')
+    // 'auto' isolates what can never leave the process in place, and what
+    // links a one-per-process language runtime (in a child, two versions run
+    // side by side); isolate: false keeps them here (restart / drain).
+    this.#isolated = this.#opts.isolate === 'process' ||
+      (this.#opts.isolate === undefined && this.strategy === 'auto' && (autoStrategy(build.elf) === 'restart' || languageRuntime(build.elf) !== null))
     if (this.#opts.probe === true) await this.#probe(build)
     const fatal = coexistFatal(build.elf)[0]
     if (this.strategy === 'shadow' && fatal !== undefined && !this.#isolated) {

@@ -1,0 +1,3 @@
+module dlhost.example/echo-go
+
+go 1.18
