@@ -12,7 +12,8 @@
  * table reads as '' rather than failing the whole file.
  */
 import * as fs from 'fs'
-import { DlhostError, errnoError, notRegularError, typeError } from './errors'
+import { DlhostError, errnoError, notRegularError } from './errors'
+import { checkPath } from './options'
 
 export type ElfType = 'ET_NONE' | 'ET_REL' | 'ET_EXEC' | 'ET_DYN' | 'ET_CORE' | `ET_0x${string}`
 
@@ -777,14 +778,6 @@ export function elfCompleteness (buf: Buffer): ElfCompleteness {
   }
 }
 
-function checkPath (path: unknown): asserts path is string {
-  if (typeof path !== 'string') {
-    throw typeError(`path must be a string, got ${path === null ? 'null' : typeof path}`)
-  }
-  if (path.length === 0) throw new DlhostError('ERR_INVALID_ARG', 'path must not be empty')
-  if (path.includes('\0')) throw new DlhostError('ERR_INVALID_ARG', 'path must not contain NUL bytes', { path })
-}
-
 function notRegular (path: string, st: fs.Stats): DlhostError | undefined {
   if (st.isDirectory()) return errnoError(Object.assign(new Error('is a directory'), { code: 'EISDIR' }), path)
   if (!st.isFile()) return notRegularError(path)
@@ -796,7 +789,7 @@ function notRegular (path: string, st: fs.Stats): DlhostError | undefined {
  * 64 MiB are read whole; bigger ones piecewise (headers, tables and the
  * dynamic sections only). Errors: ERR_NOT_FOUND, ERR_IS_DIRECTORY,
  * ERR_ACCESS, ERR_NOT_ELF (also for a non-regular file such as a FIFO or a
- * device), ERR_INVALID_ARG for an empty path or one with a NUL byte;
+ * device); TypeError ERR_INVALID_ARG for an empty path or one with a NUL byte,
  * TypeError ERR_INVALID_ARG_TYPE for a non-string path.
  */
 export async function readElfFile (path: string): Promise<ElfInfo> {

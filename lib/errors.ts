@@ -92,6 +92,13 @@ export function typeError (message: string): TypeError & { code: 'ERR_INVALID_AR
   return e
 }
 
+/** A TypeError with the code ERR_INVALID_ARG, for a value no type can describe (an empty path, an unknown option). */
+export function invalidArg (message: string): TypeError & { code: 'ERR_INVALID_ARG' } {
+  const e = new TypeError(message) as TypeError & { code: 'ERR_INVALID_ARG' }
+  e.code = 'ERR_INVALID_ARG'
+  return e
+}
+
 /** A RangeError with a code, for arguments out of range. */
 export function rangeError (message: string): RangeError & { code: 'ERR_OUT_OF_RANGE' } {
   const e = new RangeError(message) as RangeError & { code: 'ERR_OUT_OF_RANGE' }
@@ -140,6 +147,17 @@ export function errnoError (err: unknown, path: string, fallback: DlhostErrorCod
   const what = mapped !== undefined ? ERRNO_WHAT[mapped] : undefined
   const text = what !== undefined ? `${path}: ${what} (${errno ?? 'unknown'})` : `${path}: ${msg}`
   return new DlhostError(code, text, { path, loaderMessage: msg, cause: err })
+}
+
+/**
+ * Any error as a DlhostError, for events whose listeners are promised one:
+ * an errno error gets its file-system code, anything else ERR_INTERNAL with
+ * the original as `cause`.
+ */
+export function asDlhostError (err: unknown, path: string): DlhostError {
+  if (err instanceof DlhostError) return err
+  if (errnoOf(err) !== undefined) return errnoError(err, path)
+  return new DlhostError('ERR_INTERNAL', err instanceof Error ? err.message : String(err), { path, cause: err })
 }
 
 /** The one rule for a path that is not a regular file (a FIFO, a device, a socket). */

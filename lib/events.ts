@@ -1,10 +1,39 @@
 /**
- * Event plumbing shared by every class: emitting so that a listener's throw
+ * Event plumbing shared by every class: typed emitters, emitting so that a listener's throw
  * never changes dlhost's own state or the outcome of the operation that
  * emitted, and one 'abort' listener per AbortSignal however many calls
  * share it. JS thread only.
  */
 import { EventEmitter } from 'events'
+
+type Listener<E, K extends keyof E> = E[K] extends unknown[] ? (...args: E[K]) => void : never
+type Typed = 'on' | 'once' | 'off' | 'addListener' | 'removeListener' | 'prependListener' | 'prependOnceListener' |
+  'emit' | 'listenerCount' | 'listeners' | 'rawListeners' | 'removeAllListeners'
+
+/**
+ * An EventEmitter whose events are the keys of `E`, each with its listener
+ * arguments: a wrong listener or an unknown event name fails to compile.
+ * Declared here rather than taken from @types/node's generic EventEmitter,
+ * whose checks differ between its versions (newer ones accept any name).
+ */
+export interface TypedEmitter<E> extends Omit<EventEmitter, Typed> {
+  on<K extends keyof E & string>(event: K, listener: Listener<E, K>): this
+  once<K extends keyof E & string>(event: K, listener: Listener<E, K>): this
+  off<K extends keyof E & string>(event: K, listener: Listener<E, K>): this
+  addListener<K extends keyof E & string>(event: K, listener: Listener<E, K>): this
+  removeListener<K extends keyof E & string>(event: K, listener: Listener<E, K>): this
+  prependListener<K extends keyof E & string>(event: K, listener: Listener<E, K>): this
+  prependOnceListener<K extends keyof E & string>(event: K, listener: Listener<E, K>): this
+  emit<K extends keyof E & string>(event: K, ...args: E[K] & unknown[]): boolean
+  listenerCount<K extends keyof E & string>(event: K): number
+  listeners<K extends keyof E & string>(event: K): Array<Listener<E, K>>
+  rawListeners<K extends keyof E & string>(event: K): Array<Listener<E, K>>
+  removeAllListeners(event?: keyof E & string): this
+}
+
+/** EventEmitter itself, typed as a TypedEmitter<E> base class. */
+// eslint-disable-next-line @typescript-eslint/no-redeclare -- a value and its type, one name, as a class has
+export const TypedEmitter = EventEmitter as unknown as new <E>() => TypedEmitter<E>
 
 /**
  * Emits `event`. A listener that throws does not stop the emitter's caller:
@@ -12,7 +41,7 @@ import { EventEmitter } from 'events'
  * exception, the way a throw in any timer or I/O callback does in Node.
  * Call it once the state transition it reports is complete.
  */
-export function emitSafely (emitter: EventEmitter, event: string | symbol, ...args: unknown[]): boolean {
+export function emitSafely<E, K extends keyof E & string> (emitter: TypedEmitter<E>, event: K, ...args: E[K] & unknown[]): boolean {
   try {
     return emitter.emit(event, ...args)
   } catch (err) {

@@ -9,6 +9,7 @@ import fs from 'fs'
 import { binding, C, NativeIdentity, NativeLibrary, NativeRow } from './binding'
 import { ElfInfo, parseElf } from './elf'
 import { DlhostError, errnoError, fromNative, typeError } from './errors'
+import { checkKeys, checkPath } from './options'
 import { checkHostCompatible, stuckReason } from './rules'
 import { checkTrusted, checkTrustOption, Trust } from './trust'
 
@@ -28,6 +29,9 @@ export interface OpenOptions {
    */
   known?: KnownContent
 }
+
+/** Every key of OpenOptions: an unknown key is refused (see options.ts). */
+const OPEN_KEYS: Record<keyof OpenOptions, true> = { pin: true, global: true, lazy: true, trust: true, known: true }
 
 /** @internal A file's content facts, computed by whoever read it. */
 export interface KnownContent {
@@ -221,9 +225,8 @@ export function isMapped (path: string): boolean {
 
 /** Opens (or shares) a library and returns a new reference to it. Synchronous. */
 export function open (path: string, options: OpenOptions = {}): Library {
-  if (typeof path !== 'string') throw typeError('path must be a string')
-  if (path.length === 0 || path.includes('\0')) throw typeError('path must be a non-empty string without NUL bytes')
-  if (options === null || typeof options !== 'object') throw typeError('options must be an object')
+  checkPath(path)
+  checkKeys(options, OPEN_KEYS, 'open() options')
   const pin = checkBool('pin', options.pin) ?? true
   const global = checkBool('global', options.global) ?? false
   const lazy = checkBool('lazy', options.lazy) ?? false

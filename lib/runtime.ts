@@ -10,12 +10,13 @@ import { DlhostError, fromNative, rangeError, typeError } from './errors'
 import { forgetIdentity, KnownContent, Library, LibraryRow, LibraryVersion, open, rowOf } from './library'
 import { onAbort } from './events'
 import { requestLength } from './request'
+import { checkKeys, checkPath } from './options'
 import { parseElf } from './elf'
 import { errnoError } from './errors'
 import { IsolatedRuntime } from './isolate/runtime'
-import type { Limits } from './isolate/host'
+import { checkLimits, Limits } from './isolate/host'
 import fs from 'fs'
-import type { Trust } from './trust'
+import { checkTrustOption, Trust } from './trust'
 import { Abi, abiOf, ENTRY, isAbi, NO_ENTRY_MESSAGE, threadsNeverExit } from './rules'
 
 export type { Abi } from './rules'
@@ -50,6 +51,11 @@ export interface LoadOptions {
   known?: KnownContent
 }
 
+/** Every key of LoadOptions: an unknown key is refused (see options.ts). */
+export const LOAD_KEYS: Record<keyof LoadOptions, true> = {
+  pin: true, global: true, maxQueue: true, entry: true, unloadTimeoutMs: true, trust: true, isolate: true, limits: true, maxCrashes: true, crashWindowMs: true, known: true
+}
+
 export interface CallOptions {
   /** Rejects the call with ERR_ABORTED; a call already queued still runs, its answer is dropped (and counted: stats.late). */
   signal?: AbortSignal
@@ -59,6 +65,8 @@ export interface CallOptions {
    */
   timeoutMs?: number
 }
+
+const CALL_KEYS: Record<keyof CallOptions, true> = { signal: true, timeoutMs: true }
 
 export interface RuntimeStats {
   queued: number
@@ -140,7 +148,7 @@ export function cfgBuffer (cfg: Cfg): Buffer {
 }
 
 /** The call's timeout (ms), checked before anything is submitted; Infinity: none. */
-function callTimeout (options: CallOptions | undefined): number | undefined {
+export function callTimeout (options: CallOptions | undefined): number | undefined {
   const t = options?.timeoutMs
   if (t === undefined || t === Infinity) return undefined
   if (typeof t !== 'number' || Number.isNaN(t)) throw typeError('options.timeoutMs must be a number of ms')
@@ -148,10 +156,10 @@ function callTimeout (options: CallOptions | undefined): number | undefined {
   return t
 }
 
-/** The call's signal, checked before anything is submitted. */
-function callSignal (options: CallOptions | undefined): AbortSignal | undefined {
+/** The call's signal, checked (with the whole options object) before anything is submitted. */
+export function callSignal (options: CallOptions | undefined): AbortSignal | undefined {
   if (options === undefined) return undefined
-  if (options === null || typeof options !== 'object') throw typeError('options must be an object')
+  checkKeys(options, CALL_KEYS, 'call() options')
   const { signal } = options
   if (signal !== undefined && !(signal instanceof AbortSignal)) throw typeError('options.signal must be an AbortSignal')
   return signal
@@ -535,9 +543,10 @@ export async function load (path: string, cfg?: Cfg, options?: LoadOptions): Pro
  * a load() of its key waits for that unload, then loads afresh.
  */
 export async function load (path: string, cfg?: Cfg, options: LoadOptions = {}): Promise<Runtime | IsolatedRuntime> {
-  if (typeof path !== 'string') throw typeError('path must be a string')
-  if (path.length === 0 || path.includes('\0')) throw typeError('path must be a non-empty string without NUL bytes')
-  if (options === null || typeof options !== 'object') throw typeError('options must be an object')
+  checkPath(path)
+  checkKeys(options, LOAD_KEYS, 'load() options')
+  checkLimits(options.limits)
+  checkTrustOption(options.trust)
   const maxQueue = options.maxQueue ?? C.DEFAULT_MAX_QUEUE
   if (!Number.isInteger(maxQueue)) throw typeError('options.maxQueue must be an integer')
   if (maxQueue < 1 || maxQueue > C.MAX_MAX_QUEUE) throw rangeError(`options.maxQueue must be between 1 and ${C.MAX_MAX_QUEUE}`)

@@ -10,6 +10,7 @@
 import fs from 'fs'
 import path from 'path'
 import { DlhostError, errnoError, typeError } from './errors'
+import { checkKeys } from './options'
 
 /**
  * How far trust goes. Default: this process's uid and root. `uids` adds
@@ -19,10 +20,13 @@ import { DlhostError, errnoError, typeError } from './errors'
  */
 export type Trust = { uids?: number[] } | 'any'
 
+const TRUST_KEYS: Record<'uids', true> = { uids: true }
+
 /** Checks an options object's `trust`. */
 export function checkTrustOption (trust: unknown): Trust | undefined {
   if (trust === undefined || trust === 'any') return trust
   if (trust === null || typeof trust !== 'object') throw typeError("options.trust must be { uids?: number[] } or 'any'")
+  checkKeys(trust, TRUST_KEYS, 'options.trust')
   const uids = (trust as { uids?: unknown }).uids
   if (uids !== undefined && (!Array.isArray(uids) || !uids.every(u => Number.isInteger(u) && u >= 0))) {
     throw typeError('options.trust.uids must be an array of uids (non-negative integers)')

@@ -23,8 +23,8 @@ function nodedirArgs () {
 function buildNative () {
   const flavour = process.env.DLHOST_SANITIZE || 'none'
   const marker = path.join(root, 'build', 'dlhost-flavour')
-  // No marker but a Makefile: prebuildify (npm's `prebuild` pre-hook of
-  // `build`) just configured a normal build, so make stays incremental.
+  // No marker but a Makefile: prebuildify (`npm run prebuilds`) configured
+  // a normal build, so make stays incremental.
   const current = fs.existsSync(marker) ? fs.readFileSync(marker, 'utf8') : 'none'
   const configured = fs.existsSync(path.join(root, 'build', 'Makefile')) && current === flavour
   if (!configured) run(bin('node-gyp'), ['configure', ...nodedirArgs()])

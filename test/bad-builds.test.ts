@@ -6,7 +6,7 @@ import t from 'tap'
 import { execFileSync } from 'child_process'
 import fs from 'fs'
 import path from 'path'
-import { reloadable, DlhostError, type Plugin } from '../lib/index'
+import { reloadable, DlhostError, type Plugin, type PluginEvents } from '../lib/index'
 import { root } from './lib/helpers'
 
 const src = path.join(root, 'examples', 'echo-host', 'echo.c')
@@ -19,10 +19,10 @@ function install (dst: string, bytes: Buffer | string): void {
   fs.writeFileSync(dst + '.tmp', bytes)
   fs.renameSync(dst + '.tmp', dst)
 }
-function nextEvent<T> (p: Plugin, ev: string, ms = 10000): Promise<T> {
+function nextEvent<T> (p: Plugin, ev: keyof PluginEvents, ms = 10000): Promise<T> {
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`no '${ev}' within ${ms} ms`)), ms)
-    p.once(ev, (x: T) => { clearTimeout(timer); resolve(x) })
+    p.once(ev, (x: unknown) => { clearTimeout(timer); resolve(x as T) })
   })
 }
 

@@ -3,7 +3,7 @@ import { execFileSync } from 'child_process'
 import diagnostics from 'diagnostics_channel'
 import fs from 'fs'
 import path from 'path'
-import { reloadable, Plugin, DlhostError, type ReloadEvent } from '../lib/index'
+import { reloadable, Plugin, DlhostError, type ReloadEvent, type PluginEvents } from '../lib/index'
 import { foreignCopy, inMaps, root } from './lib/helpers'
 
 const echo = path.join(root, 'examples', 'echo-host', 'echo.c')
@@ -22,10 +22,10 @@ function install (dst: string, bytes: Buffer): void {
 function copyMappings (dir: string): string[] {
   return fs.readFileSync('/proc/self/maps', 'utf8').split('\n').filter(l => l.includes(dir + '/'))
 }
-function once<T> (p: Plugin, ev: string, ms = 10000): Promise<T> {
+function once<T> (p: Plugin, ev: keyof PluginEvents, ms = 10000): Promise<T> {
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`no ${ev} event within ${ms} ms`)), ms)
-    p.once(ev, v => { clearTimeout(timer); resolve(v) })
+    p.once(ev, (v: unknown) => { clearTimeout(timer); resolve(v as T) })
   })
 }
 

@@ -6,15 +6,29 @@
 import { ChildProcess, spawn } from 'child_process'
 import fs from 'fs'
 import path from 'path'
-import { DlhostError } from '../errors'
+import { DlhostError, rangeError, typeError } from '../errors'
+import { checkKeys } from '../options'
 
 export interface Limits {
-  /** Address space of the child, in MiB (RLIMIT_AS). */
+  /** Resident memory of the child, in MiB: a watchdog in the child checks it every 5 ms and kills it past the limit. */
   memoryMb?: number
   /** CPU time of the child, in seconds (RLIMIT_CPU: SIGXCPU). */
   cpuSeconds?: number
   /** Open descriptors of the child (RLIMIT_NOFILE). */
   openFiles?: number
+}
+
+const LIMIT_KEYS: Record<keyof Limits, true> = { memoryMb: true, cpuSeconds: true, openFiles: true }
+
+/** Checks a `limits` option: known keys, each a positive integer. */
+export function checkLimits (limits: unknown): void {
+  checkKeys(limits, LIMIT_KEYS, 'options.limits')
+  if (limits === undefined) return
+  for (const [k, v] of Object.entries(limits as Record<string, unknown>)) {
+    if (v === undefined) continue
+    if (typeof v !== 'number' || !Number.isInteger(v)) throw typeError(`options.limits.${k} must be an integer`)
+    if (v < 1 || v > 2 ** 31 - 1) throw rangeError(`options.limits.${k} must be between 1 and 2147483647`)
+  }
 }
 
 let found: string | undefined

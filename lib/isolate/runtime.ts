@@ -9,14 +9,14 @@
  */
 import { createHash } from 'crypto'
 import { ChildProcess } from 'child_process'
-import { EventEmitter } from 'events'
 import fs from 'fs'
 import { binding, C, NativeUnloadInfo } from '../binding'
 import { parseElf } from '../elf'
 import { DlhostError, errnoError } from '../errors'
-import { emitSafely, onAbort } from '../events'
+import { emitSafely, onAbort, TypedEmitter } from '../events'
 import { requestLength } from '../request'
-import { bufferView } from '../runtime'
+import { bufferView, callSignal, callTimeout } from '../runtime'
+import type { CallOptions } from '../runtime'
 import { Abi, checkHostCompatible } from '../rules'
 import { checkTrusted, Trust } from '../trust'
 import type { LibraryVersion } from '../library'
@@ -91,7 +91,17 @@ function versionOf (path: string, trust: Trust | undefined): { version: LibraryV
   return { realPath, version: { sha256, seq: list.indexOf(sha256) + 1, dev: Number(st.dev), ino: Number(st.ino), size: Number(st.size), mtimeMs: Number(st.mtimeNs) / 1e6 } }
 }
 
-export class IsolatedRuntime extends EventEmitter {
+/**
+ * IsolatedRuntime's events: 'crash' each time the child dies (the runtime
+ * restarts it unless it crash-loops), 'error' (ERR_CRASH_LOOP) when it stops
+ * restarting.
+ */
+export interface IsolatedRuntimeEvents {
+  crash: [DlhostError]
+  error: [DlhostError]
+}
+
+export class IsolatedRuntime extends TypedEmitter<IsolatedRuntimeEvents> {
   readonly abi: Abi
   readonly path: string
   readonly isolate = 'process' as const
@@ -311,18 +321,18 @@ export class IsolatedRuntime extends EventEmitter {
   }
 
   /** Sends one request to the child; resolves with the plugin's response. */
-  call (req: string | Uint8Array, options?: { signal?: AbortSignal, timeoutMs?: number }): Promise<Buffer> {
+  call (req: string | Uint8Array, options?: CallOptions): Promise<Buffer> {
+    let signal: AbortSignal | undefined
+    let timeoutMs: number | undefined
     try {
       requestLength(req)
-      if (options !== undefined && (options === null || typeof options !== 'object')) throw new TypeError('options must be an object')
-      if (options?.signal !== undefined && !(options.signal instanceof AbortSignal)) throw Object.assign(new TypeError('options.signal must be an AbortSignal'), { code: 'ERR_INVALID_ARG_TYPE' })
+      signal = callSignal(options)
+      timeoutMs = callTimeout(options)
     } catch (err) { return Promise.reject(err) }
     if (this.#state === 'crash-loop') return Promise.reject(new DlhostError('ERR_CRASH_LOOP', `the isolated plugin is in a crash loop: ${this.path}`, { path: this.path }))
     if (this.#state === 'unloading' || this.#state === 'unloaded') return Promise.reject(new DlhostError('ERR_RUNTIME_UNLOADED', 'the runtime is unloaded', { path: this.path }))
-    const signal = options?.signal
     if (signal?.aborted === true) return Promise.reject(new DlhostError('ERR_ABORTED', 'the call was aborted', { path: this.path, cause: signal.reason }))
     if (this.#calls.size + this.#held.length >= this.#o.maxQueue) return Promise.reject(new DlhostError('ERR_QUEUE_FULL', 'the runtime queue is full', { path: this.path }))
-    const timeoutMs = options?.timeoutMs
     const id = this.#nextId++
     if (this.#nextId >= 0x7fffffff) this.#nextId = 1
     // The fast path: no signal, no timeout, a child serving: the request is
@@ -351,7 +361,7 @@ export class IsolatedRuntime extends EventEmitter {
         }
       }
       if (signal !== undefined) stops.push(onAbort(signal, () => giveUp(new DlhostError('ERR_ABORTED', 'the call was aborted', { path: this.path, cause: signal.reason }), false)))
-      if (typeof timeoutMs === 'number' && timeoutMs !== Infinity) {
+      if (timeoutMs !== undefined) {
         const timer = setTimeout(() => giveUp(new DlhostError('ERR_TIMEOUT', `no answer within ${timeoutMs} ms; the child is recycled`, { path: this.path }), true), timeoutMs)
         stops.push(() => clearTimeout(timer))
       }

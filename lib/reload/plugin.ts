@@ -7,20 +7,20 @@
  * time) and rolls back on any failure. JS thread only.
  */
 import diagnostics from 'diagnostics_channel'
-import { EventEmitter } from 'events'
 import fs from 'fs'
 import { resolve as resolvePath } from 'path'
 import { debuglog } from 'util'
 import { C } from '../binding'
 import { elfCompleteness, ElfInfo } from '../elf'
-import { DlhostError, rangeError, typeError } from '../errors'
-import { emitSafely, onAbort } from '../events'
+import { asDlhostError, DlhostError, rangeError, typeError } from '../errors'
+import { emitSafely, onAbort, TypedEmitter } from '../events'
 import { forgetPath, isMapped, Library } from '../library'
 import { probe } from '../isolate/probe'
 import type { IsolatedRuntime } from '../isolate/runtime'
-import type { Limits } from '../isolate/host'
+import { checkLimits, Limits } from '../isolate/host'
 import { Abi, autoStrategy, coexistFatal, languageRuntime, reloadStrategy, stuckReasons, STILL_MAPPED, threadsStuckReason, unloadBlockers } from '../rules'
-import { CallOptions, Cfg, frozenCfg, load, Runtime } from '../runtime'
+import { callSignal, callTimeout, CallOptions, Cfg, frozenCfg, load, Runtime } from '../runtime'
+import { checkKeys, checkPath } from '../options'
 import { checkTrusted, checkTrustOption, Trust } from '../trust'
 import { Build, checkSameAbi, parseBuild } from './build'
 import { CopyStore, PrivateCopy, sha256, SourceBytes } from './copies'
@@ -39,6 +39,8 @@ export interface WatchOptions {
   /** Extra files (e.g. a config) whose change reloads the same library. */
   files?: string[]
 }
+
+const WATCH_KEYS: Record<keyof WatchOptions, true> = { poll: true, files: true }
 
 export interface ReloadableOptions {
   strategy?: Strategy
@@ -100,6 +102,11 @@ export interface ReloadableOptions {
   unloadTimeoutMs?: number
 }
 
+/** Every key of ReloadableOptions: an unknown key is refused (see options.ts). */
+const RELOADABLE_KEYS: Record<keyof ReloadableOptions, true> = {
+  strategy: true, watch: true, settleMs: true, pin: true, global: true, maxQueue: true, copyDir: true, prepare: true, badBuildMs: true, maxBuildBytes: true, trust: true, onStuck: true, isolate: true, limits: true, probe: true, entry: true, unloadTimeoutMs: true
+}
+
 /** A version of the plugin: a content (sha256), numbered in order of appearance. */
 export interface PluginVersion {
   seq: number
@@ -127,6 +134,19 @@ export interface DrainedEvent { version: PluginVersion }
 export interface RestartEvent { version: PluginVersion, reason: string, exitCode: 3 }
 export interface StuckEvent { version: PluginVersion, reason: string }
 
+/**
+ * Plugin's events and their listener arguments: `plugin.on('reload', ev => …)`
+ * types `ev` as ReloadEvent, and a listener of the wrong shape fails to compile.
+ */
+export interface PluginEvents {
+  reload: [ReloadEvent]
+  drained: [DrainedEvent]
+  restart: [RestartEvent]
+  stuck: [StuckEvent]
+  /** A bad build or a watcher problem; the serving version keeps serving. */
+  error: [DlhostError]
+}
+
 interface Version extends PluginVersion {
   runtime: Runtime | IsolatedRuntime
   elf: ElfInfo
@@ -151,7 +171,7 @@ interface Held {
   since: number
 }
 
-export class Plugin extends EventEmitter {
+export class Plugin extends TypedEmitter<PluginEvents> {
   readonly path: string
   readonly strategy: Strategy
   #cfg: Buffer
@@ -259,10 +279,13 @@ export class Plugin extends EventEmitter {
       if (this.#held.length >= (this.#opts.maxQueue ?? C.DEFAULT_MAX_QUEUE)) {
         return Promise.reject(new DlhostError('ERR_QUEUE_FULL', 'too many calls held during a drain reload', { path: this.path }))
       }
-      const signal = opts?.signal
-      if (signal !== undefined && !(signal instanceof AbortSignal)) return Promise.reject(typeError('options.signal must be an AbortSignal'))
+      let signal: AbortSignal | undefined
+      let timeoutMs: number | undefined
+      try {
+        signal = callSignal(opts)
+        timeoutMs = callTimeout(opts)
+      } catch (err) { return Promise.reject(err) }
       if (signal?.aborted === true) return Promise.reject(new DlhostError('ERR_ABORTED', 'the call was aborted', { path: this.path, cause: signal.reason }))
-      const timeoutMs = opts?.timeoutMs
       return new Promise((resolve, reject) => {
         const h: Held = { req, opts, resolve, reject, stop: null, since: performance.now() }
         // An abort or a timeout while held: out of the line at once, never sent.
@@ -275,7 +298,7 @@ export class Plugin extends EventEmitter {
         }
         const stops: Array<() => void> = []
         if (signal !== undefined) stops.push(onAbort(signal, () => out(new DlhostError('ERR_ABORTED', 'the call was aborted', { path: this.path, cause: signal.reason }))))
-        if (typeof timeoutMs === 'number' && timeoutMs > 0 && timeoutMs !== Infinity) {
+        if (timeoutMs !== undefined) {
           const timer = setTimeout(() => out(new DlhostError('ERR_TIMEOUT', `no answer within ${timeoutMs} ms`, { path: this.path })), timeoutMs)
           stops.push(() => clearTimeout(timer))
         }
@@ -571,7 +594,8 @@ export class Plugin extends EventEmitter {
   }
 
   /** A bad build or a watcher problem: reported, never thrown at the service. */
-  #fail (err: unknown): void {
+  #fail (cause: unknown): void {
+    const err = asDlhostError(cause, this.path)
     debug('error %s: %s', this.path, (err as Error)?.message)
     if (errorChannel.hasSubscribers) errorChannel.publish({ path: this.path, error: err })
     // An 'error' event without a listener would throw: a bad build must not
@@ -612,14 +636,15 @@ function publicVersion (v: Version): PluginVersion {
  * version; a rebuilt file is picked up (watch) or on reload().
  */
 export async function reloadable (path: string, cfg?: Cfg, options: ReloadableOptions = {}): Promise<Plugin> {
-  if (typeof path !== 'string' || path === '') throw typeError('path must be a non-empty string')
-  if (options === null || typeof options !== 'object') throw typeError('options must be an object')
+  checkPath(path)
+  checkKeys(options, RELOADABLE_KEYS, 'reloadable() options')
+  checkLimits(options.limits)
   const strategy = options.strategy ?? 'auto'
   if (!['auto', 'shadow', 'drain'].includes(strategy)) throw typeError("options.strategy must be 'auto', 'shadow' or 'drain'")
   if (options.settleMs !== undefined && (typeof options.settleMs !== 'number' || options.settleMs < 0)) throw rangeError('options.settleMs must be a number >= 0')
   if (options.prepare !== undefined && !['load', 'copy', 'off'].includes(options.prepare)) throw typeError("options.prepare must be 'load', 'copy' or 'off'")
   const w = options.watch
-  if (w !== undefined && typeof w !== 'boolean' && (w === null || typeof w !== 'object')) throw typeError('options.watch must be a boolean or an object')
+  if (w !== undefined && typeof w !== 'boolean') checkKeys(w, WATCH_KEYS, 'options.watch')
   const cfgBuf = frozenCfg(cfg) // before the store: a bad cfg must not leave one behind
   if (options.onStuck !== undefined && options.onStuck !== 'error' && options.onStuck !== 'restart') throw typeError("options.onStuck must be 'error' or 'restart'")
   if (options.badBuildMs !== undefined && (typeof options.badBuildMs !== 'number' || !(options.badBuildMs >= 0))) throw rangeError('options.badBuildMs must be a number >= 0')

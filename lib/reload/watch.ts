@@ -25,13 +25,12 @@
  * - Nothing here keeps the event loop alive: watchers are non-persistent and
  *   every timer is unref'd; `close()` releases all of them.
  */
-import { EventEmitter } from 'events'
 import * as fs from 'fs'
 import * as path from 'path'
 import { debuglog } from 'util'
 import { C } from '../binding'
 import { DlhostError, rangeError, typeError } from '../errors'
-import { emitSafely } from '../events'
+import { emitSafely, TypedEmitter } from '../events'
 import { elfCompleteness } from '../elf'
 import { MAX_BUILD_BYTES, SYNC_SNAPSHOT_LIMIT } from './copies'
 
@@ -113,7 +112,7 @@ export interface LibraryWatcherOptions {
   maxBuildBytes?: number
 }
 
-type Events = {
+interface Events {
   change: [ChangeEvent]
   settling: [SettlingEvent]
   error: [Error]
@@ -213,7 +212,7 @@ function defaultIsComplete (buf: Buffer): boolean {
  * settled, complete change. Events: `'change'` (ChangeEvent), `'settling'`
  * (SettlingEvent: each settle period of the library starts), `'error'`.
  */
-export class LibraryWatcher extends EventEmitter<Events> {
+export class LibraryWatcher extends TypedEmitter<Events> {
   /** The library's absolute path. */
   readonly path: string
   readonly settleMs: number
