@@ -9,6 +9,7 @@
 import * as os from 'os'
 import { DlhostError } from './errors'
 import { ElfInfo, machineName } from './elf'
+import { closest } from './options'
 
 // ─── plugin ABIs ──────────────────────────────────────────────────────────
 
@@ -49,7 +50,28 @@ export function detectAbi (info: ElfInfo): { abi: Abi | null, entry: string | nu
   return abiOf(s => exported.has(s))
 }
 
-export const NO_ENTRY_MESSAGE = `exports no plugin entry (${ABI_PRECEDENCE.map(a => ENTRY[a]).join(', ')})`
+/**
+ * ERR_SYMBOL_MISSING for a library that exports none of `wanted` (every
+ * ABI's entry, or the one asked for), with the likely fix: an entry compiled
+ * as C++ is exported mangled (`_Z13dlhost_handlePKcmPPcPm`) and needs
+ * `extern "C"`; a near miss (`dlhost_handler`) is named.
+ */
+export function noEntryError (path: string, symbols: readonly string[], wanted: readonly string[] = ABI_PRECEDENCE.map(a => ENTRY[a])): DlhostError {
+  const what = wanted.length === 1 ? `does not export ${wanted[0]}` : `exports no plugin entry (${wanted.join(', ')})`
+  let hint = ''
+  for (const name of wanted) {
+    const mangled = symbols.find(s => s.startsWith(`_Z${name.length}${name}`) || (s.startsWith('_ZN') && s.includes(`${name.length}${name}E`)))
+    if (mangled !== undefined) {
+      hint = `: it exports ${mangled}, ${name} with a C++-mangled name; declare it extern "C" (include dlhost.h, whose prototypes are extern "C")`
+      break
+    }
+  }
+  if (hint === '') {
+    const near = symbols.map(s => ({ s, c: closest(s, wanted) })).find(x => x.c !== null && x.s.length > 4)
+    if (near !== undefined) hint = `: it exports ${near.s}; did you mean ${String(near.c)}?`
+  }
+  return new DlhostError('ERR_SYMBOL_MISSING', `${path} ${what}${hint}`, { path })
+}
 
 // ─── can this process load it ─────────────────────────────────────────────
 

@@ -17,7 +17,7 @@ import { IsolatedRuntime } from './isolate/runtime'
 import { checkLimits, Limits } from './isolate/host'
 import fs from 'fs'
 import { checkTrustOption, Trust } from './trust'
-import { Abi, abiOf, ENTRY, isAbi, NO_ENTRY_MESSAGE, threadsNeverExit } from './rules'
+import { Abi, abiOf, ENTRY, isAbi, noEntryError, threadsNeverExit } from './rules'
 
 export type { Abi } from './rules'
 export type Cfg = string | Uint8Array | Record<string, unknown> | unknown[] | null | undefined
@@ -500,7 +500,7 @@ function pickAbi (lib: Library, entry: Abi | undefined): Abi {
     return entry
   }
   const { abi } = abiOf(s => lib.has(s))
-  if (abi === null) throw new DlhostError('ERR_SYMBOL_MISSING', `${lib.path} ${NO_ENTRY_MESSAGE}`, { path: lib.path })
+  if (abi === null) throw noEntryError(lib.path, lib.elf.exports)
   return abi
 }
 
@@ -525,7 +525,7 @@ async function loadIsolated (path: string, cfg: Buffer, options: LoadOptions, ma
     elf = parseElf(fs.readFileSync(path), path)
   } catch (err) { throw err instanceof DlhostError ? err : errnoError(err, path) }
   const abi = options.entry ?? abiOf(s => elf.exports.includes(s)).abi
-  if (abi === null) throw new DlhostError('ERR_SYMBOL_MISSING', `${path} ${NO_ENTRY_MESSAGE}`, { path })
+  if (abi === null) throw noEntryError(path, elf.exports)
   const rt = new IsolatedRuntime(path, { abi, cfg, global: options.global ?? false, maxQueue, unloadTimeoutMs: unloadTimeoutMs === Infinity ? -1 : unloadTimeoutMs, limits: options.limits, trust: options.trust, maxCrashes: options.maxCrashes, crashWindowMs: options.crashWindowMs })
   await rt.start()
   return rt

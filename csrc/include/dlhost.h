@@ -87,12 +87,21 @@ DLHOST_EXPORT void dlhost_task_respond(dlhost_task *t, int rc, void *rsp, size_t
 
 /* ------------------------------------------------- host-driven plugin side */
 
+/* The entry points a plugin may define are declared below (extern "C",
+ * exported): a definition with another signature, or one that C++ would
+ * mangle, fails to compile where this header is included. cgo cannot spell
+ * `const char *` in an //export: Go plugins define DLHOST_NO_ENTRY_PROTOTYPES
+ * before the include. */
+
 /* Optional. Called once per runtime on dlhost's poll thread, before any task.
  * `cfg` is the runtime's configuration (NUL-terminated, not counted in len),
  * owned by the host and valid only during the call. Returns the state passed
  * to dlhost_handle and dlhost_close. Returning NULL fails load() with
  * ERR_INIT_FAILED (a plugin that needs no state does not export it). */
 typedef void *(*dlhost_open_fn)(const char *cfg, size_t len);
+#ifndef DLHOST_NO_ENTRY_PROTOTYPES
+DLHOST_EXPORT void *dlhost_open(const char *cfg, size_t len);
+#endif
 
 /* Required. Called on dlhost's poll thread, one task at a time per runtime;
  * Runtime.callSync() calls it on the JS thread, concurrently with the poll
@@ -104,10 +113,17 @@ typedef void *(*dlhost_open_fn)(const char *cfg, size_t len);
  * body becomes the error's `detail`. */
 typedef int (*dlhost_handle_fn)(void *state, const void *req, size_t len, void **rsp,
                                 size_t *rsp_len);
+#ifndef DLHOST_NO_ENTRY_PROTOTYPES
+DLHOST_EXPORT int dlhost_handle(void *state, const void *req, size_t len, void **rsp,
+                                size_t *rsp_len);
+#endif
 
 /* Optional. Called once on the poll thread after the last task of an
  * unloading runtime. */
 typedef void (*dlhost_close_fn)(void *state);
+#ifndef DLHOST_NO_ENTRY_PROTOTYPES
+DLHOST_EXPORT void dlhost_close(void *state);
+#endif
 
 /* --------------------------------------------- plugin-driven plugin side */
 
@@ -118,6 +134,9 @@ typedef void (*dlhost_close_fn)(void *state);
  * poll `q`, and return 0; any other value fails load() with ERR_INIT_FAILED
  * and the plugin must not touch `q` afterwards. */
 typedef int (*dlhost_init_fn)(const char *cfg, size_t cfg_len, dlhost_queue *q);
+#ifndef DLHOST_NO_ENTRY_PROTOTYPES
+DLHOST_EXPORT int dlhost_init(const char *cfg, size_t cfg_len, dlhost_queue *q);
+#endif
 
 /* -------------------------------------------- lua-resty-ffi compatibility */
 
@@ -126,6 +145,9 @@ typedef int (*dlhost_init_fn)(const char *cfg, size_t cfg_len, dlhost_queue *q);
  * ("" when there is none); it is freed after libffi_init returns, which runs
  * on a short-lived host thread as dlhost_init does. Return 0 on success. */
 typedef int (*libffi_init_fn)(char *cfg, void *tq);
+#ifndef DLHOST_NO_ENTRY_PROTOTYPES
+DLHOST_EXPORT int libffi_init(char *cfg, void *tq);
+#endif
 
 /* As dlhost_task_poll: NULL means the runtime was unloaded. */
 DLHOST_EXPORT void *ngx_http_lua_ffi_task_poll(void *tq);

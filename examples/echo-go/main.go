@@ -14,6 +14,7 @@ package main
 #cgo LDFLAGS: -Wl,--unresolved-symbols=ignore-all
 #include <stdlib.h>
 #include <string.h>
+#define DLHOST_NO_ENTRY_PROTOTYPES // cgo exports take char *, not const char *
 #include "dlhost.h"
 */
 import "C"

@@ -6,7 +6,7 @@
  */
 import { ElfInfo, parseElf } from '../elf'
 import { DlhostError } from '../errors'
-import { Abi, checkHostCompatible, detectAbi, ENTRY, NO_ENTRY_MESSAGE } from '../rules'
+import { Abi, checkHostCompatible, detectAbi, ENTRY, noEntryError } from '../rules'
 import { CopyStore, PrivateCopy } from './copies'
 
 export interface Build {
@@ -22,10 +22,8 @@ export function parseBuild (store: CopyStore, copy: PrivateCopy, path: string, a
     const elf = parseElf(copy.bytes, path)
     checkHostCompatible(elf, path)
     const { abi } = detectAbi(elf)
-    if (abi === null) throw new DlhostError('ERR_SYMBOL_MISSING', `${path} ${NO_ENTRY_MESSAGE}`, { path })
-    if (asked !== undefined && !elf.exports.includes(ENTRY[asked])) {
-      throw new DlhostError('ERR_SYMBOL_MISSING', `${path} does not export ${ENTRY[asked]}`, { path })
-    }
+    if (abi === null) throw noEntryError(path, elf.exports)
+    if (asked !== undefined && !elf.exports.includes(ENTRY[asked])) throw noEntryError(path, elf.exports, [ENTRY[asked]])
     return { copy, elf, abi: asked ?? abi }
   } catch (err) {
     void store.remove(copy.path).catch(() => {})
