@@ -92,6 +92,51 @@ export function typeError (message: string): TypeError & { code: 'ERR_INVALID_AR
   return e
 }
 
+const PREVIEW_CHARS = 160
+const PREVIEW_BYTES = 32
+
+/** A plugin's error body for a message: its text when it is printable UTF-8, else a short hex preview. */
+export function previewDetail (detail: Uint8Array): string {
+  if (detail.length === 0) return 'no detail'
+  let text: string | null = null
+  // stream: a character cut by the window is left out, not taken for binary.
+  try { text = new TextDecoder('utf-8', { fatal: true }).decode(detail.subarray(0, PREVIEW_CHARS * 4), { stream: true }) } catch {}
+  // eslint-disable-next-line no-control-regex -- control characters mark binary
+  if (text !== null && !/[\x00-\x08\x0b-\x1f\x7f]/.test(text)) {
+    const chars = [...text]
+    const shown = chars.slice(0, PREVIEW_CHARS).join('')
+    return JSON.stringify(shown) + (chars.length > PREVIEW_CHARS || detail.length > PREVIEW_CHARS * 4 ? ` … (${detail.length} bytes)` : '')
+  }
+  const hex = Buffer.from(detail.buffer, detail.byteOffset, Math.min(detail.length, PREVIEW_BYTES)).toString('hex').replace(/(..)(?!$)/g, '$1 ')
+  return `<${hex}${detail.length > PREVIEW_BYTES ? ' …' : ''}> (${detail.length} bytes)`
+}
+
+/** ERR_PLUGIN: the plugin answered with a nonzero rc; its body is the detail. */
+export function pluginError (path: string, rc: number, detail: Buffer): DlhostError {
+  return new DlhostError('ERR_PLUGIN', `${path}: the plugin returned rc ${rc}: ${previewDetail(detail)}`, { path, rc, detail })
+}
+
+/**
+ * DLHOST_CALL_SITES=1 in the environment (read at start-up): a call's
+ * rejection carries the stack of the call() that made it. Off by default:
+ * capturing a stack costs about a microsecond per call, and an answer
+ * arrives on a later turn, where the caller's frames are gone.
+ */
+export const callSites = process.env.DLHOST_CALL_SITES === '1'
+
+/** Gives `p`'s rejection the stack of the call that made it (frames above `fn`). */
+export function withCallSite<T> (p: Promise<T>, fn: Function): Promise<T> {
+  const site: { stack?: string } = {}
+  Error.captureStackTrace(site, fn)
+  return p.catch((err: unknown) => {
+    if (err instanceof Error && typeof site.stack === 'string') {
+      const head = err.stack?.split('\n    at ')[0] ?? `${err.name}: ${err.message}`
+      err.stack = head + site.stack.slice(site.stack.indexOf('\n'))
+    }
+    throw err
+  })
+}
+
 /** A TypeError with the code ERR_INVALID_ARG, for a value no type can describe (an empty path, an unknown option). */
 export function invalidArg (message: string): TypeError & { code: 'ERR_INVALID_ARG' } {
   const e = new TypeError(message) as TypeError & { code: 'ERR_INVALID_ARG' }

@@ -6,7 +6,7 @@
 import { createHash } from 'crypto'
 import { constants as bufferConstants } from 'buffer'
 import { binding, C, InitFailure, NativeIdentity, NativeRuntime, NativeStats, NativeUnloadInfo } from './binding'
-import { DlhostError, fromNative, rangeError, typeError } from './errors'
+import { callSites, DlhostError, fromNative, pluginError, rangeError, typeError, withCallSite } from './errors'
 import { forgetIdentity, KnownContent, Library, LibraryRow, LibraryVersion, open, rowOf } from './library'
 import { onAbort } from './events'
 import { requestLength } from './request'
@@ -282,7 +282,7 @@ export class Runtime {
         res?.(body)
       } else {
         this.#failed++
-        fail(res, new DlhostError('ERR_PLUGIN', `plugin returned rc ${rc}`, { path: this.path, rc, detail: body }))
+        fail(res, pluginError(this.path, rc, body))
       }
     }
   }
@@ -344,6 +344,10 @@ export class Runtime {
 
   /** Sends one request; resolves with the plugin's response. */
   call (req: string | Uint8Array, options?: CallOptions): Promise<Buffer> {
+    return callSites ? withCallSite(this.#call(req, options), this.call) : this.#call(req, options)
+  }
+
+  #call (req: string | Uint8Array, options?: CallOptions): Promise<Buffer> {
     // Everything that can throw runs before a slot is taken.
     let n: number
     let signal: AbortSignal | undefined
@@ -449,7 +453,7 @@ export class Runtime {
       throw new DlhostError('ERR_RESPONSE_TOO_LARGE', `the plugin's answer is longer than a Buffer can be (${bufferConstants.MAX_LENGTH} bytes)`, { path: this.path, rc: m[3] })
     }
     const body = m[1] === SYNC_BIG_OFFSET ? this.#native.takeBig() : len === 0 ? EMPTY : bufferView(this.#slab as ArrayBuffer, m[1], len)
-    if (m[3] !== 0) throw new DlhostError('ERR_PLUGIN', `plugin returned rc ${m[3]}`, { path: this.path, rc: m[3], detail: body })
+    if (m[3] !== 0) throw pluginError(this.path, m[3], body)
     return body
   }
 

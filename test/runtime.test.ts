@@ -80,6 +80,7 @@ for (const p of plugins) {
       t.ok(Buffer.isBuffer(e.detail))
       t.equal(e.detail?.toString(), 'failed')
       t.equal(e.path, so)
+      t.equal(e.message, `${so}: the plugin returned rc 42: "failed"`, 'the message says where, the rc and the detail')
       await t.rejects(rt.call('fail:-3'), { code: 'ERR_PLUGIN', rc: -3 }, 'negative rc')
       t.equal((await rt.call('after-failure')).toString(), 'after-failure', 'the runtime keeps serving')
     })

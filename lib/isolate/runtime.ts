@@ -12,7 +12,7 @@ import { ChildProcess } from 'child_process'
 import fs from 'fs'
 import { binding, C, NativeUnloadInfo } from '../binding'
 import { parseElf } from '../elf'
-import { DlhostError, errnoError } from '../errors'
+import { callSites, DlhostError, errnoError, pluginError, withCallSite } from '../errors'
 import { emitSafely, onAbort, TypedEmitter } from '../events'
 import { requestLength } from '../request'
 import { bufferView, callSignal, callTimeout } from '../runtime'
@@ -294,7 +294,7 @@ export class IsolatedRuntime extends TypedEmitter<IsolatedRuntimeEvents> {
       const body = off === C.BIG_OFFSET ? (bigs?.[i] ?? EMPTY) : len === 0 ? EMPTY : bufferView(bodies as ArrayBuffer, off, len)
       if (rc === 0) { this.#completed++; c.resolve(body) } else {
         this.#failed++
-        c.reject(new DlhostError('ERR_PLUGIN', `plugin returned rc ${rc}`, { path: this.path, rc, detail: body }))
+        c.reject(pluginError(this.path, rc, body))
       }
     }
   }
@@ -322,6 +322,10 @@ export class IsolatedRuntime extends TypedEmitter<IsolatedRuntimeEvents> {
 
   /** Sends one request to the child; resolves with the plugin's response. */
   call (req: string | Uint8Array, options?: CallOptions): Promise<Buffer> {
+    return callSites ? withCallSite(this.#call(req, options), this.call) : this.#call(req, options)
+  }
+
+  #call (req: string | Uint8Array, options?: CallOptions): Promise<Buffer> {
     let signal: AbortSignal | undefined
     let timeoutMs: number | undefined
     try {

@@ -12,7 +12,7 @@ import { resolve as resolvePath } from 'path'
 import { debuglog } from 'util'
 import { C } from '../binding'
 import { elfCompleteness, ElfInfo } from '../elf'
-import { asDlhostError, DlhostError, rangeError, typeError } from '../errors'
+import { asDlhostError, callSites, DlhostError, rangeError, typeError, withCallSite } from '../errors'
 import { emitSafely, onAbort, TypedEmitter } from '../events'
 import { forgetPath, isMapped, Library } from '../library'
 import { probe } from '../isolate/probe'
@@ -266,12 +266,17 @@ export class Plugin extends TypedEmitter<PluginEvents> {
   get reloads (): number { return this.#reloads }
 
   /** Sends a request to the current version. */
-  async call (req: string | Uint8Array, opts?: CallOptions): Promise<Buffer> {
-    return (await this.callVersioned(req, opts)).response
+  call (req: string | Uint8Array, opts?: CallOptions): Promise<Buffer> {
+    const p = this.#callVersioned(req, opts).then(r => r.response)
+    return callSites ? withCallSite(p, this.call) : p
   }
 
   /** Like call(), and says which version (seq) answered. */
   callVersioned (req: string | Uint8Array, opts?: CallOptions): Promise<{ response: Buffer, seq: number }> {
+    return callSites ? withCallSite(this.#callVersioned(req, opts), this.callVersioned) : this.#callVersioned(req, opts)
+  }
+
+  #callVersioned (req: string | Uint8Array, opts?: CallOptions): Promise<{ response: Buffer, seq: number }> {
     if (typeof req !== 'string' && !(req instanceof Uint8Array)) return Promise.reject(typeError('request must be a string or a Uint8Array'))
     if (this.#closing !== null) return Promise.reject(new DlhostError('ERR_CLOSED', 'the plugin is closed', { path: this.path }))
     if (this.#held !== null) {
