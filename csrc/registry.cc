@@ -202,8 +202,7 @@ EntryPtr Registry::TryOpen(const std::string &path, uint32_t flags) {
     throw LoadError{"ERR_STALE_PATH",
                     "'" + path +
                         "' was replaced while the previous version is "
-                        "still loaded; glibc would return the old code (release it "
-                        "first, or use reloadable(), which loads private copies)",
+                        "still loaded, and glibc would return the old code",
                     ""};
   int mode = (flags & kLazy ? RTLD_LAZY : RTLD_NOW) | (flags & kGlobal ? RTLD_GLOBAL : RTLD_LOCAL);
   std::shared_ptr<OwnerThread> owner;

@@ -3,6 +3,7 @@
  * RangeError, the one errno → code mapping, and the conversion of the
  * native side's errors. Every error dlhost raises is made here.
  */
+import { resolve as resolvePath } from 'path'
 
 /** Stable error codes. Every error dlhost raises carries one of these. */
 export const codes = {
@@ -173,6 +174,18 @@ const ERRNO_WHAT: Partial<Record<DlhostErrorCode, string>> = {
   ERR_ACCESS: 'cannot read'
 }
 
+/**
+ * Where a missing path was looked for: paths are file paths, resolved
+ * against the cwd; there is no search path (LD_LIBRARY_PATH, ld.so.cache)
+ * as dlopen("libfoo.so") has.
+ */
+function notFoundHint (path: string): string {
+  const cwd = process.cwd()
+  let hint = `; resolved to ${resolvePath(path)} (cwd ${cwd})`
+  if (!path.includes('/')) hint += `; a path is a file path: no library search path is used, unlike dlopen("${path}")`
+  return hint
+}
+
 function errnoOf (err: unknown): string | undefined {
   const c = (err as { code?: unknown } | null)?.code
   return typeof c === 'string' && c.startsWith('E') && !c.startsWith('ERR_') ? c : undefined
@@ -190,7 +203,8 @@ export function errnoError (err: unknown, path: string, fallback: DlhostErrorCod
   const code = mapped ?? fallback
   const msg = err instanceof Error ? err.message : String(err)
   const what = mapped !== undefined ? ERRNO_WHAT[mapped] : undefined
-  const text = what !== undefined ? `${path}: ${what} (${errno ?? 'unknown'})` : `${path}: ${msg}`
+  let text = what !== undefined ? `${path}: ${what} (${errno ?? 'unknown'})` : `${path}: ${msg}`
+  if (mapped === 'ERR_NOT_FOUND' && path !== '') text += notFoundHint(path)
   return new DlhostError(code, text, { path, loaderMessage: msg, cause: err })
 }
 

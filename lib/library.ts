@@ -250,13 +250,39 @@ export function open (path: string, options: OpenOptions = {}): Library {
     let native: NativeLibrary
     try {
       native = new binding.Library(path, flags)
-    } catch (err) { throw fromNative(err, path) }
+    } catch (err) { throw staleHint(fromNative(err, path)) }
     // Normally the same identity; if the file changed in between, the facts of what was mapped.
     const facts = factsFor(path, native, known)
     if (facts !== null) return new Library(path, native, facts)
     native.release()
   }
   throw new DlhostError('ERR_STALE_PATH', `${path} kept changing while it was opened; try again once it is stable`, { path })
+}
+
+/**
+ * ERR_STALE_PATH (the file was replaced while its previous version is
+ * mapped) with the way out that applies to that previous version: a pinned
+ * one never leaves, so "release it" would be advice nobody can follow.
+ */
+function staleHint (err: unknown): unknown {
+  if (!(err instanceof DlhostError) || err.code !== 'ERR_STALE_PATH' || err.path === undefined || !err.message.includes('was replaced')) return err
+  let real: string
+  try { real = fs.realpathSync.native(err.path) } catch { return err }
+  const rows = libraries().filter(r => r.path === real)
+  const fresh = 'load the new build from a new path, or use reloadable(), which loads private copies'
+  let hint: string
+  if (rows.some(r => r.pinned)) {
+    hint = `the previous version is pinned (open() and load() pin by default) and stays mapped until the process exits: ${fresh}; ` +
+      'to replace a file in place, open or load it with { pin: false } and release every reference first'
+  } else if (rows.some(r => r.refs > 0)) {
+    const refs = rows.reduce((n, r) => n + r.refs, 0)
+    hint = `release the previous version's ${refs} reference(s) first (Library.release(), Runtime.unload()), or ${fresh}`
+  } else if (rows.some(r => r.stuck !== null)) {
+    hint = `the previous version cannot leave the process (${String(rows.find(r => r.stuck !== null)?.stuck)}): ${fresh}`
+  } else {
+    hint = `the previous version was loaded outside dlhost's registry (by another addon or a plugin): ${fresh}`
+  }
+  return new DlhostError('ERR_STALE_PATH', `${err.message}; ${hint}`, { path: err.path, reason: hint })
 }
 
 /** A snapshot of the registry, for tools and dashboards. */

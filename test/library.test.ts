@@ -108,11 +108,32 @@ t.test('a path replaced while its old version is loaded: ERR_STALE_PATH, never o
   const old = open(so, { pin: false })
   fs.copyFileSync(fixture('plain2.so'), path.join(dir, 'tmp.so'))
   fs.renameSync(path.join(dir, 'tmp.so'), so) // like a linker or mv: new inode
-  t.throws(() => open(so, { pin: false }), { code: 'ERR_STALE_PATH', path: so })
+  t.throws(() => open(so, { pin: false }), { code: 'ERR_STALE_PATH', path: so, message: /release the previous version's 1 reference\(s\) first/ })
   old.release()
   const fresh = open(so, { pin: false })
   t.equal(fresh.version.seq, 2)
   fresh.release()
+})
+
+t.test('ERR_STALE_PATH after a default (pinned) open: the hint can be followed', async t => {
+  const dir = t.testdir()
+  const so = path.join(dir, 'lib.so')
+  fs.copyFileSync(fixture('plain.so'), so)
+  // In a child: a pinned library stays mapped until its process exits.
+  const r = runNode(`const d = require(${JSON.stringify(dist)}); const fs = require('fs')
+    d.open(${JSON.stringify(so)})
+    fs.copyFileSync(${JSON.stringify(fixture('plain2.so'))}, ${JSON.stringify(so + '.tmp')}); fs.renameSync(${JSON.stringify(so + '.tmp')}, ${JSON.stringify(so)})
+    try { d.open(${JSON.stringify(so)}) } catch (e) { console.log(e.code + ' ' + e.message) }`)
+  t.equal(r.status, 0, r.stderr)
+  t.match(r.stdout, /^ERR_STALE_PATH .* was replaced while the previous version is still loaded/)
+  t.match(r.stdout, /is pinned \(open\(\) and load\(\) pin by default\) and stays mapped until the process exits: load the new build from a new path, or use reloadable\(\)/)
+  t.notMatch(r.stdout, /release it first/)
+})
+
+t.test('ERR_NOT_FOUND says where it looked: the resolved path and the cwd; a bare name is not searched for', async t => {
+  const dir = t.testdir()
+  t.throws(() => open(path.join(dir, 'missing.so')), { code: 'ERR_NOT_FOUND', message: new RegExp(`resolved to ${path.join(dir, 'missing.so')} \\(cwd ${process.cwd()}\\)`) })
+  t.throws(() => open('libm.so.6'), { code: 'ERR_NOT_FOUND', message: /resolved to .*libm\.so\.6 \(cwd .*\); a path is a file path: no library search path is used, unlike dlopen\("libm\.so\.6"\)/ })
 })
 
 t.test('bad input: coded errors, no crash', async t => {
