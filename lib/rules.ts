@@ -160,6 +160,15 @@ export function unloadBlockers (info: ElfInfo): StuckReason[] {
   return stuckReasons(info).filter(r => r !== 'TLS destructors pending')
 }
 
+/** One-line explanations of each reason, for people. */
+export const EXPLAIN: Record<string, string> = {
+  NODELETE: 'linked with -z nodelete (DF_1_NODELETE); dlclose keeps it mapped for the life of the process. Relink without -z nodelete.',
+  GNU_UNIQUE: 'g++ emitted STB_GNU_UNIQUE symbols (inline/template statics); glibc never unloads such a library. Build with -fno-gnu-unique, or hide those symbols.',
+  'TLS destructors pending': 'thread_local objects with destructors; glibc keeps it until every thread that touched them has exited. Unloads if only dlhost\'s poll threads touch them; not if the loading thread (a constructor, callSync) does.',
+  'Go runtime': 'contains a Go runtime; its threads never stop, dlclose cannot remove it, and a process can hold only one. Reload it by restarting the process.',
+  'static TLS': 'uses initial-exec (static) TLS; each loaded copy takes from glibc\'s small static TLS reserve, so many versions side by side can fail to dlopen.'
+}
+
 /**
  * Language runtimes that allow one instance per process: a library linking
  * one (DT_NEEDED) shares it with any second copy of itself, so two versions

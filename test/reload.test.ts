@@ -213,12 +213,18 @@ t.test('auto: a library that can neither coexist nor unload: stuck event and ERR
   const so = path.join(dir, 'libunique.so')
   execFileSync('g++', ['-O1', '-fPIC', '-shared', '-o', so, src])
   // isolate: false — by default 'auto' would isolate it (see the isolation tests).
+  const warnings: Error[] = []
+  const onWarning = (w: Error): void => { warnings.push(w) }
+  process.on('warning', onWarning)
+  t.teardown(() => { process.off('warning', onWarning) })
   const plugin = await reloadable(so, null, { watch: false, isolate: false })
   t.teardown(() => plugin.close())
+  await new Promise(resolve => setImmediate(resolve)) // process warnings are emitted on the next tick
+  t.match(warnings, [{ name: 'DlhostWarning', code: 'DLHOST_UNRELOADABLE', message: /STB_GNU_UNIQUE symbols \(_Z.*-fno-gnu-unique/ }], 'flagged when it is loaded')
   const stuck = once<{ reason: string }>(plugin, 'stuck')
   execFileSync('g++', ['-O1', '-fPIC', '-shared', '-DV2', '-o', so + '.tmp', src])
   fs.renameSync(so + '.tmp', so)
-  await t.rejects(plugin.reload(), { code: 'ERR_STUCK' })
+  await t.rejects(plugin.reload(), { code: 'ERR_STUCK', message: /restart the process, or run it isolated \(isolate: 'process'\)\. .*Build with -fno-gnu-unique/ })
   t.match((await stuck).reason, /GNU_UNIQUE/)
   t.equal(plugin.version.seq, 1)
   t.equal((await plugin.call('x')).length, 4, 'the old version keeps serving')
@@ -362,6 +368,7 @@ t.test('watch: the new build is prepared while the file settles, and a supersede
         t.equal(ev.prepared, true, 'the reload took the prepared copy')
         t.equal(ev.to.copy, m3.copy)
         t.ok(ev.ms >= 0 && ev.ms < settleMs, `counted from the file settled, not from its change (${ev.ms.toFixed(3)} ms)`)
+        t.equal(ev.ms, Math.round(ev.ms * 100) / 100, 'reported to 0.01 ms')
       } else {
         install(so, builds[1] as Buffer)
         const ev = await reloaded

@@ -18,7 +18,7 @@ import { forgetPath, isMapped, Library } from '../library'
 import { probe } from '../isolate/probe'
 import type { IsolatedRuntime } from '../isolate/runtime'
 import { checkLimits, Limits } from '../isolate/host'
-import { Abi, autoStrategy, coexistFatal, languageRuntime, reloadStrategy, stuckReasons, STILL_MAPPED, threadsStuckReason, unloadBlockers } from '../rules'
+import { Abi, autoStrategy, EXPLAIN, coexistFatal, languageRuntime, reloadStrategy, stuckReasons, STILL_MAPPED, threadsStuckReason, unloadBlockers } from '../rules'
 import { callSignal, callTimeout, CallOptions, Cfg, frozenCfg, load, Runtime } from '../runtime'
 import { checkKeys, checkPath } from '../options'
 import { checkTrusted, checkTrustOption, Trust } from '../trust'
@@ -224,6 +224,7 @@ export class Plugin extends TypedEmitter<PluginEvents> {
     this.#isolated = this.#opts.isolate === 'process' ||
       (this.#opts.isolate === undefined && this.strategy === 'auto' && (autoStrategy(build.elf) === 'restart' || languageRuntime(build.elf) !== null))
     if (this.#opts.probe === true) await this.#probe(build)
+    if (!this.#isolated) warnUnreloadable(this.path, build.elf)
     const fatal = coexistFatal(build.elf)[0]
     if (this.strategy === 'shadow' && fatal !== undefined && !this.#isolated) {
       await this.#removeCopy(copy.path).catch(() => {})
@@ -412,7 +413,7 @@ export class Plugin extends TypedEmitter<PluginEvents> {
     }
     this.#watcher?.markCurrent(build.copy.sourceStat)
     this.#reloads++
-    const ev: ReloadEvent = { from: publicVersion(old), to: publicVersion(next), ms: next.servingSince - t0, strategy, prepared }
+    const ev: ReloadEvent = { from: publicVersion(old), to: publicVersion(next), ms: Math.round((next.servingSince - t0) * 100) / 100, strategy, prepared }
     debug('reload %s: %d -> %d in %s ms (%s%s)', this.path, ev.from.seq, ev.to.seq, ev.ms.toFixed(2), strategy, prepared ? ', prepared while settling' : '')
     if (reloadChannel.hasSubscribers) reloadChannel.publish({ path: this.path, ...ev })
     emitSafely(this, 'reload', ev)
@@ -431,9 +432,11 @@ export class Plugin extends TypedEmitter<PluginEvents> {
     if (s !== 'restart') return s
     // Neither side by side nor one after the other: only a new process can
     // take this build.
-    const reason = `${unloadBlockers(old.elf)[0]}: the library can neither coexist with a second copy nor unload`
+    const blocker = unloadBlockers(old.elf)[0]
+    const reason = `${blocker}: the library can neither coexist with a second copy nor unload`
     this.#emitStuck(old, reason)
-    throw new DlhostError('ERR_STUCK', `${this.path} cannot be reloaded in this process (${reason}); restart the process`, { path: this.path, reason })
+    const fix = blocker !== undefined ? ` ${EXPLAIN[blocker] ?? ''}` : ''
+    throw new DlhostError('ERR_STUCK', `${this.path} cannot be reloaded in this process (${reason}); restart the process, or run it isolated (isolate: 'process').${fix}`, { path: this.path, reason })
   }
 
   /**
@@ -634,6 +637,24 @@ function cannotCoexist (path: string, reason: string): DlhostError {
 
 function publicVersion (v: Version): PluginVersion {
   return { seq: v.seq, sha256: v.sha256, copy: v.copy, loadedAt: v.loadedAt }
+}
+
+const warned = new Set<string>()
+
+/**
+ * Said when the plugin is loaded, not at its first reload: a library kept in
+ * this process that glibc will never unload (GNU_UNIQUE, NODELETE) cannot be
+ * replaced by a reload. A process warning (once per path; code
+ * DLHOST_UNRELOADABLE), which --no-warnings or a 'warning' listener handles.
+ */
+function warnUnreloadable (path: string, elf: ElfInfo): void {
+  const blocker = unloadBlockers(elf).find(b => b === 'GNU_UNIQUE' || b === 'NODELETE')
+  if (blocker === undefined || warned.has(path)) return
+  warned.add(path)
+  const what = blocker === 'GNU_UNIQUE' ? `STB_GNU_UNIQUE symbols (${elf.gnuUnique.slice(0, 3).join(', ')}${elf.gnuUnique.length > 3 ? ', …' : ''})` : 'DF_1_NODELETE'
+  const message = `${path} has ${what}: glibc never unloads it, so in this process a reload fails with ERR_STUCK. ${EXPLAIN[blocker] ?? ''} Or leave isolate unset: 'auto' runs such a library in a child process.`
+  debug('warning %s', message)
+  process.emitWarning(message, { type: 'DlhostWarning', code: 'DLHOST_UNRELOADABLE' })
 }
 
 /**
