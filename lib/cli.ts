@@ -35,8 +35,9 @@ const USAGE = `Usage: dlhost <command> [options]
 Commands:
   inspect FILE [--json]   Diagnose whether a shared library can really be
                           unloaded (dlclose) and hot-reloaded, and which plugin
-                          ABI it offers. Exit 0: unloadable, 1: not unloadable,
-                          2: usage error or not a usable file.
+                          ABI it offers. Exit 0: a plugin that can unload,
+                          1: stays loaded, 2: usage error or not a usable
+                          file, 3: can unload but is not a plugin.
   supervise [options] -- CMD [ARGS...]
                           Run CMD; start it again when it exits 3 (the
                           shotgun restart); forward signals. See
@@ -56,19 +57,32 @@ libffi_init); and whether two versions can coexist in one process.
 
   --json    Print the report as JSON (errors as {"error": {...}}).
 
-Exit status: 0 unloadable (possibly conditionally), 1 not unloadable,
-2 usage error or bad file.
+Headline: CAN UNLOAD (dlclose removes it; possibly once some threads have
+exited), STAYS LOADED (dlclose leaves it mapped until the process exits),
+and NOT A PLUGIN when it exports no entry (open() can load it; load() and
+reloadable() cannot).
+
+Exit status: 0 a plugin that can unload (possibly conditionally), 1 stays
+loaded, 2 usage error or bad file, 3 can unload but is not a plugin.
 `
 
 
 const VERDICT_LINE: Record<InspectReport['verdict'], string> = {
-  unloadable: 'UNLOADABLE: nothing static keeps it mapped after dlclose',
-  conditional: 'UNLOADABLE (conditionally): it leaves once the threads that used its thread_locals have exited',
-  stuck: 'NOT UNLOADABLE: dlclose will leave it mapped'
+  unloadable: 'CAN UNLOAD: nothing static keeps it mapped after dlclose',
+  conditional: 'CAN UNLOAD (conditionally): it leaves once the threads that used its thread_locals have exited',
+  stuck: 'STAYS LOADED: dlclose will leave it mapped until the process exits'
+}
+
+const NOT_A_PLUGIN = 'NOT A PLUGIN: it exports no entry (dlhost_init, dlhost_handle, libffi_init); open() can load it, load() and reloadable() cannot'
+
+/** `dlhost inspect`'s exit status (see INSPECT_USAGE). */
+export function inspectExitCode (r: InspectReport): 0 | 1 | 3 {
+  if (!r.unloadable) return 1
+  return r.abi === null ? 3 : 0
 }
 
 const ABI_NAMES: Record<string, string> = {
-  native: 'native, plugin-driven',
+  native: 'plugin-driven',
   host: 'host-driven',
   'lua-resty-ffi': 'lua-resty-ffi compatible'
 }
@@ -83,6 +97,7 @@ export function formatReport (r: InspectReport): string {
   const lines: string[] = []
   const pad = (label: string): string => label.padEnd(25)
   lines.push(`${r.path}: ${VERDICT_LINE[r.verdict]}`)
+  if (r.abi === null) lines.push(`${r.path}: ${NOT_A_PLUGIN}`)
   const hard = r.reasons.filter(x => !r.warnings.includes(x))
   if (hard.length > 0) {
     lines.push('reasons:')
@@ -149,7 +164,7 @@ async function cmdInspect (args: string[], io: CliIo): Promise<number> {
     return 2
   }
   io.out(json ? JSON.stringify(report, null, 2) + '\n' : formatReport(report))
-  return report.unloadable ? 0 : 1
+  return inspectExitCode(report)
 }
 
 /** Runs the CLI with `argv` (without node and the script) and returns the exit code. */

@@ -187,15 +187,21 @@ async function cli (...argv: string[]): Promise<Run> {
 
 t.test('CLI in process', async t => {
   const plain = await cli('inspect', fx('plain.so'))
-  t.equal(plain.code, 0)
-  t.match(plain.out, /^.*plain\.so: UNLOADABLE/)
+  t.equal(plain.code, 3, 'can unload, but not a plugin: not the good exit')
+  t.match(plain.out, /^.*plain\.so: CAN UNLOAD: .*\n.*plain\.so: NOT A PLUGIN: it exports no entry/)
+  const echo = await cli('inspect', path.join(ROOT, 'examples', 'out', 'libecho_native.so'))
+  t.equal(echo.code, 0, 'a plugin that can unload')
+  t.match(echo.out, /: CAN UNLOAD: /)
+  t.notMatch(echo.out, /NOT A PLUGIN/)
+  t.match(echo.out, /abi:\s+native \(plugin-driven; entry dlhost_init\)/)
+  t.notMatch(echo.out, /native \(native/)
   t.match(plain.out, new RegExp(`machine:\\s+${HOST_MACHINE.replace(/[.*+?^${}()|[\]\\-]/g, '\\$&')}`))
   t.match(plain.out, /abi:\s+none/)
   t.equal(plain.err, '')
 
   const nd = await cli('inspect', fx('nodelete.so'))
   t.equal(nd.code, 1)
-  t.match(nd.out, /NOT UNLOADABLE/)
+  t.match(nd.out, /STAYS LOADED: dlclose will leave it mapped/)
   t.match(nd.out, /NODELETE\s+linked with -z nodelete/)
 
   const un = await cli('inspect', fx('unique.so'))
@@ -206,8 +212,8 @@ t.test('CLI in process', async t => {
   t.match(un.out, /coexist:\s+no/)
 
   const tls = await cli('inspect', fx('tls.so'))
-  t.equal(tls.code, 0, 'conditionally unloadable exits 0')
-  t.match(tls.out, /UNLOADABLE \(conditionally\)/)
+  t.equal(tls.code, 3, 'conditionally unloadable, not a plugin')
+  t.match(tls.out, /CAN UNLOAD \(conditionally\)/)
   t.match(tls.out, /warnings:\n\s+TLS destructors pending\s+thread_local/)
 
   const json = await cli('inspect', '--json', fx('unique.so'))
@@ -258,7 +264,7 @@ t.test('CLI in process', async t => {
   t.equal(version.out.trim(), (JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { version: string }).version)
   // `--` ends the options.
   const dd = await cli('inspect', '--', fx('plain.so'))
-  t.equal(dd.code, 0)
+  t.equal(dd.code, 3)
 })
 
 /**
@@ -289,13 +295,13 @@ t.test('CLI as a process', async t => {
     spawnSync(process.execPath, [js, ...args], { encoding: 'utf8', timeout: 30000 })
 
   const plain = run('inspect', fx('plain.so'))
-  t.equal(plain.status, 0)
-  t.match(plain.stdout, /UNLOADABLE/)
+  t.equal(plain.status, 3)
+  t.match(plain.stdout, /CAN UNLOAD/)
   const nd = run('inspect', fx('nodelete.so'))
   t.equal(nd.status, 1)
   t.match(nd.stdout, /NODELETE/)
   const json = run('inspect', '--json', fx('tls.so'))
-  t.equal(json.status, 0)
+  t.equal(json.status, 3)
   t.match(JSON.parse(json.stdout), { verdict: 'conditional', reasons: ['TLS destructors pending'] })
   const missing = run('inspect', '/nonexistent.so')
   t.equal(missing.status, 2)
