@@ -66,7 +66,6 @@ Exit status: 0 a plugin that can unload (possibly conditionally), 1 stays
 loaded, 2 usage error or bad file, 3 can unload but is not a plugin.
 `
 
-
 const VERDICT_LINE: Record<InspectReport['verdict'], string> = {
   unloadable: 'CAN UNLOAD: nothing static keeps it mapped after dlclose',
   conditional: 'CAN UNLOAD (conditionally): it leaves once the threads that used its thread_locals have exited',

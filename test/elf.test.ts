@@ -1,7 +1,7 @@
 // lib/elf.ts against the real fixtures, readelf's view of them, synthetic
 // ELF32 / big-endian images, and every kind of truncation and corruption.
 import t, { Test } from 'tap'
-import { execFileSync, spawnSync } from 'child_process'
+import { spawnSync } from 'child_process'
 import * as fs from 'fs'
 import * as path from 'path'
 import {

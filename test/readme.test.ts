@@ -35,3 +35,11 @@ t.test("the README's plugin and snippets run as written", async t => {
     })
   }
 })
+
+t.test('the README documents every error code and every public member', async t => {
+  const { codes } = await import('../lib/errors')
+  for (const code of Object.keys(codes)) t.ok(readme.includes(`\`${code}\``), code)
+  for (const member of ['ERR_INVALID_ARG_TYPE', 'ERR_OUT_OF_RANGE', 'pin()', '`released`', '`state`', '`path`, `strategy`, `reloads`', '`abiVersion`', '`global`', 'inspect(path) → Promise<InspectReport>']) {
+    t.ok(readme.includes(member), member)
+  }
+})

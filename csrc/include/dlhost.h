@@ -93,7 +93,8 @@ DLHOST_EXPORT void dlhost_task_respond(dlhost_task *t, int rc, void *rsp, size_t
  * `const char *` in an //export: Go plugins define DLHOST_NO_ENTRY_PROTOTYPES
  * before the include. */
 
-/* Optional. Called once per runtime on dlhost's poll thread, before any task.
+/* Optional. Called once per runtime on the library's owner thread (see
+ * dlhost_init), before any task.
  * `cfg` is the runtime's configuration (NUL-terminated, not counted in len),
  * owned by the host and valid only during the call. Returns the state passed
  * to dlhost_handle and dlhost_close. Returning NULL fails load() with
@@ -118,7 +119,7 @@ DLHOST_EXPORT int dlhost_handle(void *state, const void *req, size_t len, void *
                                 size_t *rsp_len);
 #endif
 
-/* Optional. Called once on the poll thread after the last task of an
+/* Optional. Called once on the library's owner thread after the last task of an
  * unloading runtime. */
 typedef void (*dlhost_close_fn)(void *state);
 #ifndef DLHOST_NO_ENTRY_PROTOTYPES
@@ -127,9 +128,11 @@ DLHOST_EXPORT void dlhost_close(void *state);
 
 /* --------------------------------------------- plugin-driven plugin side */
 
-/* Called once per runtime on a short-lived host thread that load() joins
- * (so thread-local state created here dies with it instead of pinning the
- * library). `cfg` (NUL-terminated, not counted in cfg_len, never NULL: ""
+/* Called once per runtime on the library's owner thread: the dlhost thread
+ * that dlopen'ed the library and does its final dlclose, never the JS thread.
+ * It exits before the unmapping is checked, so thread-local state created
+ * here (a destructor registered by std::thread::spawn, say) cannot pin the
+ * library. `cfg` (NUL-terminated, not counted in cfg_len, never NULL: ""
  * when there is none) is valid only during the call. Start thread(s) that
  * poll `q`, and return 0; any other value fails load() with ERR_INIT_FAILED
  * and the plugin must not touch `q` afterwards. */
@@ -143,7 +146,7 @@ DLHOST_EXPORT int dlhost_init(const char *cfg, size_t cfg_len, dlhost_queue *q);
 /* A lua-resty-ffi plugin exports `int libffi_init(char *cfg, void *tq)`.
  * cfg is a NUL-terminated copy the plugin may modify (strsep), never NULL
  * ("" when there is none); it is freed after libffi_init returns, which runs
- * on a short-lived host thread as dlhost_init does. Return 0 on success. */
+ * on the library's owner thread as dlhost_init does. Return 0 on success. */
 typedef int (*libffi_init_fn)(char *cfg, void *tq);
 #ifndef DLHOST_NO_ENTRY_PROTOTYPES
 DLHOST_EXPORT int libffi_init(char *cfg, void *tq);

@@ -28,9 +28,10 @@
 //     spawn-hook list) and so registers a thread-local destructor, owned by
 //     this library, for that thread (__cxa_thread_atexit_impl). glibc never
 //     unmaps a library while a thread still has such a destructor pending.
-//     Called from dlhost_init - on Node's JS thread, which lives as long as
-//     the process - it would pin libecho_rust.so for ever: dlclose would
-//     silently keep it mapped (dlhost reports it `stuck`). So dlhost_init
+//     dlhost calls dlhost_init on the library's owner thread, which exits
+//     before the final dlclose; a host that calls init on a thread that
+//     lives as long as the process would have libecho_rust.so pinned for
+//     ever (dlclose silently keeps it mapped). So, for any host, dlhost_init
 //     touches no thread-local: it starts one bootstrap poller with plain
 //     pthread_create, and that thread spawns the others. Its destructors run
 //     when it exits, before dlhost sees it gone.
