@@ -224,7 +224,7 @@ export class Plugin extends TypedEmitter<PluginEvents> {
     this.#isolated = this.#opts.isolate === 'process' ||
       (this.#opts.isolate === undefined && this.strategy === 'auto' && (autoStrategy(build.elf) === 'restart' || languageRuntime(build.elf) !== null))
     if (this.#opts.probe === true) await this.#probe(build)
-    if (!this.#isolated) warnUnreloadable(this.path, build.elf)
+    if (!this.#isolated) warnUnreloadable(this.path, build.elf, this.strategy)
     const fatal = coexistFatal(build.elf)[0]
     if (this.strategy === 'shadow' && fatal !== undefined && !this.#isolated) {
       await this.#removeCopy(copy.path).catch(() => {})
@@ -643,16 +643,23 @@ const warned = new Set<string>()
 
 /**
  * Said when the plugin is loaded, not at its first reload: a library kept in
- * this process that glibc will never unload (GNU_UNIQUE, NODELETE) cannot be
- * replaced by a reload. A process warning (once per path; code
- * DLHOST_UNRELOADABLE), which --no-warnings or a 'warning' listener handles.
+ * this process that glibc will never unload cannot be replaced cleanly. A
+ * reload fails (ERR_STUCK) under 'auto', and leaves the previous version
+ * mapped under 'shadow' or 'drain' (a leak per reload). A
+ * process warning (once per path; type DlhostWarning, code
+ * DLHOST_UNRELOADABLE), which --disable-warning=DLHOST_UNRELOADABLE silences.
  */
-function warnUnreloadable (path: string, elf: ElfInfo): void {
+function warnUnreloadable (path: string, elf: ElfInfo, strategy: Strategy): void {
   const blocker = unloadBlockers(elf).find(b => b === 'GNU_UNIQUE' || b === 'NODELETE')
   if (blocker === undefined || warned.has(path)) return
   warned.add(path)
-  const what = blocker === 'GNU_UNIQUE' ? `STB_GNU_UNIQUE symbols (${elf.gnuUnique.slice(0, 3).join(', ')}${elf.gnuUnique.length > 3 ? ', …' : ''})` : 'DF_1_NODELETE'
-  const message = `${path} has ${what}: glibc never unloads it, so in this process a reload fails with ERR_STUCK. ${EXPLAIN[blocker] ?? ''} Or leave isolate unset: 'auto' runs such a library in a child process.`
+  const what = blocker === 'GNU_UNIQUE'
+    ? `STB_GNU_UNIQUE symbols (${elf.gnuUnique.slice(0, 3).join(', ')}${elf.gnuUnique.length > 3 ? ', …' : ''})`
+    : 'DF_1_NODELETE'
+  const outcome = strategy === 'auto'
+    ? 'a reload fails with ERR_STUCK (onStuck: \'restart\' exits for a supervisor)'
+    : `every reload leaves the previous version mapped${blocker === 'GNU_UNIQUE' ? ', and the next copy shares its GNU_UNIQUE objects' : ''}`
+  const message = `${path} has ${what}: glibc never unloads it, so in this process ${outcome}. ${EXPLAIN[blocker] ?? ''} Or leave isolate unset: 'auto' runs such a library in a child process.`
   debug('warning %s', message)
   process.emitWarning(message, { type: 'DlhostWarning', code: 'DLHOST_UNRELOADABLE' })
 }

@@ -78,3 +78,24 @@ export async function runChild (script: string, timeoutMs = 30000): Promise<{ co
     })
   })
 }
+
+/**
+ * Collects the process warnings with `code` for the rest of test `t`,
+ * instead of Node printing them: a test that loads an unreloadable library
+ * on purpose asserts its warning, and the run's output stays what is true.
+ */
+export function collectWarnings (t: { teardown: (fn: () => void) => void }, code: string): Error[] {
+  const seen: Error[] = []
+  const others = process.listeners('warning')
+  process.removeAllListeners('warning')
+  const on = (w: Error & { code?: string }): void => {
+    if (w.code === code) seen.push(w)
+    else for (const l of others) l(w)
+  }
+  process.on('warning', on)
+  t.teardown(() => {
+    process.off('warning', on)
+    for (const l of others) process.on('warning', l)
+  })
+  return seen
+}
