@@ -15,7 +15,6 @@ namespace dlhost {
 namespace {
 constexpr size_t kBigAnswer = 64 * 1024;
 constexpr size_t kSettleChunk = 256;
-struct EnvGoneC {};
 }  // namespace
 
 Napi::Function ChannelWrap::Init(Napi::Env env) {
@@ -217,13 +216,7 @@ Napi::Value ChannelWrap::Unload(const Napi::CallbackInfo &info) {
 }
 
 Napi::Value ChannelWrap::Counters(const Napi::CallbackInfo &info) {
-  Napi::Env env = info.Env();
-  if (counters_ref_.IsEmpty()) {
-    Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, sizeof(int32_t));
-    counters_ref_ = Napi::Persistent(Napi::Object(Napi::Int32Array::New(env, 1, ab, 0)));
-    counters_ = static_cast<int32_t *>(ab.Data());
-  }
-  return counters_ref_.Value();
+  return SharedCounter(info.Env(), counters_ref_, &counters_);
 }
 
 // limit() -> 'memoryMb' | 'cpuSeconds' | 'openFiles' | null: what the child
@@ -279,23 +272,14 @@ void ChannelWrap::UpdateLoopRef() {
 }
 
 void ChannelWrap::CallJs(Napi::FunctionReference &fn, std::initializer_list<napi_value> args) {
-  napi_value result;
-  napi_status st = napi_make_callback(env_, *async_ctx_, Value(), fn.Value(), args.size(),
-                                      args.begin(), &result);
-  if (st == napi_ok) return;
-  bool pending = false;
-  napi_is_exception_pending(env_, &pending);
-  if (!pending) throw EnvGoneC();
-  napi_value exc;
-  napi_get_and_clear_last_exception(env_, &exc);
-  napi_fatal_exception(env_, exc);
+  dlhost::CallJs(env_, *async_ctx_, Value(), fn.Value(), args);
 }
 
 void ChannelWrap::Settle() {
   if (closed_ || on_complete_.IsEmpty()) return;
   try {
     SettleJs();
-  } catch (const EnvGoneC &) {
+  } catch (const EnvGone &) {
     Detach();
   } catch (const Napi::Error &) {
     Detach();

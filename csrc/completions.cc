@@ -26,22 +26,10 @@ Napi::Value ExternalBody(Napi::Env env, void *rsp, size_t len) {
 
 }  // namespace
 
-// Calls a TypeScript callback. A JS exception out of it (a throwing
-// listener, or a throw from a nextTick callback that Node ran on the way
-// out) is user code failing: it becomes an uncaughtException, as in any
-// other callback, and settling goes on. Any other failure means the
-// environment can no longer run JS (a terminating worker): EnvGone.
+// Calls a TypeScript callback (see dlhost::CallJs: a throwing listener
+// becomes an uncaughtException; a terminating worker throws EnvGone).
 void RuntimeWrap::CallJs(Napi::FunctionReference &fn, std::initializer_list<napi_value> args) {
-  napi_value result;
-  napi_status st = napi_make_callback(env_, *async_ctx_, Value(), fn.Value(), args.size(),
-                                      args.begin(), &result);
-  if (st == napi_ok) return;
-  bool pending = false;
-  napi_is_exception_pending(env_, &pending);
-  if (!pending) throw EnvGone();
-  napi_value exc;
-  napi_get_and_clear_last_exception(env_, &exc);
-  napi_fatal_exception(env_, exc);
+  dlhost::CallJs(env_, *async_ctx_, Value(), fn.Value(), args);
 }
 
 // A terminating worker still runs its loop's callbacks while JS can no

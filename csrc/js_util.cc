@@ -48,4 +48,25 @@ Napi::Object RowToJs(Napi::Env env, const Row &row) {
   return o;
 }
 
+void CallJs(napi_env env, napi_async_context ctx, napi_value recv, napi_value fn,
+            std::initializer_list<napi_value> args) {
+  napi_value result;
+  if (napi_make_callback(env, ctx, recv, fn, args.size(), args.begin(), &result) == napi_ok) return;
+  bool pending = false;
+  napi_is_exception_pending(env, &pending);
+  if (!pending) throw EnvGone();
+  napi_value exc;
+  napi_get_and_clear_last_exception(env, &exc);
+  napi_fatal_exception(env, exc);
+}
+
+Napi::Value SharedCounter(Napi::Env env, Napi::ObjectReference &ref, int32_t **data) {
+  if (ref.IsEmpty()) {
+    Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, sizeof(int32_t));
+    ref = Napi::Persistent(Napi::Object(Napi::Int32Array::New(env, 1, ab, 0)));
+    *data = static_cast<int32_t *>(ab.Data());
+  }
+  return ref.Value();
+}
+
 }  // namespace dlhost

@@ -194,13 +194,7 @@ Napi::Value RuntimeWrap::SetBig(const Napi::CallbackInfo &info) {
 
 // counters() -> Int32Array [pending], written by the TypeScript side.
 Napi::Value RuntimeWrap::Counters(const Napi::CallbackInfo &info) {
-  Napi::Env env = info.Env();
-  if (counters_ref_.IsEmpty()) {
-    Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, sizeof(int32_t));
-    counters_ref_ = Napi::Persistent(Napi::Object(Napi::Int32Array::New(env, 1, ab, 0)));
-    counters_ = static_cast<int32_t *>(ab.Data());
-  }
-  return counters_ref_.Value();
+  return SharedCounter(info.Env(), counters_ref_, &counters_);
 }
 
 Napi::Value RuntimeWrap::Unload(const Napi::CallbackInfo &info) {

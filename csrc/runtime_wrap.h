@@ -15,8 +15,7 @@
 
 namespace dlhost {
 
-struct JsRequest;   // a request as JS handed it (completions.cc)
-struct EnvGone {};  // the environment can no longer run JS
+struct JsRequest;  // a request as JS handed it (completions.cc)
 
 class RuntimeWrap : public Napi::ObjectWrap<RuntimeWrap> {
  public:
