@@ -27,6 +27,8 @@ const { benchReload } = require('./cases/reload')
 const { benchStorm } = require('./cases/storm')
 const { benchMemory } = require('./cases/memory')
 const { benchIsolate } = require('./cases/isolate')
+const { koffiPeer, koffiVersion, workerPeer, ipcPeer } = require('./lib/peers')
+const { writeOutputs } = require('./lib/output')
 
 const results = {
   meta: {
@@ -38,7 +40,8 @@ const results = {
     loadavgStart: os.loadavg().map(round3),
     rounds: ROUNDS,
     roundMs: ROUND_MS,
-    command: `node bench/run.js ${argv.join(' ')}`.trim()
+    command: `node bench/run.js ${argv.join(' ')}`.trim(),
+    koffi: koffiVersion()
   }
 }
 
@@ -63,14 +66,22 @@ async function main () {
   }
   const needRts = ['seq', 'pipe', 'sync', 'spin'].some(s => ONLY.has(s))
   const rts = needRts ? await loadAll() : {}
-  if (ONLY.has('seq') || ONLY.has('peers')) results.sequential = await benchSequential(rts, peer)
+  // The peers a user would pick instead (bench/lib/peers.js).
+  const peers = {}
+  if (['seq', 'pipe', 'sync'].some(s => ONLY.has(s))) {
+    try { peers.koffi = koffiPeer() } catch (err) { log(`  (no koffi peer: ${err.message})`) }
+    peers.worker = await workerPeer()
+    peers.ipc = await ipcPeer()
+    if (fs.existsSync(LIBS.host)) peers.isolated = await dlhost.load(LIBS.host, 'bench isolated', { isolate: 'process' })
+  }
+  if (ONLY.has('seq') || ONLY.has('peers')) results.sequential = await benchSequential(rts, peer, peers)
   if (ONLY.has('pipe')) {
-    const p = await benchPipelined(rts, peer)
+    const p = await benchPipelined(rts, peer, peers)
     results.pipelined = p.rows
     results.issueNsPerCall = p.issueCost
   }
   if (ONLY.has('sync') && rts.host) {
-    const s = benchCallSync(rts, peer)
+    const s = benchCallSync(rts, peer, peers)
     results.callSync = s.rows
     if (s.napiBlocks) results.napiBlocks = s.napiBlocks
   }
@@ -80,6 +91,10 @@ async function main () {
     if (best) results.spinBest = `${best.setting} (${best.host.medianUs} µs median, ${best.host.busyCpuPct}% CPU while busy, ${best.idleCpuPct}% idle)`
   }
   for (const rt of Object.values(rts)) await rt.unload()
+  await peers.isolated?.unload()
+  await peers.worker?.dispose()
+  peers.ipc?.dispose()
+  peers.koffi?.dispose()
   if (ONLY.has('spin1')) results.spinOneCpu = benchSpinPinned()
   if (variants && ONLY.has('reload')) results.reload = await benchReload(variants)
   if (variants && ONLY.has('storm')) results.storm = await benchStorm(variants)
@@ -88,6 +103,8 @@ async function main () {
   results.meta.loadavgEnd = os.loadavg().map(round3)
   results.meta.seconds = round3((now() - t0) / 1000)
   results.targets = targets(results)
+  const files = await writeOutputs(results)
+  log(`wrote ${Object.values(files).map(f => path.relative(root, f)).join(', ')}`)
   if (JSON_OUT) process.stdout.write(JSON.stringify(results, null, 2) + '\n')
   else process.stdout.write(render(results) + `\n(total ${results.meta.seconds.toFixed(1)} s)\n`)
 }

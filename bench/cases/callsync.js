@@ -4,7 +4,7 @@ const { log, median, round3, syncRound } = require('../lib/harness')
 const { ROUNDS, ROUND_MS, REQ } = require('../lib/config')
 
 // 3. callSync
-function benchCallSync (rts, peer) {
+function benchCallSync (rts, peer, peers = {}) {
   log('callSync (host-driven, 64 B Buffer)…')
   const rt = rts.host
   if (!rt.callSync(REQ).equals(REQ)) throw new Error('callSync: echo mismatch')
@@ -23,6 +23,7 @@ function benchCallSync (rts, peer) {
       return Buffer.from(pool, (r >>> 14) & 8191, r & 16383)
     }])
   }
+  if (peers.koffi) subjects.push(['koffi dlhost_handle, sync (peer)', () => peers.koffi.sync(REQ)])
   subjects.push(['Buffer.alloc(64) (peer)', () => Buffer.alloc(64)])
   for (const [, fn] of subjects) syncRound(fn, 100)
   const per = new Map(subjects.map(([name]) => [name, []]))
@@ -50,7 +51,9 @@ function benchCallSync (rts, peer) {
       nsPerCall: round3(median(rs)),
       roundNs: rs.map(round3),
       vsNoop: peer ? round3(median(rs.map((x, i) => x / ref('N-API noop() (peer)')[i]))) : null,
-      vsEchoSync: peer ? round3(median(rs.map((x, i) => x / ref('N-API echoSync(buf) (peer)')[i]))) : null
+      vsEchoSync: peer ? round3(median(rs.map((x, i) => x / ref('N-API echoSync(buf) (peer)')[i]))) : null,
+      // How many times faster than koffi's fastest pattern on the same symbol.
+      koffiOver: peers.koffi ? round3(median(rs.map((x, i) => ref('koffi dlhost_handle, sync (peer)')[i] / x))) : null
     }
   })
   return { rows, napiBlocks }

@@ -4,22 +4,28 @@ const { log, now, median, round3, throughputRound, threadTimes } = require('../l
 const { ROUNDS, ROUND_MS, REQ } = require('../lib/config')
 
 // 2. pipelined throughput
-async function benchPipelined (rts, peer) {
-  log('pipelined throughput (1 / 64 / 1024 in flight)…')
-  const depths = [1, 64, 1024]
+async function benchPipelined (rts, peer, peers = {}) {
+  const depths = [1, 16, 256, 1024, 4096]
+  log(`pipelined throughput (${depths.join(' / ')} in flight)…`)
   const subjects = []
   for (const abi of ['host', 'native']) if (rts[abi]) subjects.push([abi, () => rts[abi].call(REQ)])
   if (peer) subjects.push(['napi_async_work (peer)', () => peer.echoAsync(REQ)])
+  // koffi runs at most max_async_calls (256) at once and throws past it: its
+  // rows at deeper depths run at that cap (cappedAt says so).
+  if (peers.koffi) subjects.push(['koffi .async (peer)', () => peers.koffi.async(REQ), peers.koffi.cap])
+  if (peers.worker) subjects.push(['worker_threads postMessage (peer)', () => peers.worker.call(REQ)])
+  if (peers.ipc) subjects.push(['child_process IPC (peer)', () => peers.ipc.call(REQ)])
   // The harness's own ceiling: a promise that is already resolved.
   subjects.push(['Promise.resolve (ceiling)', () => Promise.resolve(REQ)])
   const out = []
   for (const depth of depths) {
     const per = new Map(subjects.map(([name]) => [name, []]))
-    for (const [, fn] of subjects) await throughputRound(fn, depth, 100)
+    const at = (cap) => Math.min(depth, cap ?? Infinity)
+    for (const [, fn, cap] of subjects) await throughputRound(fn, at(cap), 100)
     for (let r = 0; r < ROUNDS; r++) {
-      for (const [name, fn] of subjects) {
+      for (const [name, fn, cap] of subjects) {
         const c0 = threadTimes()
-        const x = await throughputRound(fn, depth, ROUND_MS)
+        const x = await throughputRound(fn, at(cap), ROUND_MS)
         const c1 = threadTimes()
         if (c0 && c1) {
           x.jsNs = (c1.main - c0.main) / x.calls
@@ -29,7 +35,8 @@ async function benchPipelined (rts, peer) {
       }
     }
     const aw = per.get('napi_async_work (peer)')
-    for (const [name] of subjects) {
+    const ka = per.get('koffi .async (peer)')
+    for (const [name, , cap] of subjects) {
       const rs = per.get(name)
       const jsNs = median(rs.map(x => x.jsNs ?? NaN))
       out.push({
@@ -41,7 +48,9 @@ async function benchPipelined (rts, peer) {
         jsBoundCeiling: Math.round(1e9 / jsNs),
         roundCallsPerSec: rs.map(x => Math.round(x.callsPerSec)),
         failed: rs.reduce((a, x) => a + x.failed, 0),
-        vsAsyncWork: aw ? round3(median(rs.map((x, i) => x.callsPerSec / aw[i].callsPerSec))) : null
+        cappedAt: at(cap) < depth ? at(cap) : null,
+        vsAsyncWork: aw ? round3(median(rs.map((x, i) => x.callsPerSec / aw[i].callsPerSec))) : null,
+        vsKoffiAsync: ka ? round3(median(rs.map((x, i) => x.callsPerSec / ka[i].callsPerSec))) : null
       })
     }
   }

@@ -17,6 +17,11 @@ function targets (r) {
   if (p) add('pipelined host, 1024 in flight', p.callsPerSec, 'calls/s', '≥ 3 M', p.callsPerSec >= 3e6, Math.max(...p.roundCallsPerSec))
   const cs = r.callSync?.find(x => x.name === 'callSync')
   if (cs) add('callSync, 64 B', cs.nsPerCall, 'ns', '≤ 150', cs.nsPerCall <= 150, Math.min(...cs.roundNs))
+  if (cs?.koffiOver) add('callSync, × faster than koffi sync (same symbol)', cs.koffiOver, '×', '≥ 4', cs.koffiOver >= 4)
+  if (host?.koffiAsyncOver) add('sequential host, × faster than koffi .async', host.koffiAsyncOver, '×', '≥ 20', host.koffiAsyncOver >= 20)
+  if (host?.asyncWorkOver) add('sequential host, × faster than napi_async_work', host.asyncWorkOver, '×', '≥ 20', host.asyncWorkOver >= 20)
+  if (p?.vsKoffiAsync) add('pipelined host 1024, × koffi .async (at its cap)', p.vsKoffiAsync, '×', '≥ 100', p.vsKoffiAsync >= 100)
+  if (p?.vsAsyncWork) add('pipelined host 1024, × napi_async_work', p.vsAsyncWork, '×', '≥ 10', p.vsAsyncWork >= 10)
   const ws = r.reload?.watched?.cases?.shadow
   if (ws) add('shadow swap, file settled → serving, median', ws.medianMs, 'ms', '≤ 1', ws.medianMs <= 1)
   const sh = r.reload?.strategies?.shadow
@@ -46,21 +51,23 @@ function render (r) {
   out.push(`${m.rounds} rounds × ${m.roundMs} ms per subject, interleaved; median of round medians, ratio = median over rounds of subject/peer`)
   if (r.sequential) {
     out.push(table('1. Sequential round trip, 64 B echo (await call() in a loop)',
-      ['subject', 'median µs', 'p99 µs', '× setImmediate', '× async_work', 'round medians µs'],
-      r.sequential.map(x => [x.name, fmt(x.medianUs), fmt(x.p99Us), fmt(x.vsSetImmediate), fmt(x.vsAsyncWork), x.roundMediansUs.map(v => fmt(v, 1)).join(' ')])))
+      ['subject', 'median µs', 'p99 µs', '× setImmediate', '× async_work', 'koffi .async ÷', 'async_work ÷', 'round medians µs'],
+      r.sequential.map(x => [x.name, fmt(x.medianUs), fmt(x.p99Us), fmt(x.vsSetImmediate), fmt(x.vsAsyncWork), fmt(x.koffiAsyncOver, 1), fmt(x.asyncWorkOver, 1), x.roundMediansUs.map(v => fmt(v, 1)).join(' ')])))
+    out.push('   "koffi .async ÷" and "async_work ÷": how many times faster than that peer (its median latency over this one\'s, per round)')
   }
   if (r.pipelined) {
     out.push(table('2. Pipelined throughput, 64 B echo (CPU ns per call: JS thread / all other threads; ceiling = 1e9 / JS ns)',
-      ['subject', 'in flight', 'calls/s', '× async_work', 'JS ns/call', 'other ns/call', 'JS-bound ceiling', 'failed', 'rounds'],
-      r.pipelined.map(x => [x.name, x.depth, big(x.callsPerSec), fmt(x.vsAsyncWork), x.jsThreadNsPerCall, x.otherThreadsNsPerCall, big(x.jsBoundCeiling), x.failed, x.roundCallsPerSec.map(big).join(' | ')])))
+      ['subject', 'in flight', 'calls/s', '× async_work', '× koffi .async', 'JS ns/call', 'other ns/call', 'JS-bound ceiling', 'failed', 'rounds'],
+      r.pipelined.map(x => [x.name, x.cappedAt ? `${x.depth} (cap ${x.cappedAt})` : x.depth, big(x.callsPerSec), fmt(x.vsAsyncWork), fmt(x.vsKoffiAsync, 1), x.jsThreadNsPerCall, x.otherThreadsNsPerCall, big(x.jsBoundCeiling), x.failed, x.roundCallsPerSec.map(big).join(' | ')])))
+    if (r.pipelined.some(x => x.cappedAt)) out.push('   (cap N): koffi runs at most max_async_calls async calls at once and throws past it; those rows ran at the cap')
   }
   if (r.issueNsPerCall) {
     out.push(`   issuing a call (call(): submit + promise, no completion): ${Object.entries(r.issueNsPerCall).map(([k, v]) => `${k} ${v} ns`).join(', ')} of JS-thread time per call`)
   }
   if (r.callSync) {
     out.push(table('3. callSync, 64 B Buffer (tight loop)',
-      ['subject', 'ns/call', '× N-API noop', '× N-API echoSync', 'rounds ns'],
-      r.callSync.map(x => [x.name, fmt(x.nsPerCall, 1), fmt(x.vsNoop), fmt(x.vsEchoSync), x.roundNs.map(v => fmt(v, 0)).join(' ')])))
+      ['subject', 'ns/call', '× N-API noop', '× N-API echoSync', 'koffi ÷', 'rounds ns'],
+      r.callSync.map(x => [x.name, fmt(x.nsPerCall, 1), fmt(x.vsNoop), fmt(x.vsEchoSync), fmt(x.koffiOver), x.roundNs.map(v => fmt(v, 0)).join(' ')])))
   }
   if (r.napiBlocks) {
     out.push(table('   building blocks, JS thread (tight loop)', ['operation', 'ns'], r.napiBlocks.map(x => [x.name, fmt(x.ns, 1)])))
