@@ -27,6 +27,9 @@ const { benchReload } = require('./cases/reload')
 const { benchStorm } = require('./cases/storm')
 const { benchMemory } = require('./cases/memory')
 const { benchIsolate } = require('./cases/isolate')
+const { benchEfficiency } = require('./cases/efficiency')
+const { benchLoader } = require('./cases/loader')
+const { benchReloadPeers } = require('./cases/reload-peers')
 const { koffiPeer, koffiVersion, workerPeer, ipcPeer } = require('./lib/peers')
 const { writeOutputs } = require('./lib/output')
 
@@ -64,11 +67,11 @@ async function main () {
   if (ONLY.has('reload') || ONLY.has('storm') || ONLY.has('memory')) {
     try { variants = buildVariants() } catch (err) { log(`  (no reload benchmarks: cannot build echo variants: ${err.message})`) }
   }
-  const needRts = ['seq', 'pipe', 'sync', 'spin'].some(s => ONLY.has(s))
+  const needRts = ['seq', 'pipe', 'sync', 'spin', 'eff'].some(s => ONLY.has(s))
   const rts = needRts ? await loadAll() : {}
   // The peers a user would pick instead (bench/lib/peers.js).
   const peers = {}
-  if (['seq', 'pipe', 'sync'].some(s => ONLY.has(s))) {
+  if (['seq', 'pipe', 'sync', 'eff'].some(s => ONLY.has(s))) {
     try { peers.koffi = koffiPeer() } catch (err) { log(`  (no koffi peer: ${err.message})`) }
     peers.worker = await workerPeer()
     peers.ipc = await ipcPeer()
@@ -85,6 +88,7 @@ async function main () {
     results.callSync = s.rows
     if (s.napiBlocks) results.napiBlocks = s.napiBlocks
   }
+  if (ONLY.has('eff')) results.efficiency = await benchEfficiency(rts, peer, peers)
   if (ONLY.has('spin')) {
     results.spin = await benchSpin(rts)
     const best = results.spin.filter(x => x.host).sort((a, b) => a.host.vsSetImmediate - b.host.vsSetImmediate)[0]
@@ -96,10 +100,14 @@ async function main () {
   peers.ipc?.dispose()
   peers.koffi?.dispose()
   if (ONLY.has('spin1')) results.spinOneCpu = benchSpinPinned()
-  if (variants && ONLY.has('reload')) results.reload = await benchReload(variants)
+  if (variants && ONLY.has('reload')) {
+    results.reload = await benchReload(variants)
+    results.reloadPeers = await benchReloadPeers(variants)
+  }
   if (variants && ONLY.has('storm')) results.storm = await benchStorm(variants)
   if (variants && ONLY.has('memory')) results.memory = await benchMemory(variants)
   if (ONLY.has('isolate')) results.isolate = await benchIsolate()
+  if (ONLY.has('loader')) results.loader = await benchLoader()
   results.meta.loadavgEnd = os.loadavg().map(round3)
   results.meta.seconds = round3((now() - t0) / 1000)
   results.targets = targets(results)

@@ -47,6 +47,15 @@ function buildVariants () {
   })
 }
 
+// The raw C loader loop (bench/dlloop.c).
+function buildDlloop () {
+  const src = path.join(__dirname, '..', 'dlloop.c')
+  const out = path.join(benchOut, 'dlloop')
+  fs.mkdirSync(benchOut, { recursive: true })
+  if (!newer(out, src)) sh(process.env.CC || 'cc', ['-O2', '-Wall', '-o', out, src, '-ldl'])
+  return out
+}
+
 // Atomically replace `target` with a copy of `from` (write a temp, rename).
 let installSerial = 0
 function install (from, target) {
@@ -55,4 +64,4 @@ function install (from, target) {
   fs.renameSync(tmp, target)
 }
 
-module.exports = { buildPeer, buildVariants, install }
+module.exports = { buildPeer, buildVariants, buildDlloop, install }

@@ -91,7 +91,7 @@ async function ipcPeer () {
   child.on('message', m => waiting.shift()?.(Buffer.from(m.buffer, m.byteOffset, m.byteLength)))
   const call = (req) => new Promise(resolve => { waiting.push(resolve); child.send(req) })
   if (!(await call(REQ)).equals(REQ)) throw new Error('child_process IPC: echo mismatch')
-  return { call, dispose: () => { child.kill() } }
+  return { call, pid: child.pid, dispose: () => { child.kill() } }
 }
 
 module.exports = { koffiPeer, koffiVersion, workerPeer, ipcPeer }

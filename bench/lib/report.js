@@ -26,6 +26,7 @@ function targets (r) {
   if (ws) add('shadow swap, file settled → serving, median', ws.medianMs, 'ms', '≤ 1', ws.medianMs <= 1)
   const sh = r.reload?.strategies?.shadow
   if (sh) add('  (reload() call → serving, no settle window)', sh.medianMs, 'ms', '≤ 1', sh.medianMs <= 1)
+  if (r.reloadPeers) add('reload under load (256 in flight), × idle reload', r.reloadPeers.underLoadOverIdle, '×', '≤ 2', r.reloadPeers.underLoadOverIdle <= 2)
   if (r.storm) add('throughput during reload storm', r.storm.ratio * 100, '% of steady', '≥ 90', r.storm.ratio >= 0.9)
   const iso = r.isolate
   if (iso) {
@@ -60,6 +61,26 @@ function render (r) {
       ['subject', 'in flight', 'calls/s', '× async_work', '× koffi .async', 'JS ns/call', 'other ns/call', 'JS-bound ceiling', 'failed', 'rounds'],
       r.pipelined.map(x => [x.name, x.cappedAt ? `${x.depth} (cap ${x.cappedAt})` : x.depth, big(x.callsPerSec), fmt(x.vsAsyncWork), fmt(x.vsKoffiAsync, 1), x.jsThreadNsPerCall, x.otherThreadsNsPerCall, big(x.jsBoundCeiling), x.failed, x.roundCallsPerSec.map(big).join(' | ')])))
     if (r.pipelined.some(x => x.cappedAt)) out.push('   (cap N): koffi runs at most max_async_calls async calls at once and throws past it; those rows ran at the cap')
+  }
+  if (r.efficiency) {
+    out.push(table('2b. Efficiency: CPU per call (all threads, and the child\'s for peers that have one) at a fixed rate, an open loop',
+      ['subject', 'calls/s', 'CPU ns/call', '% of a core', 'failed', 'rounds ns/call'],
+      r.efficiency.map(x => [x.name, x.rate, x.cpuNsPerCall, fmt(x.cpuPctOfCore, 1), x.failed, x.roundNsPerCall.join(' ')])))
+  }
+  if (r.reloadPeers) {
+    const x = r.reloadPeers
+    const row = (name, s, ratio) => [name, fmt(s.medianMs, 3), fmt(s.p90Ms, 3), fmt(s.maxMs, 3), ratio]
+    const rows = [row('dlhost shadow reload(), idle', x.idle, '1.00'), row(`dlhost shadow reload(), ${x.underLoad.inFlight} calls in flight`, x.underLoad, fmt(x.underLoadOverIdle))]
+    if (x.koffiByHand) rows.push(row('by hand with koffi (peer)', x.koffiByHand, fmt(x.idleOverKoffiByHand === 0 ? null : 1 / x.idleOverKoffiByHand)))
+    out.push(table(`5b. Reload, start → new version answering (${x.swaps} swaps each, interleaved)`, ['subject', 'median ms', 'p90 ms', 'max ms', '× idle dlhost'], rows))
+    out.push(`   under load: ${x.underLoad.callsDuring} calls answered during the swaps, ${x.underLoad.failed} failed`)
+  }
+  if (r.loader) {
+    const l = r.loader
+    out.push(table('6. Loader: one dlopen + dlclose cycle of the same library',
+      ['subject', 'µs per cycle', '× raw C', 'rounds µs'],
+      [['dlhost open({ pin: false }) + release()', fmt(l.dlhostUs, 1), fmt(l.vsRawC, 1), l.roundDlhostUs.map(v => fmt(v, 1)).join(' ')],
+        ['raw C dlopen + dlclose loop (peer)', fmt(l.rawCUs, 1), '1.0', l.roundRawCUs.map(v => fmt(v, 1)).join(' ')]]))
   }
   if (r.issueNsPerCall) {
     out.push(`   issuing a call (call(): submit + promise, no completion): ${Object.entries(r.issueNsPerCall).map(([k, v]) => `${k} ${v} ns`).join(', ')} of JS-thread time per call`)
