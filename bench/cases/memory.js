@@ -13,10 +13,10 @@ const MB = 1024 * 1024
 function sample () {
   if (global.gc) { global.gc(); global.gc() }
   const m = process.memoryUsage()
-  return { rssMb: m.rss / MB, externalMb: m.external / MB }
+  return { rssMb: m.rss / MB, heapMb: m.heapUsed / MB, externalMb: m.external / MB }
 }
 function drift (a, b) {
-  return { rssMb: round3(b.rssMb - a.rssMb), externalMb: round3(b.externalMb - a.externalMb) }
+  return { rssMb: round3(b.rssMb - a.rssMb), heapMb: round3(b.heapMb - a.heapMb), externalMb: round3(b.externalMb - a.externalMb) }
 }
 
 async function benchMemory (variants) {
@@ -54,7 +54,29 @@ async function benchMemory (variants) {
     fs.rmSync(dir, { recursive: true, force: true })
   }
 
+  // RSS per loaded runtime (its slots, request ring, poll thread's stack as
+  // touched) and per call in flight (its slot and promise), after a gc.
+  const N_RT = 50
+  a = sample()
+  const many = []
+  for (let i = 0; i < N_RT; i++) many.push(await dlhost.load(lib, `mem rss ${i}`, { pin: false }))
+  for (const r of many) await r.call(REQ)
+  out.perRuntime = { runtimes: N_RT, rssKb: round3(((sample().rssMb - a.rssMb) * 1024) / N_RT) }
+  for (const r of many) await r.unload()
+
   const rt = await dlhost.load(lib, 'mem calls')
+  {
+    const N_CALLS = 50000
+    const warmAll = []
+    for (let i = 0; i < N_CALLS; i++) warmAll.push(rt.call(REQ)) // grows the slot chunks once
+    await Promise.all(warmAll)
+    const b = sample()
+    const ps = []
+    for (let i = 0; i < N_CALLS; i++) ps.push(rt.call(REQ))
+    const during = process.memoryUsage().rss / MB // no gc: the calls are still in flight
+    await Promise.all(ps)
+    out.perCallInFlight = { calls: N_CALLS, rssBytes: round3(((during - b.rssMb) * MB) / N_CALLS) }
+  }
   const calls = QUICK ? 200000 : 1000000
   const batch = async (n) => { const ps = []; for (let i = 0; i < n; i++) ps.push(rt.call(REQ)); await Promise.all(ps) }
   for (let i = 0; i < calls / 10; i += 1000) await batch(1000)

@@ -149,10 +149,12 @@ function render (r) {
   if (r.memory) {
     const m = r.memory
     out.push(table(`6. Memory drift after a warm-up (MB; ${m.gc ? 'gc before each sample' : 'no gc: run with node --expose-gc'})`,
-      ['after', 'RSS MB', 'external MB'],
-      [[`${m.loadUnload.cycles} load/call/unload cycles`, fmt(m.loadUnload.rssMb), fmt(m.loadUnload.externalMb)],
-        [`${m.reloads.reloads} shadow reloads`, fmt(m.reloads.rssMb), fmt(m.reloads.externalMb)],
-        [`${m.calls.calls} calls`, fmt(m.calls.rssMb), fmt(m.calls.externalMb)]]))
+      ['after', 'RSS MB', 'JS heap MB', 'external MB'],
+      [[`${m.loadUnload.cycles} load/call/unload cycles`, fmt(m.loadUnload.rssMb), fmt(m.loadUnload.heapMb), fmt(m.loadUnload.externalMb)],
+        [`${m.reloads.reloads} shadow reloads`, fmt(m.reloads.rssMb), fmt(m.reloads.heapMb), fmt(m.reloads.externalMb)],
+        [`${m.calls.calls} calls`, fmt(m.calls.rssMb), fmt(m.calls.heapMb), fmt(m.calls.externalMb)]]))
+    out.push('   RSS moves ±5 MB from sample to sample here (glibc\'s per-thread arenas: every runtime has an owner and a poll thread); a leak shows in the JS heap and external columns, and as RSS that keeps growing over longer runs')
+    if (m.perRuntime) out.push(`   RSS per loaded runtime: ${fmt(m.perRuntime.rssKb, 0)} KiB (${m.perRuntime.runtimes} runtimes); per call in flight: ${fmt(m.perCallInFlight.rssBytes, 0)} bytes (${m.perCallInFlight.calls} calls)`)
   }
   if (r.isolate) {
     const x = r.isolate
