@@ -59,6 +59,12 @@ async function loadAll () {
   return rts
 }
 
+const sections = {}
+async function timed (name, fn) {
+  const t = now()
+  try { return await fn() } finally { sections[name] = round3((now() - t) / 1000) }
+}
+
 async function main () {
   const t0 = now()
   let peer = null
@@ -77,20 +83,20 @@ async function main () {
     peers.ipc = await ipcPeer()
     if (fs.existsSync(LIBS.host)) peers.isolated = await dlhost.load(LIBS.host, 'bench isolated', { isolate: 'process' })
   }
-  if (ONLY.has('seq') || ONLY.has('peers')) results.sequential = await benchSequential(rts, peer, peers)
+  if (ONLY.has('seq') || ONLY.has('peers')) results.sequential = await timed('seq', () => benchSequential(rts, peer, peers))
   if (ONLY.has('pipe')) {
-    const p = await benchPipelined(rts, peer, peers)
+    const p = await timed('pipe', () => benchPipelined(rts, peer, peers))
     results.pipelined = p.rows
     results.issueNsPerCall = p.issueCost
   }
   if (ONLY.has('sync') && rts.host) {
-    const s = benchCallSync(rts, peer, peers)
+    const s = await timed('sync', async () => benchCallSync(rts, peer, peers))
     results.callSync = s.rows
     if (s.napiBlocks) results.napiBlocks = s.napiBlocks
   }
-  if (ONLY.has('eff')) results.efficiency = await benchEfficiency(rts, peer, peers)
+  if (ONLY.has('eff')) results.efficiency = await timed('eff', () => benchEfficiency(rts, peer, peers))
   if (ONLY.has('spin')) {
-    results.spin = await benchSpin(rts)
+    results.spin = await timed('spin', () => benchSpin(rts))
     const best = results.spin.filter(x => x.host).sort((a, b) => a.host.vsSetImmediate - b.host.vsSetImmediate)[0]
     if (best) results.spinBest = `${best.setting} (${best.host.medianUs} µs median, ${best.host.busyCpuPct}% CPU while busy, ${best.idleCpuPct}% idle)`
   }
@@ -99,17 +105,18 @@ async function main () {
   await peers.worker?.dispose()
   peers.ipc?.dispose()
   peers.koffi?.dispose()
-  if (ONLY.has('spin1')) results.spinOneCpu = benchSpinPinned()
+  if (ONLY.has('spin1')) results.spinOneCpu = await timed('spin1', async () => benchSpinPinned())
   if (variants && ONLY.has('reload')) {
-    results.reload = await benchReload(variants)
-    results.reloadPeers = await benchReloadPeers(variants)
+    results.reload = await timed('reload', () => benchReload(variants))
+    results.reloadPeers = await timed('reloadPeers', () => benchReloadPeers(variants))
   }
-  if (variants && ONLY.has('storm')) results.storm = await benchStorm(variants)
-  if (variants && ONLY.has('memory')) results.memory = await benchMemory(variants)
-  if (ONLY.has('isolate')) results.isolate = await benchIsolate()
-  if (ONLY.has('loader')) results.loader = await benchLoader()
+  if (variants && ONLY.has('storm')) results.storm = await timed('storm', () => benchStorm(variants))
+  if (variants && ONLY.has('memory')) results.memory = await timed('memory', () => benchMemory(variants))
+  if (ONLY.has('isolate')) results.isolate = await timed('isolate', () => benchIsolate())
+  if (ONLY.has('loader')) results.loader = await timed('loader', () => benchLoader())
   results.meta.loadavgEnd = os.loadavg().map(round3)
   results.meta.seconds = round3((now() - t0) / 1000)
+  results.meta.sectionSeconds = sections
   results.targets = targets(results)
   const files = await writeOutputs(results)
   log(`wrote ${Object.values(files).map(f => path.relative(root, f)).join(', ')}`)

@@ -46,7 +46,7 @@ async function fixedRate (fn, rate, ms, pids) {
 
 async function benchEfficiency (rts, peer, peers) {
   const rates = [1000, 10000]
-  const ms = QUICK ? 600 : 1500
+  const ms = QUICK ? 200 : 1500
   log(`efficiency: CPU per call at ${rates.join(' and ')} calls/s (${ms} ms per round)…`)
   const self = [process.pid]
   const subjects = []

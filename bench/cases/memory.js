@@ -23,7 +23,7 @@ async function benchMemory (variants) {
   log(`memory drift (${global.gc ? 'with' : 'without'} gc; node --expose-gc for exact figures)…`)
   const out = { gc: Boolean(global.gc) }
   const lib = LIBS.host
-  const cycles = QUICK ? 2000 : 10000
+  const cycles = QUICK ? 1000 : 10000
   const warm = Math.floor(cycles / 10)
   const cycle = async (i) => {
     const rt = await dlhost.load(lib, `mem ${i}`, { pin: false })
@@ -40,7 +40,7 @@ async function benchMemory (variants) {
     const target = path.join(dir, 'plugin.so')
     install(variants[0].path, target)
     const plugin = await dlhost.reloadable(target, null, { watch: false, strategy: 'shadow' })
-    const reloads = QUICK ? 300 : 2000
+    const reloads = QUICK ? 150 : 2000
     let cur = 0
     const reload = async () => { install(variants[cur ^= 1].path, target); await plugin.reload(); await plugin.call(REQ) }
     // glibc's per-thread arenas grow for the first few thousand reloads (each
@@ -77,7 +77,7 @@ async function benchMemory (variants) {
     await Promise.all(ps)
     out.perCallInFlight = { calls: N_CALLS, rssBytes: round3(((during - b.rssMb) * MB) / N_CALLS) }
   }
-  const calls = QUICK ? 200000 : 1000000
+  const calls = QUICK ? 100000 : 1000000
   const batch = async (n) => { const ps = []; for (let i = 0; i < n; i++) ps.push(rt.call(REQ)); await Promise.all(ps) }
   for (let i = 0; i < calls / 10; i += 1000) await batch(1000)
   a = sample()

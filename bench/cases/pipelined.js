@@ -1,7 +1,7 @@
 'use strict'
 // Pipelined throughput at several depths, and the JS-thread cost of issuing a call.
 const { log, now, median, round3, throughputRound, threadTimes } = require('../lib/harness')
-const { ROUNDS, ROUND_MS, REQ } = require('../lib/config')
+const { QUICK, ROUNDS, ROUND_MS, REQ } = require('../lib/config')
 
 // 2. pipelined throughput
 async function benchPipelined (rts, peer, peers = {}) {
@@ -21,11 +21,11 @@ async function benchPipelined (rts, peer, peers = {}) {
   for (const depth of depths) {
     const per = new Map(subjects.map(([name]) => [name, []]))
     const at = (cap) => Math.min(depth, cap ?? Infinity)
-    for (const [, fn, cap] of subjects) await throughputRound(fn, at(cap), 100)
+    for (const [, fn, cap] of subjects) await throughputRound(fn, at(cap), QUICK ? 50 : 100)
     for (let r = 0; r < ROUNDS; r++) {
       for (const [name, fn, cap] of subjects) {
         const c0 = threadTimes()
-        const x = await throughputRound(fn, at(cap), ROUND_MS)
+        const x = await throughputRound(fn, at(cap), QUICK ? 100 : ROUND_MS)
         const c1 = threadTimes()
         if (c0 && c1) {
           x.jsNs = (c1.main - c0.main) / x.calls
