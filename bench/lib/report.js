@@ -77,7 +77,7 @@ function render (r) {
   }
   if (r.loader) {
     const l = r.loader
-    out.push(table('6. Loader: one dlopen + dlclose cycle of the same library',
+    out.push(table('8. Loader: one dlopen + dlclose cycle of the same library',
       ['subject', 'µs per cycle', '× raw C', 'rounds µs'],
       [['dlhost open({ pin: false }) + release()', fmt(l.dlhostUs, 1), fmt(l.vsRawC, 1), l.roundDlhostUs.map(v => fmt(v, 1)).join(' ')],
         ['raw C dlopen + dlclose loop (peer)', fmt(l.rawCUs, 1), '1.0', l.roundRawCUs.map(v => fmt(v, 1)).join(' ')]]))
