@@ -3,22 +3,8 @@
 // and a child's for the peers that have one) when calls arrive at a fixed
 // 1,000/s and 10,000/s, an open loop as a mostly idle server sees them.
 // Spinning pollers buy latency with CPU; this is what they cost.
-const fs = require('fs')
-const { log, now, sleep, median, round3 } = require('../lib/harness')
+const { log, now, sleep, median, round3, cpuNs } = require('../lib/harness')
 const { QUICK, ROUNDS, REQ } = require('../lib/config')
-
-/** CPU ns of every thread of each pid so far (threads that exited are not counted). */
-function cpuNs (pids) {
-  let ns = 0
-  for (const pid of pids) {
-    let tids
-    try { tids = fs.readdirSync(`/proc/${pid}/task`) } catch { continue }
-    for (const tid of tids) {
-      try { ns += Number(fs.readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[0]) } catch {}
-    }
-  }
-  return ns
-}
 
 /**
  * Calls `fn` at `rate` per second for `ms` (an open loop: calls are issued

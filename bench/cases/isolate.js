@@ -4,11 +4,12 @@
 // one run; child start-up, crash -> serving again, RSS per child; and the
 // alternative child host a Node user might write (a node child that uses the
 // addon), for its start-up time and RSS.
-const { fork, spawn } = require('child_process')
+const { spawn } = require('child_process')
 const fs = require('fs')
 const path = require('path')
 const { log, now, median, round3, latencyRound, throughputRound, warm } = require('../lib/harness')
 const { dlhost, ROUNDS, ROUND_MS, LIBS, REQ, pkg } = require('../lib/config')
+const { ipcPeer } = require('../lib/peers')
 
 const rssKb = (pid) => { try { return Number(/VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))[1]) } catch { return NaN } }
 
@@ -18,10 +19,8 @@ async function benchIsolate () {
   const hard = path.join(__dirname, '..', '..', 'test', 'fixtures', 'out', 'hard_host.so')
   const inproc = await dlhost.load(lib, 'bench in-process')
   const iso = await dlhost.load(lib, 'bench isolated', { isolate: 'process' })
-  const ipc = fork('-e', ["process.on('message', m => process.send(m))"], { execArgv: [], stdio: 'ignore' })
-  ipc.send = ipc.send.bind(ipc)
-  const ipcCall = () => new Promise(resolve => { ipc.once('message', resolve); ipc.send('x'.repeat(64)) })
-  await ipcCall()
+  const ipc = await ipcPeer()
+  const ipcCall = () => ipc.call(REQ)
   const subjects = [['in-process', () => inproc.call(REQ)], ['isolated', () => iso.call(REQ)], ['child_process IPC (peer)', ipcCall]]
   for (const [, fn] of subjects) await warm(fn)
   const seq = new Map(subjects.map(([n]) => [n, []]))
@@ -41,7 +40,7 @@ async function benchIsolate () {
     const base = per.get('in-process')
     for (const [n] of subs) pipelined.push({ name: n, depth, callsPerSec: Math.round(median(per.get(n))), vsInProcess: round3(median(per.get(n).map((x, i) => x / base[i]))) })
   }
-  ipc.kill()
+  ipc.dispose()
   await inproc.unload()
 
   // Start-up: load() of an isolated runtime until its init answered; RSS of the child.

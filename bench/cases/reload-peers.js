@@ -13,8 +13,7 @@ const { log, now, median, round3, quantile } = require('../lib/harness')
 const { dlhost, QUICK, REQ } = require('../lib/config')
 const { install } = require('../lib/build')
 
-let koffi = null
-try { koffi = require('koffi') } catch {}
+const { koffiEcho, koffiVersion } = require('../lib/peers')
 
 function stats (ms) {
   const s = Float64Array.from(ms).sort()
@@ -83,25 +82,13 @@ async function benchReloadPeers (variants) {
     out.underLoad = { inFlight: 256, ...stats(busyMs), callsDuring, failed }
     out.underLoadOverIdle = round3(median(busyMs.map((x, i) => x / idleMs[i])))
 
-    if (koffi !== null) {
+    if (koffiVersion() !== null) {
       // By hand: what an FFI user writes to swap a rebuilt library in.
       let serial = 0
       const loadVersion = (from) => {
         const p = path.join(dir, `koffi-${++serial}.so`)
         fs.copyFileSync(from, p)
-        const lib = koffi.load(p)
-        const open = lib.func('void *dlhost_open(const char *cfg, size_t len)')
-        const close = lib.func('void dlhost_close(void *state)')
-        const handle = lib.func('int dlhost_handle(void *state, const void *req, size_t len, _Out_ void **rsp, _Out_ size_t *rsp_len)')
-        const state = open('', 0)
-        return { p, lib, close, handle, state }
-      }
-      const call = (v, s) => {
-        const rsp = [null]
-        const len = [0]
-        if (v.handle(v.state, s, s.length, rsp, len) !== 0) throw new Error('koffi: rc != 0')
-        const b = Buffer.from(koffi.decode(rsp[0], 'uint8_t', Number(len[0])))
-        return b
+        return { p, echo: koffiEcho(p) }
       }
       let serving = loadVersion(variants[0].path)
       const handMs = []
@@ -112,15 +99,13 @@ async function benchReloadPeers (variants) {
         const next = loadVersion(variants[cur].path)
         const old = serving
         serving = next // the swap: new calls go to the new function
-        const v = call(serving, Buffer.from('version')).toString()
+        const v = serving.echo.sync(Buffer.from('version')).toString()
         if (i >= 0) handMs.push(now() - t0)
-        old.close(old.state)
-        old.lib.unload()
+        old.echo.dispose()
         fs.rmSync(old.p)
         if (v !== variants[cur].version) throw new Error(`koffi by hand: expected version ${variants[cur].version}, got ${v}`)
       }
-      serving.close(serving.state)
-      serving.lib.unload()
+      serving.echo.dispose()
       out.koffiByHand = { ...stats(handMs), note: 'copy to a new path, koffi.load(), dlhost_open, swap, then dlhost_close + unload() of the old one; no drain, no rollback, no verification' }
       out.idleOverKoffiByHand = round3(median(idleMs.map((x, i) => x / handMs[i])))
     }

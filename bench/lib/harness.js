@@ -81,23 +81,37 @@ function syncRound (fn, ms) {
   return ((t - t0) * 1e6) / n
 }
 
-// Time on CPU (ns, from /proc/self/task/*/schedstat) of the JS (main) thread
-// and of every other thread of the process (poll threads, plugin threads,
-// libuv threadpool, V8 helpers). Threads that exit meanwhile are not counted.
+// Time on CPU (ns, from /proc/<pid>/task/*/schedstat) of each thread of a
+// process. Threads that exited meanwhile are not counted.
+function taskTimes (pid = 'self') {
+  const out = []
+  let tids
+  try { tids = fs.readdirSync(`/proc/${pid}/task`) } catch { return out }
+  for (const tid of tids) {
+    try { out.push([Number(tid), Number(fs.readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[0])]) } catch {}
+  }
+  return out
+}
+
+// The JS (main) thread's CPU ns, and every other thread's (poll threads,
+// plugin threads, libuv threadpool, V8 helpers), of this process.
 function threadTimes () {
+  const all = taskTimes()
+  if (all.length === 0) return null
   let main = 0
   let rest = 0
-  let ok = false
-  try {
-    for (const tid of fs.readdirSync('/proc/self/task')) {
-      let ns
-      try { ns = Number(fs.readFileSync(`/proc/self/task/${tid}/schedstat`, 'utf8').split(' ')[0]) } catch { continue }
-      ok = true
-      if (Number(tid) === process.pid) main = ns
-      else rest += ns
-    }
-  } catch {}
-  return ok ? { main, rest } : null
+  for (const [tid, ns] of all) {
+    if (tid === process.pid) main = ns
+    else rest += ns
+  }
+  return { main, rest }
+}
+
+// CPU ns of every thread of each of `pids` so far.
+function cpuNs (pids) {
+  let ns = 0
+  for (const pid of pids) for (const [, t] of taskTimes(pid === process.pid ? 'self' : pid)) ns += t
+  return ns
 }
 
 function cpuPercent (fromUsage, wallMs) {
@@ -110,4 +124,4 @@ async function warm (fn, ms = 150) {
   while (now() < end) await fn()
 }
 
-module.exports = { log, now, sleep, quantile, median, summarize, round3, latencyRound, throughputRound, syncRound, threadTimes, cpuPercent, warm }
+module.exports = { log, now, sleep, quantile, median, summarize, round3, latencyRound, throughputRound, syncRound, threadTimes, cpuNs, cpuPercent, warm }

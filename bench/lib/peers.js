@@ -18,17 +18,14 @@ try { koffi = require('koffi') } catch {}
 const koffiVersion = () => koffi?.version ?? null
 
 /**
- * koffi on a private copy of the host-driven echo (its own dlopen, its own
- * dlhost_open state): `sync(req)` in koffi's fastest pattern (pointer
- * out-params as Buffers, the answer copied out with memcpy, then free) and
- * `async(req)`, koffi's .async on its worker pool, at most `cap` at once.
+ * The host-driven echo at `file` loaded by koffi, as an FFI user would:
+ * its own dlopen and its own dlhost_open state. `sync(req)` is koffi's
+ * fastest pattern (pointer out-params as Buffers, the answer copied out
+ * with memcpy, then free); `async(req)` is .async on koffi's worker pool;
+ * `dispose()` does dlhost_close and unload().
  */
-function koffiPeer () {
-  if (koffi === null || !fs.existsSync(LIBS.host)) return null
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'dlhost-bench-koffi-'))
-  const copy = path.join(dir, 'libecho_koffi.so')
-  fs.copyFileSync(LIBS.host, copy)
-  const lib = koffi.load(copy)
+function koffiEcho (file) {
+  const lib = koffi.load(file)
   const libc = koffi.load('libc.so.6')
   const open = lib.func('void *dlhost_open(const char *cfg, size_t len)')
   const close = lib.func('void dlhost_close(void *state)')
@@ -60,14 +57,29 @@ function koffiPeer () {
       else resolve(take(r, l))
     })
   })
-  if (!sync(REQ).equals(REQ)) throw new Error('koffi: echo mismatch')
-  const cap = koffi.config().max_async_calls
   const dispose = () => {
     close(state)
     lib.unload()
+  }
+  return { sync, async, dispose }
+}
+
+/**
+ * koffiEcho() on a private copy of the host-driven echo, checked to echo;
+ * `cap` is koffi's limit of async calls at once (max_async_calls).
+ */
+function koffiPeer () {
+  if (koffi === null || !fs.existsSync(LIBS.host)) return null
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'dlhost-bench-koffi-'))
+  const copy = path.join(dir, 'libecho_koffi.so')
+  fs.copyFileSync(LIBS.host, copy)
+  const echo = koffiEcho(copy)
+  if (!echo.sync(REQ).equals(REQ)) throw new Error('koffi: echo mismatch')
+  const dispose = () => {
+    echo.dispose()
     fs.rmSync(dir, { recursive: true, force: true })
   }
-  return { sync, async, cap, version: koffi.version, dispose }
+  return { sync: echo.sync, async: echo.async, cap: koffi.config().max_async_calls, version: koffi.version, dispose }
 }
 
 /**
@@ -94,4 +106,4 @@ async function ipcPeer () {
   return { call, pid: child.pid, dispose: () => { child.kill() } }
 }
 
-module.exports = { koffiPeer, koffiVersion, workerPeer, ipcPeer }
+module.exports = { koffiEcho, koffiPeer, koffiVersion, workerPeer, ipcPeer }
