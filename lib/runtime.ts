@@ -52,7 +52,7 @@ export interface LoadOptions {
 }
 
 /** Every key of LoadOptions: an unknown key is refused (see options.ts). */
-export const LOAD_KEYS: Record<keyof LoadOptions, true> = {
+const LOAD_KEYS: Record<keyof LoadOptions, true> = {
   pin: true, global: true, maxQueue: true, entry: true, unloadTimeoutMs: true, trust: true, isolate: true, limits: true, maxCrashes: true, crashWindowMs: true, known: true
 }
 

@@ -2,6 +2,7 @@ import t from 'tap'
 import path from 'path'
 import { inspect, load, open, reloadable } from '../lib/index'
 import { closest } from '../lib/options'
+import { openStoreCount } from '../lib/reload/copies'
 import { copyOf, examples } from './lib/helpers'
 
 const echo = (dir: string): string => copyOf(path.join(examples, 'libecho_native.so'), dir)
@@ -22,10 +23,12 @@ t.test('an unknown key in any options object: TypeError ERR_INVALID_ARG naming t
   await t.rejects(load(so, '', { isolate: 'process', limits: { memoryMB: 64 } } as never), { code: 'ERR_INVALID_ARG', message: /"memoryMB" in options\.limits; did you mean "memoryMb"/ })
   await t.rejects(load(so, '', { isolate: 'process', limits: { memoryMb: -1 } }), { name: 'RangeError', code: 'ERR_OUT_OF_RANGE' })
   await t.rejects(load(so, '', { isolate: 'process', limits: { cpuSeconds: '2' } } as never), { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE' })
+  const stores = openStoreCount()
   // The issue's example: a typo beside a valid key is not accepted silently.
   await t.rejects(reloadable(so, '', { settelMs: 5, isolate: 'process' } as never), { code: 'ERR_INVALID_ARG', message: /"settelMs" in reloadable\(\) options; did you mean "settleMs"/ })
   await t.rejects(reloadable(so, '', { watch: { pol: 10 } } as never), { code: 'ERR_INVALID_ARG', message: /"pol" in options\.watch; did you mean "poll"/ })
   await t.rejects(reloadable(so, '', { frobnicate: 1 } as never), { code: 'ERR_INVALID_ARG', message: /known keys: strategy, watch/ })
+  t.equal(openStoreCount(), stores, 'a refused reloadable() made no copy store')
   // Nothing was loaded by the refused calls.
   const lib = open(so, { pin: false })
   t.equal(lib.refs, 1, 'no reference left behind')
