@@ -10,6 +10,7 @@ import { callSites, DlhostError, fromNative, pluginError, rangeError, typeError,
 import { forgetIdentity, KnownContent, Library, LibraryRow, LibraryVersion, open, rowOf } from './library'
 import { onAbort } from './events'
 import { requestLength } from './request'
+import { fail, pending, Resolve, takeResolve } from './settle'
 import { checkKeys, checkPath } from './options'
 import { parseElf } from './elf'
 import { errnoError } from './errors'
@@ -87,8 +88,6 @@ const EMPTY = Buffer.alloc(0)
 // that keeps a loaded runtime (and its native handles) alive.
 const live = new Map<string, { rt: Runtime, ready: Promise<Runtime> }>()
 
-type Resolve = (b: Buffer) => void
-
 // A Buffer over part of an ArrayBuffer, made the way Node makes its own
 // (a Uint8Array subclass whose prototype is Buffer.prototype): about half the
 // cost of Buffer.from(ab, off, len), which re-validates its arguments.
@@ -103,15 +102,6 @@ Object.defineProperty(BufferView.prototype, 'then', { value: undefined, writable
 /** @internal */
 export function bufferView (ab: ArrayBuffer, off: number, len: number): Buffer {
   return new BufferView(ab, off, len) as unknown as Buffer
-}
-
-// new Promise(capture) hands out its resolve function without a closure per
-// call. Only resolve is kept (one store per call): a failure resolves the
-// call's promise with a rejected one, which it adopts.
-let capturedRes: Resolve = () => {}
-function capture (res: Resolve): void { capturedRes = res }
-function fail (res: Resolve | undefined, err: unknown): void {
-  res?.(Promise.reject(err) as unknown as Buffer)
 }
 
 const CHUNK = C.CHUNK_SLOTS
@@ -390,8 +380,8 @@ export class Runtime {
       this.#freeSlot(id)
       return Promise.reject(fromNative(e, this.path))
     }
-    const p = new Promise<Buffer>(capture)
-    this.#res[id] = capturedRes
+    const p = pending()
+    this.#res[id] = takeResolve()
     const k = this.#stagedCount++
     this.#staged[2 * k] = id
     this.#staged[2 * k + 1] = len

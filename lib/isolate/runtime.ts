@@ -16,6 +16,7 @@ import { callSites, DlhostError, errnoError, pluginError, withCallSite } from '.
 import { emitSafely, onAbort, TypedEmitter } from '../events'
 import { requestLength } from '../request'
 import { bufferView, callSignal, callTimeout } from '../runtime'
+import { fail, pending, Resolve, takeResolve } from '../settle'
 import type { CallOptions } from '../runtime'
 import { Abi, checkHostCompatible } from '../rules'
 import { checkTrusted, Trust } from '../trust'
@@ -58,19 +59,13 @@ export interface IsolateOptions {
   trust?: Trust
 }
 
-interface Call {
+/** A call waiting for a child that serves: its slot and a copy of its bytes. */
+interface Held {
+  id: number
   req: string | Uint8Array
-  resolve: (b: Buffer) => void
-  reject: (e: unknown) => void
-  stop: (() => void) | null
 }
 
 const seqs = new Map<string, string[]>()
-
-// new Promise(capture) hands out its settlers without a closure per call.
-let capturedRes: (b: Buffer) => void = () => {}
-let capturedRej: (e: unknown) => void = () => {}
-function capture (res: (b: Buffer) => void, rej: (e: unknown) => void): void { capturedRes = res; capturedRej = rej }
 
 /** The content facts of the file, read once: what this runtime reports as its version. */
 function versionOf (path: string, trust: Trust | undefined): { version: LibraryVersion, realPath: string } {
@@ -110,9 +105,12 @@ export class IsolatedRuntime extends TypedEmitter<IsolatedRuntimeEvents> {
   #child: ChildProcess | null = null
   #channel: NativeChannel | null = null
   #counters: Int32Array = new Int32Array(1)
-  #calls = new Map<number, Call>()
-  #nextId = 1
-  #held: Array<{ id: number, call: Call }> = []
+  // Calls by slot (the id the child echoes back): the promise's resolve
+  // function while the call is sent or held. A slot is free again once the
+  // child answered, or once the child is gone.
+  #res: Array<Resolve | undefined> = []
+  #free: number[] = []
+  #held: Held[] = []
   #state: 'starting' | 'running' | 'restarting' | 'crash-loop' | 'unloading' | 'unloaded' = 'starting'
   #crashes: number[] = []
   #backoff = BACKOFF_MS
@@ -152,7 +150,7 @@ export class IsolatedRuntime extends TypedEmitter<IsolatedRuntimeEvents> {
       (kind, info, failure, message) => this.#event(channel, kind, info, failure, message))
     this.#channel = channel
     this.#counters = channel.counters()
-    this.#counters[0] = this.#calls.size + this.#held.length
+    this.#counters[0] = this.#inFlight
     let child: ChildProcess
     try {
       child = startHost({ lib: this.path, abi: ABI_CODES[this.abi], global: this.#o.global, maxQueue: this.#o.maxQueue, unloadTimeoutMs: this.#o.unloadTimeoutMs, limits: this.#o.limits, fds: channel.fds() })
@@ -184,7 +182,7 @@ export class IsolatedRuntime extends TypedEmitter<IsolatedRuntimeEvents> {
         this.#child?.unref()
         const held = this.#held
         this.#held = []
-        for (const h of held) this.#send(h.id, h.call)
+        for (const h of held) this.#send(h.id, h.req)
         this.#ready?.()
         return
       }
@@ -245,8 +243,7 @@ export class IsolatedRuntime extends TypedEmitter<IsolatedRuntimeEvents> {
     if (this.#crashes.length >= (this.#o.maxCrashes ?? 5)) {
       this.#state = 'crash-loop'
       const loop = new DlhostError('ERR_CRASH_LOOP', `the isolated plugin crashed ${this.#crashes.length} times within ${window} ms; not restarted until reload(): ${this.path}`, { path: this.path, cause: err })
-      for (const h of this.#held) h.call.reject(loop)
-      this.#held = []
+      this.#failHeld(loop)
       if (this.listenerCount('error') > 0) emitSafely(this, 'error', loop)
       return
     }
@@ -262,16 +259,40 @@ export class IsolatedRuntime extends TypedEmitter<IsolatedRuntimeEvents> {
     }, delay)
   }
 
-  /** Rejects every call sent to the child that is gone. */
+  /** Calls sent or held: what counters[0] says to the native side too. */
+  #inFlight = 0
+
+  #take (): number {
+    this.#inFlight++
+    this.#counters[0] = this.#inFlight
+    return this.#free.length > 0 ? this.#free.pop() as number : this.#res.length
+  }
+
+  /** The slot's resolve function; the slot is free again. */
+  #release (id: number): Resolve | undefined {
+    const res = this.#res[id]
+    this.#res[id] = undefined
+    this.#free.push(id)
+    this.#inFlight--
+    this.#counters[0] = this.#inFlight
+    return res
+  }
+
+  /** Rejects every call sent to the child that is gone (held calls wait for the next one). */
   #abortAll (err: unknown): void {
-    const calls = this.#calls
-    this.#calls = new Map()
-    this.#counters[0] = this.#held.length
-    for (const [, c] of calls) {
-      c.stop?.()
+    const held = new Set(this.#held.map(h => h.id))
+    for (let id = 0; id < this.#res.length; id++) {
+      if (this.#res[id] === undefined || held.has(id)) continue
       this.#failed++
-      c.reject(err)
+      fail(this.#release(id), err)
     }
+    this.#abandoned.clear()
+  }
+
+  #failHeld (err: unknown): void {
+    const held = this.#held
+    this.#held = []
+    for (const h of held) fail(this.#release(h.id), err)
   }
 
   #complete (count: number, meta: Int32Array, bodies: ArrayBuffer | undefined, bigs: Array<Buffer | undefined> | undefined): void {
@@ -280,21 +301,18 @@ export class IsolatedRuntime extends TypedEmitter<IsolatedRuntimeEvents> {
       const rc = meta[m + 1] as number
       const off = meta[m + 2] as number
       const len = meta[m + 3] as number
-      const c = this.#calls.get(id)
-      if (c === undefined) continue
-      this.#calls.delete(id)
-      this.#counters[0]--
-      c.stop?.()
-      if (this.#abandoned.delete(id)) { this.#late++; continue }
+      if (this.#res[id] === undefined) continue
+      const res = this.#release(id)
+      if (this.#abandoned.size > 0 && this.#abandoned.delete(id)) { this.#late++; continue }
       if (len === C.ABORTED_LEN) {
         this.#failed++
-        c.reject(new DlhostError('ERR_ABORTED', 'the plugin never answered this call before its threads exited', { path: this.path }))
+        fail(res, new DlhostError('ERR_ABORTED', 'the plugin never answered this call before its threads exited', { path: this.path }))
         continue
       }
       const body = off === C.BIG_OFFSET ? (bigs?.[i] ?? EMPTY) : len === 0 ? EMPTY : bufferView(bodies as ArrayBuffer, off, len)
-      if (rc === 0) { this.#completed++; c.resolve(body) } else {
+      if (rc === 0) { this.#completed++; res?.(body) } else {
         this.#failed++
-        c.reject(pluginError(this.path, rc, body))
+        fail(res, pluginError(this.path, rc, body))
       }
     }
   }
@@ -307,17 +325,13 @@ export class IsolatedRuntime extends TypedEmitter<IsolatedRuntimeEvents> {
     this.#channel?.flush()
   }
 
-  #send (id: number, call: Call): void {
+  #send (id: number, req: string | Uint8Array): void {
     const ch = this.#channel
     if (ch !== null && this.#unflushed++ === 0) queueMicrotask(this.#flush)
     else if (this.#unflushed >= 64) this.#flush()
-    if (ch === null || !ch.send(id, call.req)) {
-      call.stop?.()
-      this.#counters[0]--
-      call.reject(new DlhostError('ERR_QUEUE_FULL', 'the channel to the isolated plugin is full', { path: this.path }))
-      return
+    if (ch === null || !ch.send(id, req)) {
+      fail(this.#release(id), new DlhostError('ERR_QUEUE_FULL', 'the channel to the isolated plugin is full', { path: this.path }))
     }
-    this.#calls.set(id, call)
   }
 
   /** Sends one request to the child; resolves with the plugin's response. */
@@ -336,43 +350,56 @@ export class IsolatedRuntime extends TypedEmitter<IsolatedRuntimeEvents> {
     if (this.#state === 'crash-loop') return Promise.reject(new DlhostError('ERR_CRASH_LOOP', `the isolated plugin is in a crash loop: ${this.path}`, { path: this.path }))
     if (this.#state === 'unloading' || this.#state === 'unloaded') return Promise.reject(new DlhostError('ERR_RUNTIME_UNLOADED', 'the runtime is unloaded', { path: this.path }))
     if (signal?.aborted === true) return Promise.reject(new DlhostError('ERR_ABORTED', 'the call was aborted', { path: this.path, cause: signal.reason }))
-    if (this.#calls.size + this.#held.length >= this.#o.maxQueue) return Promise.reject(new DlhostError('ERR_QUEUE_FULL', 'the runtime queue is full', { path: this.path }))
-    const id = this.#nextId++
-    if (this.#nextId >= 0x7fffffff) this.#nextId = 1
-    // The fast path: no signal, no timeout, a child serving: the request is
-    // copied into the channel now, and only the promise's settlers are kept.
-    if (signal === undefined && timeoutMs === undefined && this.#state === 'running') {
-      const p = new Promise<Buffer>(capture)
-      this.#counters[0]++
-      this.#send(id, { req, resolve: capturedRes, reject: capturedRej, stop: null })
-      return p
-    }
+    if (this.#inFlight >= this.#o.maxQueue) return Promise.reject(new DlhostError('ERR_QUEUE_FULL', 'the runtime queue is full', { path: this.path }))
+    const id = this.#take()
+    const p = pending()
+    this.#res[id] = takeResolve()
+    // A serving child gets the bytes now (copied into the channel); a
+    // starting one gets them later, so a copy is kept meanwhile.
+    if (this.#state === 'running') this.#send(id, req)
+    else this.#held.push({ id, req: typeof req === 'string' ? req : Buffer.from(req) })
+    if (signal === undefined && timeoutMs === undefined) return p
+    return this.#guard(p, id, signal, timeoutMs)
+  }
+
+  /**
+   * The caller may give up on a call (its signal, its timeout): a held call
+   * is dropped; a sent one's answer is dropped and counted when it comes. A
+   * call past its timeout means the child may be wedged: it is recycled
+   * (new calls wait for the next child).
+   */
+  #guard (p: Promise<Buffer>, id: number, signal: AbortSignal | undefined, timeoutMs: number | undefined): Promise<Buffer> {
     return new Promise<Buffer>((resolve, reject) => {
-      // Kept until it is sent (held while a child starts): a copy of the bytes.
-      const call: Call = { req: typeof req === 'string' ? req : Buffer.from(req), resolve, reject, stop: null }
-      const stops: Array<() => void> = []
+      let timer: NodeJS.Timeout | undefined
+      let stop: (() => void) | undefined
+      const done = (): void => {
+        if (timer !== undefined) clearTimeout(timer)
+        stop?.()
+      }
       const giveUp = (err: DlhostError, wedged: boolean): void => {
-        for (const f of stops) f()
-        const h = this.#held.findIndex(x => x.id === id)
-        if (h >= 0) { this.#held.splice(h, 1); this.#counters[0]-- } else if (this.#calls.has(id)) this.#abandoned.add(id)
+        done()
         reject(err)
-        // A call past its timeout means the child may be wedged: recycle it
-        // (new calls wait for the next child).
-        if (wedged && this.#calls.has(id) && this.#child !== null && this.#state === 'running') {
+        const h = this.#held.findIndex(x => x.id === id)
+        if (h >= 0) {
+          this.#held.splice(h, 1)
+          this.#release(id)
+          return
+        }
+        if (this.#res[id] === undefined) return
+        this.#abandoned.add(id)
+        if (wedged && this.#child !== null && this.#state === 'running') {
           this.#recycled = this.#child
           this.#state = 'restarting'
           this.#child.kill('SIGKILL')
         }
       }
-      if (signal !== undefined) stops.push(onAbort(signal, () => giveUp(new DlhostError('ERR_ABORTED', 'the call was aborted', { path: this.path, cause: signal.reason }), false)))
       if (timeoutMs !== undefined) {
-        const timer = setTimeout(() => giveUp(new DlhostError('ERR_TIMEOUT', `no answer within ${timeoutMs} ms; the child is recycled`, { path: this.path }), true), timeoutMs)
-        stops.push(() => clearTimeout(timer))
+        timer = setTimeout(() => giveUp(new DlhostError('ERR_TIMEOUT', `no answer within ${timeoutMs} ms; the child is recycled`, { path: this.path }), true), timeoutMs)
       }
-      if (stops.length > 0) call.stop = () => { for (const f of stops) f() }
-      this.#counters[0]++
-      if (this.#state === 'running') this.#send(id, call)
-      else this.#held.push({ id, call })
+      if (signal !== undefined) {
+        stop = onAbort(signal, () => giveUp(new DlhostError('ERR_ABORTED', 'the call was aborted', { path: this.path, cause: signal.reason }), false))
+      }
+      p.then(v => { done(); resolve(v) }, e => { done(); reject(e) })
     })
   }
 
@@ -385,10 +412,7 @@ export class IsolatedRuntime extends TypedEmitter<IsolatedRuntimeEvents> {
     if (this.#state === 'unloading' || this.#state === 'unloaded') return this.#unloaded
     const prev = this.#state
     this.#state = 'unloading'
-    const err = new DlhostError('ERR_RUNTIME_UNLOADED', 'the runtime is unloaded', { path: this.path })
-    for (const h of this.#held) h.call.reject(err)
-    this.#counters[0] -= this.#held.length
-    this.#held = []
+    this.#failHeld(new DlhostError('ERR_RUNTIME_UNLOADED', 'the runtime is unloaded', { path: this.path }))
     const child = this.#child
     if (child === null || prev !== 'running') {
       child?.kill('SIGKILL')
@@ -419,7 +443,7 @@ export class IsolatedRuntime extends TypedEmitter<IsolatedRuntimeEvents> {
   get restarts (): number { return this.#restarts }
   get unloadInfo (): NativeUnloadInfo | null { return this.#unloadInfo }
   get stats (): { queued: number, inFlight: number, completed: number, failed: number, misuse: number, late: number, restarts: number, version: LibraryVersion } {
-    return { queued: this.#held.length, inFlight: this.#calls.size + this.#held.length, completed: this.#completed, failed: this.#failed, misuse: this.#unloadInfo?.misuse ?? 0, late: this.#late, restarts: this.#restarts, version: this.#version }
+    return { queued: this.#held.length, inFlight: this.#inFlight, completed: this.#completed, failed: this.#failed, misuse: this.#unloadInfo?.misuse ?? 0, late: this.#late, restarts: this.#restarts, version: this.#version }
   }
 
   get version (): LibraryVersion { return this.#version }
