@@ -84,6 +84,14 @@ async function main () {
     if (fs.existsSync(LIBS.host)) peers.isolated = await dlhost.load(LIBS.host, 'bench isolated', { isolate: 'process' })
   }
   if (ONLY.has('seq') || ONLY.has('peers')) results.sequential = await timed('seq', () => benchSequential(rts, peer, peers))
+  if (results.sequential) {
+    results.sequentialReference = {
+      name: 'lua-resty-ffi, 512 B (published)',
+      medianUs: 11.8,
+      measuredHere: false,
+      source: 'lua-resty-ffi\'s benchmark.md: 1.18 s per 100,000 sequential 512-byte calls, one CPU, its machine'
+    }
+  }
   if (ONLY.has('pipe')) {
     const p = await timed('pipe', () => benchPipelined(rts, peer, peers))
     results.pipelined = p.rows

@@ -53,6 +53,7 @@ function markdown (r) {
     '## Reference, not measured here',
     '',
     'lua-resty-ffi publishes 1.18 s per 100,000 sequential 512-byte calls (~11.8 µs each, one CPU; its benchmark.md).',
+    'It appears as the last row of table 1, marked: a figure from another machine, not a ratio.',
     '',
     '## Tables',
     '',

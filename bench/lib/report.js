@@ -53,7 +53,9 @@ function render (r) {
   if (r.sequential) {
     out.push(table('1. Sequential round trip, 64 B echo (await call() in a loop)',
       ['subject', 'median µs', 'p99 µs', '× setImmediate', '× async_work', 'koffi .async ÷', 'async_work ÷', 'round medians µs'],
-      r.sequential.map(x => [x.name, fmt(x.medianUs), fmt(x.p99Us), fmt(x.vsSetImmediate), fmt(x.vsAsyncWork), fmt(x.koffiAsyncOver, 1), fmt(x.asyncWorkOver, 1), x.roundMediansUs.map(v => fmt(v, 1)).join(' ')])))
+      [...r.sequential.map(x => [x.name, fmt(x.medianUs), fmt(x.p99Us), fmt(x.vsSetImmediate), fmt(x.vsAsyncWork), fmt(x.koffiAsyncOver, 1), fmt(x.asyncWorkOver, 1), x.roundMediansUs.map(v => fmt(v, 1)).join(' ')]),
+        ...(r.sequentialReference ? [[`${r.sequentialReference.name} *`, fmt(r.sequentialReference.medianUs, 1), '-', '-', '-', '-', '-', '-']] : [])]))
+    if (r.sequentialReference) out.push(`   * reference, NOT measured here: ${r.sequentialReference.source}`)
     out.push('   "koffi .async ÷" and "async_work ÷": how many times faster than that peer (its median latency over this one\'s, per round)')
   }
   if (r.pipelined) {
@@ -142,9 +144,12 @@ function render (r) {
   }
   if (r.storm) {
     const s = r.storm
-    out.push(table('5. Throughput during a reload storm (plugin.call, 256 in flight, shadow, 10 reloads/s)',
-      ['steady calls/s', 'storm calls/s', 'ratio', 'round ratios', 'reloads/window', 'failed calls', 'reload errors'],
-      [[big(s.steadyCallsPerSec), big(s.stormCallsPerSec), `${(s.ratio * 100).toFixed(1)}%`, s.roundRatios.map(x => fmt(x * 100, 0) + '%').join(' '), s.reloadsPerWindow.join(' '), s.failedCalls, s.reloadErrors]]))
+    const row = (name, x, errors) => [name, big(x.steadyCallsPerSec), big(x.stormCallsPerSec), `${(x.ratio * 100).toFixed(1)}%`, x.roundRatios.map(v => fmt(v * 100, 0) + '%').join(' '), x.reloadsPerWindow.join(' '), x.failedCalls, errors]
+    const rows = [row('dlhost plugin.call, shadow', s, s.reloadErrors)]
+    if (s.koffiByHand) rows.push(row('koffi .async, by hand (drained unload)', s.koffiByHand, '-'))
+    out.push(table(`5. Throughput during a reload storm (${s.inFlight} in flight, 10 reloads/s)`,
+      ['subject', 'steady calls/s', 'storm calls/s', 'storm/steady', 'round ratios', 'reloads/window', 'failed calls', 'reload errors'], rows))
+    if (s.koffiByHand) out.push(`   dlhost's storm throughput ÷ koffi's by-hand storm throughput, per round: ${fmt(s.stormOverKoffiStorm, 1)}×`)
   }
   if (r.memory) {
     const m = r.memory
