@@ -98,6 +98,9 @@ Napi::Object Constants(Napi::Env env) {
   c.Set("TOO_LARGE_OFFSET", double(kTooLargeOffset));
   c.Set("SYNC_TOO_LARGE_OFFSET", double(kSyncTooLargeOffset));
   c.Set("SUBMIT_CLOSED", double(kSubmitClosed));
+  c.Set("TASK_STATE_EXPORT", double(kTaskStateExport));
+  c.Set("TASK_STATE_IMPORT", double(kTaskStateImport));
+  c.Set("RC_NO_STATE_ENTRY", double(kRcNoStateEntry));
   c.Set("ABI_HOST", double(Abi::kHost));
   c.Set("ABI_NATIVE", double(Abi::kNative));
   c.Set("ABI_LUA", double(Abi::kLua));

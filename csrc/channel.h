@@ -34,9 +34,12 @@ struct FrameHeader {
 };
 constexpr uint32_t kControlId = 0xffffffffu;
 // Request flags.
-constexpr uint32_t kFrameMore = 1;    // the payload continues in the next frame of this id
-constexpr uint32_t kFrameCfg = 2;     // control: the cfg (payload), once, first
-constexpr uint32_t kFrameUnload = 4;  // control: unload gracefully
+constexpr uint32_t kFrameMore = 1;          // the payload continues in the next frame of this id
+constexpr uint32_t kFrameCfg = 2;           // control: the cfg (payload), once, first
+constexpr uint32_t kFrameUnload = 4;        // control: unload gracefully
+constexpr uint32_t kFrameStateExport = 8;   // this request is dlhost_state_export
+constexpr uint32_t kFrameStateImport = 16;  // this request (the bytes) is dlhost_state_import
+constexpr uint32_t kFrameCancel = 32;       // control: the caller gave up on call {u32 id}
 // Response b (payload length) of a call the plugin never answered.
 constexpr uint32_t kFrameAborted = 0xffffffffu;
 // Response control kinds (in rc), with their payloads.

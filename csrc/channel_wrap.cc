@@ -23,6 +23,7 @@ Napi::Function ChannelWrap::Init(Napi::Env env) {
       {InstanceMethod<&ChannelWrap::Fds>("fds"), InstanceMethod<&ChannelWrap::Spawned>("spawned"),
        InstanceMethod<&ChannelWrap::SendCfg>("sendCfg"), InstanceMethod<&ChannelWrap::Send>("send"),
        InstanceMethod<&ChannelWrap::Flush>("flush"), InstanceMethod<&ChannelWrap::Unload>("unload"),
+       InstanceMethod<&ChannelWrap::Cancel>("cancel"),
        InstanceMethod<&ChannelWrap::Counters>("counters"),
        InstanceMethod<&ChannelWrap::Limit>("limit"), InstanceMethod<&ChannelWrap::Close>("close")});
 }
@@ -172,19 +173,27 @@ Napi::Value ChannelWrap::SendCfg(const Napi::CallbackInfo &info) {
   return env.Undefined();
 }
 
-// send(id, req) -> true, or false when the channel has no room for it now.
+// send(id, req, kind?) -> true, or false when the channel has no room for
+// it now. kind (TaskKind): a state step instead of a call.
 Napi::Value ChannelWrap::Send(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   if (closed_) return Napi::Boolean::New(env, false);
   uint32_t id = info[0].As<Napi::Number>().Uint32Value();
   JsRequest r = ReadRequest(env, info[1]);
+  uint32_t flags = 0;
+  if (info.Length() > 2 && info[2].IsNumber()) {
+    uint32_t kind = info[2].As<Napi::Number>().Uint32Value();
+    flags = kind == kTaskStateExport   ? kFrameStateExport
+            : kind == kTaskStateImport ? kFrameStateImport
+                                       : 0;
+  }
   bool ok;
   if (r.str) {
     std::string s(r.len + 1, '\0');
     r.CopyTo(env, &s[0]);
-    ok = WriteFrames(id, 0, s.data(), r.len);
+    ok = WriteFrames(id, flags, s.data(), r.len);
   } else {
-    ok = WriteFrames(id, 0, r.bytes, r.len);
+    ok = WriteFrames(id, flags, r.bytes, r.len);
   }
   if (ok) {
     StartSpin();
@@ -199,6 +208,21 @@ Napi::Value ChannelWrap::Flush(const Napi::CallbackInfo &info) {
   if (!closed_ && staging_) {
     staging_ = false;
     RingPublish(chan_->req, staged_tail_);
+  }
+  return info.Env().Undefined();
+}
+
+// cancel(id): tells the child the caller gave up on call id (best effort:
+// a full ring drops it; the answer is dropped here either way).
+Napi::Value ChannelWrap::Cancel(const Napi::CallbackInfo &info) {
+  uint32_t id = info[0].As<Napi::Number>().Uint32Value();
+  if (!closed_ && staging_) {
+    staging_ = false;
+    RingPublish(chan_->req, staged_tail_);
+  }
+  if (!closed_) {
+    FrameHeader h{0, kControlId, sizeof id, kFrameCancel};
+    RingWrite(chan_->req, ReqData(chan_), chan_->ring_bytes, h, &id, sizeof id);
   }
   return info.Env().Undefined();
 }

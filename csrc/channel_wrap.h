@@ -28,6 +28,7 @@ class ChannelWrap : public Napi::ObjectWrap<ChannelWrap> {
   Napi::Value Send(const Napi::CallbackInfo &info);
   Napi::Value Flush(const Napi::CallbackInfo &info);
   Napi::Value Unload(const Napi::CallbackInfo &info);
+  Napi::Value Cancel(const Napi::CallbackInfo &info);
   Napi::Value Counters(const Napi::CallbackInfo &info);
   Napi::Value Limit(const Napi::CallbackInfo &info);
   Napi::Value Close(const Napi::CallbackInfo &info);

@@ -26,6 +26,12 @@ constexpr int32_t kSyncTooLargeOffset = -3;
 // submit() result: the runtime is closed
 constexpr int32_t kSubmitClosed = -2;
 
+// ---- what a task asks (Task::kind): a call, or a state hand-over step run
+// in queue order by whoever takes tasks (dlhost.h, "state across reloads")
+enum TaskKind : uint32_t { kTaskCall = 0, kTaskStateExport = 1, kTaskStateImport = 2 };
+// The rc of a state step whose entry the plugin does not export.
+constexpr int32_t kRcNoStateEntry = -0x7fff0001;
+
 // ---- the plugin ABI a runtime drives (lib/rules.ts names them)
 enum class Abi : int32_t { kHost = 0, kNative = 1, kLua = 2 };
 

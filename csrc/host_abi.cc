@@ -36,6 +36,12 @@ DLHOST_EXPORT void dlhost_task_respond(dlhost_task *t, int rc, void *rsp, size_t
   dlhost::RuntimeCore::Respond(reinterpret_cast<Task *>(t), rc, rsp, len);
 }
 
+DLHOST_EXPORT int dlhost_task_cancelled(dlhost_task *t) {
+  auto *task = reinterpret_cast<Task *>(t);
+  if (!task || task->magic != Task::kMagic) return 0;
+  return task->cancelled.load(std::memory_order_acquire) ? 1 : 0;
+}
+
 DLHOST_EXPORT void *ngx_http_lua_ffi_task_poll(void *tq) {
   if (!tq) return nullptr;
   return static_cast<dlhost_queue *>(tq)->core->Poll();

@@ -70,6 +70,8 @@ void Task::Reset() {
   rc = 0;
   rsp = nullptr;
   rsp_len = 0;
+  kind = kTaskCall;
+  cancelled.store(0, std::memory_order_relaxed);
   state.store(kFree, std::memory_order_release);
 }
 
@@ -108,6 +110,8 @@ const char *RuntimeCore::ResolveEntry() {
   close_fn = reinterpret_cast<dlhost_close_fn>(sym("dlhost_close"));
   init_fn = reinterpret_cast<dlhost_init_fn>(sym("dlhost_init"));
   lua_init_fn = reinterpret_cast<libffi_init_fn>(sym("libffi_init"));
+  export_fn = reinterpret_cast<dlhost_state_export_fn>(sym("dlhost_state_export"));
+  import_fn = reinterpret_cast<dlhost_state_import_fn>(sym("dlhost_state_import"));
   switch (abi) {
     case Abi::kHost: return handle_fn ? nullptr : "dlhost_handle";
     case Abi::kNative: return init_fn ? nullptr : "dlhost_init";
@@ -191,23 +195,54 @@ std::vector<pid_t> RuntimeCore::PollerTids() {
   return tids_;
 }
 
+void RuntimeCore::RunStateStep(Task *t) {
+  void *out = nullptr;
+  size_t len = 0;
+  int rc = kRcNoStateEntry;
+  // Host-driven plugins get what dlhost_open returned; plugin-driven ones NULL.
+  void *s = abi == Abi::kHost ? state : nullptr;
+  if (t->kind == kTaskStateExport && export_fn)
+    rc = export_fn(s, &out, &len);
+  else if (t->kind == kTaskStateImport && import_fn)
+    rc = import_fn(s, t->req, t->req_len);
+  Respond(t, rc, out, out ? len : 0);
+}
+
+// Plugin-driven: a state step is run inside the poll of whichever plugin
+// thread takes it, and that poll goes on to the next task.
 Task *RuntimeCore::Poll() {
   RecordPoller();
-  Task *t = requests.pop();
-  if (t)
+  for (;;) {
+    Task *t = requests.pop();
+    if (!t) {
+      ends.fetch_add(1);
+      return nullptr;
+    }
     t->state.store(Task::kTaken, std::memory_order_release);
-  else
-    ends.fetch_add(1);
-  return t;
+    if (t->kind == kTaskCall) return t;
+    RunStateStep(t);
+  }
 }
 
 size_t RuntimeCore::PollBatch(Task **out, size_t max) {
   RecordPoller();
   if (!out || max == 0) return 0;
-  size_t n = requests.pop_batch(out, max);
-  if (n == 0) ends.fetch_add(1);
-  for (size_t i = 0; i < n; i++) out[i]->state.store(Task::kTaken, std::memory_order_release);
-  return n;
+  for (;;) {
+    size_t n = requests.pop_batch(out, max);
+    if (n == 0) {
+      ends.fetch_add(1);
+      return 0;
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+      out[i]->state.store(Task::kTaken, std::memory_order_release);
+      if (out[i]->kind == kTaskCall)
+        out[k++] = out[i];
+      else
+        RunStateStep(out[i]);
+    }
+    if (k) return k;  // 0 would mean the end: poll again
+  }
 }
 
 namespace {
@@ -250,6 +285,10 @@ void HostLoopBody(const std::shared_ptr<RuntimeCore> &core) {
     for (size_t i = 0; i < n; i++) {
       Task *t = batch[i];
       t->state.store(Task::kTaken, std::memory_order_relaxed);
+      if (t->kind != kTaskCall) {
+        core->RunStateStep(t);
+        continue;
+      }
       void *rsp = nullptr;
       size_t len = 0;
       int rc = core->handle_fn(core->state, t->req, t->req_len, &rsp, &len);

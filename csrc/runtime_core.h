@@ -32,8 +32,11 @@ struct Task {
   std::atomic<Task *> cq_next{nullptr};
   std::atomic<uint32_t> state{kFree};
   uint32_t magic = kMagic;
-  uint32_t id = 0;    // slot index, the JS side's key for this call
-  uint32_t call = 0;  // in an isolated runtime's child: the host's key for this call
+  uint32_t id = 0;            // slot index, the JS side's key for this call
+  uint32_t call = 0;          // in an isolated runtime's child: the host's key for this call
+  uint32_t kind = kTaskCall;  // TaskKind, set before submit
+  // Non-zero once the caller gave up (dlhost_task_cancelled); any thread.
+  std::atomic<uint32_t> cancelled{0};
   RuntimeCore *core = nullptr;
   // Request: owned by the host; req points to inline_buf or to a malloc
   // (big, set before submit by the wrapper's setBig).
@@ -94,6 +97,9 @@ class RuntimeCore : public std::enable_shared_from_this<RuntimeCore> {
   void Complete(Task *t);  // into the completion queue, ring if needed
   static void Respond(Task *t, int rc, void *rsp, size_t len);  // plugin ABI
   Task *Poll();  // plugin ABI, records the polling thread
+  // A state step (kind != kTaskCall) run by the thread that took it; it is
+  // answered like a call.
+  void RunStateStep(Task *t);
   size_t PollBatch(Task **out, size_t max);
   size_t Pollers();
   std::vector<pid_t> PollerTids();
@@ -120,6 +126,8 @@ class RuntimeCore : public std::enable_shared_from_this<RuntimeCore> {
   dlhost_close_fn close_fn = nullptr;
   dlhost_init_fn init_fn = nullptr;
   libffi_init_fn lua_init_fn = nullptr;
+  dlhost_state_export_fn export_fn = nullptr;
+  dlhost_state_import_fn import_fn = nullptr;
   void *state = nullptr;  // dlhost_open's result
 
   // Lifecycle, written by worker threads, read by the JS thread on a ring.

@@ -26,7 +26,9 @@ Napi::Function RuntimeWrap::Init(Napi::Env env) {
        InstanceMethod<&RuntimeWrap::SyncSlab>("syncSlab"),
        InstanceMethod<&RuntimeWrap::TakeBig>("takeBig"),
        InstanceMethod<&RuntimeWrap::Unload>("unload"), InstanceMethod<&RuntimeWrap::Stats>("stats"),
-       InstanceMethod<&RuntimeWrap::SetSpin>("setSpin")});
+       InstanceMethod<&RuntimeWrap::SetSpin>("setSpin"),
+       InstanceMethod<&RuntimeWrap::SetKind>("setKind"),
+       InstanceMethod<&RuntimeWrap::Cancel>("cancel")});
 }
 
 // new Runtime(library, abi, maxQueue, onComplete, onEvent, unloadTimeoutMs)
@@ -190,6 +192,35 @@ Napi::Value RuntimeWrap::SetBig(const Napi::CallbackInfo &info) {
   t->req = req;
   t->req_len = r.len;
   return env.Undefined();
+}
+
+// setKind(slot, kind): the free slot's next task is a state step (TaskKind),
+// staged and submitted like a call, so it runs in queue order.
+Napi::Value RuntimeWrap::SetKind(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  uint32_t id = info[0].As<Napi::Number>().Uint32Value();
+  uint32_t kind = info[1].As<Napi::Number>().Uint32Value();
+  if (!core_) ThrowCoded(env, "ERR_RUNTIME_UNLOADED", "the runtime is unloaded");
+  if (id >= core_->slots || kind > kTaskStateImport)
+    throw Napi::RangeError::New(env, "setKind: no such slot or kind");
+  Task *t = core_->Slot(id);
+  if (t->state.load(std::memory_order_relaxed) != Task::kFree)
+    throw Napi::Error::New(env, "setKind: slot in use");
+  t->kind = kind;
+  return env.Undefined();
+}
+
+// cancel(slot): the caller gave up on the call in this slot; the plugin sees
+// it through dlhost_task_cancelled. A slot already answered is not touched
+// (its flag is cleared when it is freed).
+Napi::Value RuntimeWrap::Cancel(const Napi::CallbackInfo &info) {
+  uint32_t id = info[0].As<Napi::Number>().Uint32Value();
+  if (core_ && id < core_->slots) {
+    Task *t = core_->Slot(id);
+    if (t->state.load(std::memory_order_acquire) != Task::kFree)
+      t->cancelled.store(1, std::memory_order_release);
+  }
+  return info.Env().Undefined();
 }
 
 // counters() -> Int32Array [pending], written by the TypeScript side.

@@ -33,6 +33,8 @@ class RuntimeWrap : public Napi::ObjectWrap<RuntimeWrap> {
   Napi::Value Unload(const Napi::CallbackInfo &info);
   Napi::Value Stats(const Napi::CallbackInfo &info);
   Napi::Value SetSpin(const Napi::CallbackInfo &info);
+  Napi::Value SetKind(const Napi::CallbackInfo &info);
+  Napi::Value Cancel(const Napi::CallbackInfo &info);
   // The one unload path (unload(), environment teardown, finalizer).
   void BeginUnload();
   // The environment is going away (cleanup hook, finalizer): never block,

@@ -69,6 +69,11 @@ export interface NativeConstants {
   SYNC_TOO_LARGE_OFFSET: number
   /** submit() result when the runtime is closed. */
   SUBMIT_CLOSED: number
+  /** stateTask() kinds: run dlhost_state_export / dlhost_state_import in queue order. */
+  TASK_STATE_EXPORT: number
+  TASK_STATE_IMPORT: number
+  /** The rc of a state step whose entry the plugin does not export. */
+  RC_NO_STATE_ENTRY: number
   ABI_HOST: number
   ABI_NATIVE: number
   ABI_LUA: number
@@ -128,6 +133,10 @@ export interface NativeRuntime {
   counters (): Int32Array
   /** Copies a request too big for the inline area into the slot (before submit). */
   setBig (slot: number, req: string | Uint8Array): void
+  /** The free slot's next task is a state step (TASK_STATE_*), staged and submitted like a call. */
+  setKind (slot: number, kind: number): void
+  /** The caller gave up on the call in this slot: dlhost_task_cancelled() says so to the plugin. */
+  cancel (slot: number): void
   /** Runs the handler; the answer is described by syncMeta() [slab generation, offset or SYNC_BIG_OFFSET, length, rc]. */
   callSync (req: string | Uint8Array): void
   /** callSync for Uint8Array requests as a plain function (no unwrap, no type dispatch); call it only while this object is alive. */

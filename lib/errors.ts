@@ -33,6 +33,10 @@ export const codes = {
   ERR_CRASH_LOOP: 'ERR_CRASH_LOOP',
   /** A probe load of a new build in a throwaway child process crashed or failed. */
   ERR_PROBE_FAILED: 'ERR_PROBE_FAILED',
+  /** A new version refused the state the serving one handed over (dlhost_state_import rc != 0), or cannot import it. */
+  ERR_STATE_REJECTED: 'ERR_STATE_REJECTED',
+  /** The serving version could not export its state (dlhost_state_export rc != 0): the reload is refused. */
+  ERR_STATE_EXPORT: 'ERR_STATE_EXPORT',
   /** The call got no answer within its timeoutMs. */
   ERR_TIMEOUT: 'ERR_TIMEOUT',
   ERR_CLOSED: 'ERR_CLOSED',

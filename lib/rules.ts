@@ -44,6 +44,21 @@ export function abiOf (has: (symbol: string) => boolean): { abi: Abi | null, ent
   return { abi: null, entry: null }
 }
 
+/** The optional state hand-over entries (dlhost.h, "state across reloads"). */
+export const STATE_EXPORT = 'dlhost_state_export'
+export const STATE_IMPORT = 'dlhost_state_import'
+
+/**
+ * Whether a version hands its state over at a reload and takes one in:
+ * dlhost's own two ABIs only (a lua-resty-ffi plugin loads unmodified, and
+ * its ABI has no such entries).
+ */
+export function stateEntries (info: ElfInfo, abi: Abi): { exports: boolean, imports: boolean } {
+  if (abi === 'lua-resty-ffi') return { exports: false, imports: false }
+  const exported = new Set(info.exports)
+  return { exports: exported.has(STATE_EXPORT), imports: exported.has(STATE_IMPORT) }
+}
+
 /** abiOf() over a parsed file's exports. */
 export function detectAbi (info: ElfInfo): { abi: Abi | null, entry: string | null } {
   const exported = new Set(info.exports)

@@ -337,7 +337,16 @@ export class Runtime {
     return callSites ? withCallSite(this.#call(req, options), this.call) : this.#call(req, options)
   }
 
-  #call (req: string | Uint8Array, options?: CallOptions): Promise<Buffer> {
+  /**
+   * @internal A state hand-over step (C.TASK_STATE_EXPORT / IMPORT), queued
+   * behind the calls made before it: resolves with the exported bytes (or
+   * an empty Buffer); a non-zero rc rejects with ERR_PLUGIN carrying it.
+   */
+  stateStep (kind: number, bytes: Uint8Array = EMPTY): Promise<Buffer> {
+    return this.#call(bytes, undefined, kind)
+  }
+
+  #call (req: string | Uint8Array, options?: CallOptions, kind = 0): Promise<Buffer> {
     // Everything that can throw runs before a slot is taken.
     let n: number
     let signal: AbortSignal | undefined
@@ -376,6 +385,7 @@ export class Runtime {
       }
       if (len >= 0) area[off + len] = 0
       else this.#native.setBig(id, req)
+      if (kind !== 0) this.#native.setKind(id, kind)
     } catch (e) {
       this.#freeSlot(id)
       return Promise.reject(fromNative(e, this.path))
@@ -407,6 +417,9 @@ export class Runtime {
       const giveUp = (err: DlhostError): void => {
         done()
         this.#abandoned.add(id)
+        // Staged calls reach the plugin first, then learn they were given up on.
+        this.#submitStaged()
+        this.#native.cancel(id)
         reject(err)
       }
       if (timeoutMs !== undefined) {

@@ -141,6 +141,9 @@ struct Channel {
   std::shared_ptr<RuntimeCore> core;
   std::unordered_map<uint32_t, std::string> partial;  // requests in pieces
   std::vector<Task *> batch;
+  // The child's slot of each call in flight, by the host's id (dense: the
+  // host's slot numbers), for a cancel.
+  std::vector<uint32_t> slot_of;
   bool unloading = false;
   // Host-driven: the handler runs on this thread, in order, as the host
   // poll thread would run it (one thread hop less each way).
@@ -167,8 +170,15 @@ bool ReadRequests(Channel &ch) {
   FrameHeader h;
   while (!ch.unloading && RingPeek(chan->req, ReqData(chan), cap, &h)) {
     if (h.id == kControlId) {
-      RingTake(chan->req, ReqData(chan), cap, h, nullptr, 0);
+      uint32_t cancel_id = 0;
+      bool cancel = (h.b & kFrameCancel) && h.a == sizeof cancel_id;
+      RingTake(chan->req, ReqData(chan), cap, h, cancel ? &cancel_id : nullptr,
+               cancel ? sizeof cancel_id : 0);
       any = true;
+      if (cancel && cancel_id < ch.slot_of.size() && ch.slot_of[cancel_id] < core.slots) {
+        Task *t = core.Slot(ch.slot_of[cancel_id]);
+        if (t->call == cancel_id && t->state.load() != Task::kFree) t->cancelled.store(1);
+      }
       if (h.b & kFrameUnload) {
         SubmitBatch(ch);
         ch.unloading = true;
@@ -206,7 +216,13 @@ bool ReadRequests(Channel &ch) {
       req[len] = 0;
       void *rsp = nullptr;
       size_t rsp_len = 0;
-      int rc = core.handle_fn(core.state, req, len, &rsp, &rsp_len);
+      int rc;
+      if (h.b & kFrameStateExport)
+        rc = core.export_fn ? core.export_fn(core.state, &rsp, &rsp_len) : kRcNoStateEntry;
+      else if (h.b & kFrameStateImport)
+        rc = core.import_fn ? core.import_fn(core.state, req, len) : kRcNoStateEntry;
+      else
+        rc = core.handle_fn(core.state, req, len, &rsp, &rsp_len);
       WriteAnswer(h.id, rc, static_cast<const char *>(rsp), rsp ? rsp_len : 0);
       free(rsp);
       continue;
@@ -235,6 +251,11 @@ bool ReadRequests(Channel &ch) {
     t->req = dst;
     t->req_len = len;
     t->call = h.id;
+    t->kind = (h.b & kFrameStateExport)   ? kTaskStateExport
+              : (h.b & kFrameStateImport) ? kTaskStateImport
+                                          : kTaskCall;
+    if (h.id >= ch.slot_of.size()) ch.slot_of.resize(size_t(h.id) + 1024, UINT32_MAX);
+    ch.slot_of[h.id] = slot;
     t->state.store(Task::kQueued, std::memory_order_relaxed);
     ch.batch.push_back(t);
     if (ch.batch.size() == 64) SubmitBatch(ch);

@@ -37,8 +37,10 @@
 extern "C" {
 #endif
 
-/* Bumped on any incompatible change of the functions or rules below. */
-#define DLHOST_ABI_VERSION 1
+/* Bumped when functions or rules are added or changed. 2: state handed over
+ * across reloads (dlhost_state_export / dlhost_state_import) and
+ * dlhost_task_cancelled. A plugin built against version 1 loads unchanged. */
+#define DLHOST_ABI_VERSION 2
 
 #if defined(__GNUC__)
 #define DLHOST_EXPORT __attribute__((visibility("default")))
@@ -54,7 +56,9 @@ typedef struct dlhost_task dlhost_task;
 /* ---------------------------------------------------------------- host ABI */
 
 /* The ABI version of the loaded host (DLHOST_ABI_VERSION it was built with).
- * Any thread. */
+ * A newer host keeps every older version's functions and rules, so a plugin
+ * checks `dlhost_abi_version() >= DLHOST_ABI_VERSION` (never ==): a plugin
+ * built against version 1 loads under a version-2 host. Any thread. */
 DLHOST_EXPORT unsigned dlhost_abi_version(void);
 
 /* Takes the next task, blocking (spin briefly, then park) until there is one.
@@ -84,6 +88,44 @@ DLHOST_EXPORT const void *dlhost_task_request(dlhost_task *t, size_t *len);
  * after every other free one, so at least 256 calls later): it is ignored,
  * its rsp freed, and counted (stats.misuse). */
 DLHOST_EXPORT void dlhost_task_respond(dlhost_task *t, int rc, void *rsp, size_t len);
+
+/* Non-zero once the caller gave up on the task: its AbortSignal aborted or
+ * its timeoutMs passed. A long handler may stop early; it must still answer
+ * the task once (the answer is dropped). Any thread, while the task is
+ * valid (until it is answered). Version 2. */
+DLHOST_EXPORT int dlhost_task_cancelled(dlhost_task *t);
+
+/* ---------------------------------------------------- state across reloads */
+
+/* Both optional, for dlhost's own ABIs (host-driven and plugin-driven), not
+ * for lua-resty-ffi plugins. `state` is what dlhost_open returned
+ * (host-driven), NULL for plugin-driven plugins. Version 2.
+ *
+ * When the serving version exports state, a reload holds new calls, lets the
+ * old version answer its calls in flight, calls its dlhost_state_export,
+ * then the new version's dlhost_state_import (after its open/init, before
+ * its first call), then lets the held calls flow to the new version. The
+ * bytes are opaque to dlhost: version the format yourself, and refuse one
+ * you cannot read with a non-zero rc (the reload then rolls back, or with
+ * stateRejected: 'fresh' the new version starts without it).
+ *
+ * Host-driven plugins: both run on dlhost's poll thread, between calls
+ * (never beside dlhost_handle). Plugin-driven: inside a dlhost_task_poll of
+ * one of the plugin's threads, in queue order; other threads of the plugin
+ * may still be answering earlier calls (at a reload none is in flight). */
+
+/* Writes the state: *out from malloc (the host frees it), *out_len its
+ * length; *out = NULL means an empty state. Returns 0, or non-zero when it
+ * cannot (the reload is then refused, and the old version serves on). */
+typedef int (*dlhost_state_export_fn)(void *state, void **out, size_t *out_len);
+/* Reads a state another version (or plugin.exportState(), or
+ * reloadable()'s initialState) wrote. `buf` is owned by the host, valid for
+ * the call only. Returns 0 when taken, non-zero to refuse it. */
+typedef int (*dlhost_state_import_fn)(void *state, const void *buf, size_t len);
+#ifndef DLHOST_NO_ENTRY_PROTOTYPES
+DLHOST_EXPORT int dlhost_state_export(void *state, void **out, size_t *out_len);
+DLHOST_EXPORT int dlhost_state_import(void *state, const void *buf, size_t len);
+#endif
 
 /* ------------------------------------------------- host-driven plugin side */
 

@@ -192,7 +192,7 @@ void worker(std::shared_ptr<Runtime> rt) {
 
 // Called once per runtime on the JS thread. Must not throw (C ABI).
 extern "C" DLHOST_EXPORT int dlhost_init(const char *cfg, size_t cfg_len, dlhost_queue *q) {
-  if (dlhost_abi_version() != DLHOST_ABI_VERSION) return 2;
+  if (dlhost_abi_version() < DLHOST_ABI_VERSION) return 2;  // an older host lacks what we use
   std::shared_ptr<Runtime> rt;
   unsigned nthreads;
   try {

@@ -28,8 +28,9 @@ interface NativeChannel {
   fds (): [number, number]
   spawned (): void
   sendCfg (cfg: Buffer): void
-  send (id: number, req: string | Uint8Array): boolean
+  send (id: number, req: string | Uint8Array, kind?: number): boolean
   flush (): void
+  cancel (id: number): void
   unload (): void
   counters (): Int32Array
   limit (): 'memoryMb' | 'cpuSeconds' | 'openFiles' | null
@@ -63,6 +64,8 @@ export interface IsolateOptions {
 interface Held {
   id: number
   req: string | Uint8Array
+  /** A state step (C.TASK_STATE_*), or 0 for a call. */
+  kind: number
 }
 
 const seqs = new Map<string, string[]>()
@@ -182,7 +185,7 @@ export class IsolatedRuntime extends TypedEmitter<IsolatedRuntimeEvents> {
         this.#child?.unref()
         const held = this.#held
         this.#held = []
-        for (const h of held) this.#send(h.id, h.req)
+        for (const h of held) this.#send(h.id, h.req, h.kind)
         this.#ready?.()
         return
       }
@@ -325,11 +328,11 @@ export class IsolatedRuntime extends TypedEmitter<IsolatedRuntimeEvents> {
     this.#channel?.flush()
   }
 
-  #send (id: number, req: string | Uint8Array): void {
+  #send (id: number, req: string | Uint8Array, kind: number): void {
     const ch = this.#channel
     if (ch !== null && this.#unflushed++ === 0) queueMicrotask(this.#flush)
     else if (this.#unflushed >= 64) this.#flush()
-    if (ch === null || !ch.send(id, req)) {
+    if (ch === null || !(kind === 0 ? ch.send(id, req) : ch.send(id, req, kind))) {
       fail(this.#release(id), new DlhostError('ERR_QUEUE_FULL', 'the channel to the isolated plugin is full', { path: this.path }))
     }
   }
@@ -339,7 +342,15 @@ export class IsolatedRuntime extends TypedEmitter<IsolatedRuntimeEvents> {
     return callSites ? withCallSite(this.#call(req, options), this.call) : this.#call(req, options)
   }
 
-  #call (req: string | Uint8Array, options?: CallOptions): Promise<Buffer> {
+  /**
+   * @internal A state hand-over step (C.TASK_STATE_EXPORT / IMPORT), in
+   * order behind the calls made before it, run in the child.
+   */
+  stateStep (kind: number, bytes: Uint8Array = EMPTY): Promise<Buffer> {
+    return this.#call(bytes, undefined, kind)
+  }
+
+  #call (req: string | Uint8Array, options?: CallOptions, kind = 0): Promise<Buffer> {
     let signal: AbortSignal | undefined
     let timeoutMs: number | undefined
     try {
@@ -356,8 +367,8 @@ export class IsolatedRuntime extends TypedEmitter<IsolatedRuntimeEvents> {
     this.#res[id] = takeResolve()
     // A serving child gets the bytes now (copied into the channel); a
     // starting one gets them later, so a copy is kept meanwhile.
-    if (this.#state === 'running') this.#send(id, req)
-    else this.#held.push({ id, req: typeof req === 'string' ? req : Buffer.from(req) })
+    if (this.#state === 'running') this.#send(id, req, kind)
+    else this.#held.push({ id, req: typeof req === 'string' ? req : Buffer.from(req), kind })
     if (signal === undefined && timeoutMs === undefined) return p
     return this.#guard(p, id, signal, timeoutMs)
   }
@@ -387,6 +398,8 @@ export class IsolatedRuntime extends TypedEmitter<IsolatedRuntimeEvents> {
         }
         if (this.#res[id] === undefined) return
         this.#abandoned.add(id)
+        this.#flush()
+        this.#channel?.cancel(id)
         if (wedged && this.#child !== null && this.#state === 'running') {
           this.#recycled = this.#child
           this.#state = 'restarting'

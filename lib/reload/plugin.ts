@@ -18,7 +18,7 @@ import { forgetPath, isMapped, Library } from '../library'
 import { probe } from '../isolate/probe'
 import type { IsolatedRuntime } from '../isolate/runtime'
 import { checkLimits, Limits } from '../isolate/host'
-import { Abi, autoStrategy, EXPLAIN, coexistFatal, languageRuntime, reloadStrategy, stuckReasons, STILL_MAPPED, threadsStuckReason, unloadBlockers } from '../rules'
+import { Abi, autoStrategy, EXPLAIN, coexistFatal, languageRuntime, reloadStrategy, stateEntries, STATE_EXPORT, STATE_IMPORT, stuckReasons, STILL_MAPPED, threadsStuckReason, unloadBlockers } from '../rules'
 import { callSignal, callTimeout, CallOptions, Cfg, frozenCfg, load, Runtime } from '../runtime'
 import { checkKeys, checkPath } from '../options'
 import { checkTrusted, checkTrustOption, Trust } from '../trust'
@@ -100,11 +100,24 @@ export interface ReloadableOptions {
   probe?: boolean
   entry?: Abi
   unloadTimeoutMs?: number
+  /**
+   * A state for the first version's dlhost_state_import (bytes written by
+   * plugin.exportState(), say): reloadable() rejects with
+   * ERR_STATE_REJECTED when the plugin refuses it or has no such entry.
+   */
+  initialState?: Uint8Array
+  /**
+   * When a new version refuses the state the serving one handed over (its
+   * dlhost_state_import rc != 0, or it has none): 'rollback' (default) keeps
+   * the old version serving with its state, and reports ERR_STATE_REJECTED;
+   * 'fresh' lets the new version serve without it (still reported).
+   */
+  stateRejected?: 'rollback' | 'fresh'
 }
 
 /** Every key of ReloadableOptions: an unknown key is refused (see options.ts). */
 const RELOADABLE_KEYS: Record<keyof ReloadableOptions, true> = {
-  strategy: true, watch: true, settleMs: true, pin: true, global: true, maxQueue: true, copyDir: true, prepare: true, badBuildMs: true, maxBuildBytes: true, trust: true, onStuck: true, isolate: true, limits: true, probe: true, entry: true, unloadTimeoutMs: true
+  strategy: true, watch: true, settleMs: true, pin: true, global: true, maxQueue: true, copyDir: true, prepare: true, badBuildMs: true, maxBuildBytes: true, trust: true, onStuck: true, isolate: true, limits: true, probe: true, entry: true, unloadTimeoutMs: true, initialState: true, stateRejected: true
 }
 
 /** A version of the plugin: a content (sha256), numbered in order of appearance. */
@@ -129,6 +142,24 @@ export interface ReloadEvent {
   strategy: 'shadow' | 'drain'
   /** The new version's private copy was made (written, fsync'd, verified, parsed) while the file settled. */
   prepared: boolean
+  /** Present when the old version handed its state over (it exports dlhost_state_export). */
+  state?: StateHandover
+}
+
+/** A state hand-over at a reload. */
+export interface StateHandover {
+  /** Bytes the old version exported. */
+  bytes: number
+  /** The new version took them (false: it refused them and stateRejected is 'fresh'). */
+  imported: boolean
+  /**
+   * Calls were held this long, from holding new calls to letting them flow
+   * to the new version: the old version's drain, its export and the new
+   * version's import.
+   */
+  pauseMs: number
+  /** The part of pauseMs spent waiting for the old version's calls in flight. */
+  drainMs: number
 }
 export interface DrainedEvent { version: PluginVersion }
 export interface RestartEvent { version: PluginVersion, reason: string, exitCode: 3 }
@@ -151,6 +182,8 @@ interface Version extends PluginVersion {
   runtime: Runtime | IsolatedRuntime
   elf: ElfInfo
   abi: Abi
+  /** Its state hand-over entries (rules.ts stateEntries). */
+  hands: { exports: boolean, imports: boolean }
   inFlight: number
   state: 'serving' | 'draining' | 'gone'
   idle: (() => void) | null
@@ -232,6 +265,14 @@ export class Plugin extends TypedEmitter<PluginEvents> {
     }
     this.#current = await this.#loadVersion(build)
     this.#current.state = 'serving'
+    if (this.#opts.initialState !== undefined) {
+      const v = this.#current
+      const err = await this.#importInto(v, this.#opts.initialState)
+      if (err !== null) {
+        await this.#unloadVersion(v, true).catch(() => {})
+        throw err
+      }
+    }
     const w = this.#opts.watch ?? true
     if (w !== false) {
       const wo: WatchOptions = typeof w === 'object' ? w : {}
@@ -413,7 +454,9 @@ export class Plugin extends TypedEmitter<PluginEvents> {
     }
     this.#watcher?.markCurrent(build.copy.sourceStat)
     this.#reloads++
-    const ev: ReloadEvent = { from: publicVersion(old), to: publicVersion(next), ms: Math.round((next.servingSince - t0) * 100) / 100, strategy, prepared }
+    const ev: ReloadEvent = { from: publicVersion(old), to: publicVersion(next), ms: round2(next.servingSince - t0), strategy, prepared }
+    if (this.#handover !== undefined) ev.state = this.#handover
+    this.#handover = undefined
     debug('reload %s: %d -> %d in %s ms (%s%s)', this.path, ev.from.seq, ev.to.seq, ev.ms.toFixed(2), strategy, prepared ? ', prepared while settling' : '')
     if (reloadChannel.hasSubscribers) reloadChannel.publish({ path: this.path, ...ev })
     emitSafely(this, 'reload', ev)
@@ -478,7 +521,7 @@ export class Plugin extends TypedEmitter<PluginEvents> {
     // Numbered only once it loaded: a bad build takes no seq.
     let seq = this.#seqs.get(copy.sha256)
     if (seq === undefined) this.#seqs.set(copy.sha256, seq = this.#seqs.size + 1)
-    const v: Version = { seq, sha256: copy.sha256, copy: copy.path, loadedAt: Date.now(), runtime, elf, abi: build.abi, inFlight: 0, state: 'serving', idle: null, servingSince: 0, leaving: null }
+    const v: Version = { seq, sha256: copy.sha256, copy: copy.path, loadedAt: Date.now(), runtime, elf, abi: build.abi, hands: stateEntries(elf, build.abi), inFlight: 0, state: 'serving', idle: null, servingSince: 0, leaving: null }
     this.#versions.push(v)
     return v
   }
@@ -491,6 +534,38 @@ export class Plugin extends TypedEmitter<PluginEvents> {
       this.#fail(err) // rollback: old keeps serving
       throw err
     }
+    if (old.hands.exports) {
+      // The hand-over: hold new calls, let the old version answer its own,
+      // export, import into the new one, then let the held calls flow.
+      const t0 = performance.now()
+      this.#held ??= []
+      let drainMs = 0
+      let err: DlhostError | null = null
+      let bytes: Buffer | null = null
+      try {
+        await this.#idle(old)
+        drainMs = performance.now() - t0
+        bytes = await this.#exportFrom(old)
+        err = bytes === null ? null : await this.#importInto(next, bytes)
+      } catch (e) {
+        err = asDlhostError(e, this.path)
+      }
+      if (err !== null && (bytes === null || this.#opts.stateRejected !== 'fresh')) {
+        // Rollback: the old version serves on, with its state.
+        this.#releaseHeld()
+        this.#fail(err)
+        await this.#retire(next)
+        throw err
+      }
+      this.#current = next
+      next.servingSince = performance.now()
+      old.state = 'draining'
+      this.#releaseHeld()
+      if (bytes !== null) this.#handover = { bytes: bytes.length, imported: err === null, pauseMs: round2(next.servingSince - t0), drainMs: round2(drainMs) }
+      if (err !== null) this.#fail(err) // 'fresh': serving without the state, and said so
+      void this.#retire(old)
+      return next
+    }
     this.#current = next
     next.servingSince = performance.now()
     old.state = 'draining'
@@ -498,39 +573,138 @@ export class Plugin extends TypedEmitter<PluginEvents> {
     return next
   }
 
+  /** The hand-over of the reload in progress, for its 'reload' event. */
+  #handover: StateHandover | undefined
+
+  /** Resolves once the version has no call in flight. */
+  async #idle (v: Version): Promise<void> {
+    if (v.inFlight > 0) await new Promise<void>(resolve => { v.idle = resolve })
+    v.idle = null
+  }
+
+  /**
+   * The version's state (it has no call in flight), or null when it turns
+   * out to export none; ERR_STATE_EXPORT when its export fails.
+   */
+  async #exportFrom (v: Version): Promise<Buffer | null> {
+    try {
+      return await v.runtime.stateStep(C.TASK_STATE_EXPORT)
+    } catch (err) {
+      const rc = err instanceof DlhostError ? err.rc : undefined
+      if (rc === C.RC_NO_STATE_ENTRY) return null
+      throw new DlhostError('ERR_STATE_EXPORT', `${STATE_EXPORT} of version ${v.seq} failed${rc !== undefined ? ` with rc ${rc}` : ''}; the reload is refused and it serves on: ${this.path}`, { path: this.path, rc, cause: err })
+    }
+  }
+
+  /** Imports bytes into a version before its first call: null, or the coded refusal. */
+  async #importInto (v: Version, bytes: Uint8Array): Promise<DlhostError | null> {
+    const refused = (why: string, rc?: number, cause?: unknown): DlhostError =>
+      new DlhostError('ERR_STATE_REJECTED', `version ${v.seq} ${why}: ${this.path}`, { path: this.path, rc, cause })
+    if (!v.hands.imports) return refused(`cannot take the state (it does not export ${STATE_IMPORT})`)
+    try {
+      await v.runtime.stateStep(C.TASK_STATE_IMPORT, bytes)
+      return null
+    } catch (err) {
+      const rc = err instanceof DlhostError ? err.rc : undefined
+      if (rc === C.RC_NO_STATE_ENTRY) return refused(`cannot take the state (it does not export ${STATE_IMPORT})`)
+      return refused(`refused the state${rc !== undefined ? ` (${STATE_IMPORT} rc ${rc})` : ''}`, rc, err)
+    }
+  }
+
+  /** The held calls flow to the version serving now, in order (a timeout counts from the call). */
+  #releaseHeld (): void {
+    const held = this.#held ?? []
+    this.#held = null
+    for (const h of held) {
+      h.stop?.()
+      let opts = h.opts
+      const t = opts?.timeoutMs
+      if (typeof t === 'number' && t !== Infinity) opts = { ...opts, timeoutMs: Math.max(1, t - (performance.now() - h.since)) }
+      this.#dispatch(this.#current, h.req, opts).then(h.resolve, h.reject)
+    }
+  }
+
+  /**
+   * The serving version's state, for a backup or a look: new calls are held
+   * while the calls in flight finish and the state is exported, then flow
+   * again. ERR_SYMBOL_MISSING when the plugin exports no
+   * dlhost_state_export.
+   */
+  exportState (): Promise<Buffer> {
+    if (this.#closing !== null) return Promise.reject(new DlhostError('ERR_CLOSED', 'the plugin is closed', { path: this.path }))
+    const p = this.#chain.then(async () => {
+      const v = this.#current
+      if (!v.hands.exports) throw new DlhostError('ERR_SYMBOL_MISSING', `the plugin does not export ${STATE_EXPORT}: ${this.path}`, { path: this.path })
+      this.#held ??= []
+      try {
+        await this.#idle(v)
+        const bytes = await this.#exportFrom(v)
+        if (bytes === null) throw new DlhostError('ERR_SYMBOL_MISSING', `the plugin does not export ${STATE_EXPORT}: ${this.path}`, { path: this.path })
+        return bytes
+      } finally {
+        this.#releaseHeld()
+      }
+    })
+    this.#chain = p.then(() => {}, () => {})
+    return p
+  }
+
   async #drain (old: Version, build: Build): Promise<Version> {
-    this.#held = []
-    old.state = 'draining'
+    const t0 = performance.now()
+    this.#held ??= []
     let next: Version
     try {
+      // The old version's state, once its calls are answered, before it goes.
+      let bytes: Buffer | null = null
+      let drainMs = 0
+      if (old.hands.exports) {
+        await this.#idle(old)
+        drainMs = performance.now() - t0
+        try {
+          bytes = await this.#exportFrom(old)
+        } catch (err) {
+          this.#fail(err)
+          throw err
+        }
+      }
+      old.state = 'draining'
       const unmapped = await this.#unloadVersion(old, false)
       if (!unmapped) debug('drain %s: old version stuck, loading side by side', this.path)
-      try {
-        next = await this.#loadVersion(build)
-      } catch (err) {
-        // Rollback: the previous build comes back from its private copy.
+      // Rollback: the previous build comes back from its private copy, with its state.
+      const rollback = async (err: unknown): Promise<never> => {
         this.#fail(err)
         const copy: PrivateCopy = await this.#store.snapshot(old.copy)
         const back = await this.#loadVersion({ copy, elf: old.elf, abi: old.abi })
         back.seq = old.seq
         this.#seqs.set(old.sha256, old.seq)
         this.#current = back
+        if (bytes !== null) {
+          const lost = await this.#importInto(back, bytes)
+          if (lost !== null) this.#fail(lost)
+        }
         throw err
+      }
+      try {
+        next = await this.#loadVersion(build)
+      } catch (err) {
+        return await rollback(err)
+      }
+      let refused: DlhostError | null = null
+      if (bytes !== null) {
+        refused = await this.#importInto(next, bytes)
+        if (refused !== null && this.#opts.stateRejected !== 'fresh') {
+          await this.#unloadVersion(next, true).catch(() => {})
+          return await rollback(refused)
+        }
       }
       this.#current = next
       next.servingSince = performance.now()
+      if (bytes !== null) this.#handover = { bytes: bytes.length, imported: refused === null, pauseMs: round2(next.servingSince - t0), drainMs: round2(drainMs) }
+      if (refused !== null) this.#fail(refused)
       if (unmapped) await this.#removeCopy(old.copy).catch(() => {})
       return next
     } finally {
-      const held = this.#held ?? []
-      this.#held = null
-      for (const h of held) {
-        h.stop?.()
-        let opts = h.opts
-        const t = opts?.timeoutMs
-        if (typeof t === 'number' && t !== Infinity) opts = { ...opts, timeoutMs: Math.max(1, t - (performance.now() - h.since)) }
-        this.#dispatch(this.#current, h.req, opts).then(h.resolve, h.reject)
-      }
+      this.#releaseHeld()
     }
   }
 
@@ -541,8 +715,7 @@ export class Plugin extends TypedEmitter<PluginEvents> {
   }
 
   async #leave (v: Version, removeCopy: boolean): Promise<boolean> {
-    if (v.inFlight > 0) await new Promise<void>(resolve => { v.idle = resolve })
-    v.idle = null
+    await this.#idle(v)
     await v.runtime.unload()
     v.state = 'gone'
     this.#versions = this.#versions.filter(x => x !== v)
@@ -628,6 +801,8 @@ export class Plugin extends TypedEmitter<PluginEvents> {
   async [Symbol.asyncDispose] (): Promise<void> { await this.close() }
 }
 
+const round2 = (ms: number): number => Math.round(ms * 100) / 100
+
 const ABI_NUMBERS: Record<Abi, number> = { host: C.ABI_HOST, native: C.ABI_NATIVE, 'lua-resty-ffi': C.ABI_LUA }
 
 function cannotCoexist (path: string, reason: string): DlhostError {
@@ -683,6 +858,8 @@ export async function reloadable (path: string, cfg?: Cfg, options: ReloadableOp
   if (options.badBuildMs !== undefined && (typeof options.badBuildMs !== 'number' || !(options.badBuildMs >= 0))) throw rangeError('options.badBuildMs must be a number >= 0')
   if (options.maxBuildBytes !== undefined && (typeof options.maxBuildBytes !== 'number' || !(options.maxBuildBytes >= 1))) throw rangeError('options.maxBuildBytes must be a number >= 1')
   checkTrustOption(options.trust)
+  if (options.initialState !== undefined && !(options.initialState instanceof Uint8Array)) throw typeError('options.initialState must be a Uint8Array')
+  if (options.stateRejected !== undefined && options.stateRejected !== 'rollback' && options.stateRejected !== 'fresh') throw typeError("options.stateRejected must be 'rollback' or 'fresh'")
   const store = await CopyStore.create({ dir: options.copyDir, maxBuildBytes: options.maxBuildBytes })
   // A relative path is resolved once, now: a later chdir() changes nothing.
   const plugin = new Plugin(resolvePath(path), cfgBuf, options, store)

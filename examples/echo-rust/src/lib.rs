@@ -330,7 +330,8 @@ pub unsafe extern "C" fn dlhost_init(
     cfg_len: usize,
     q: *mut DlhostQueue,
 ) -> c_int {
-    if dlhost_abi_version() != DLHOST_ABI_VERSION {
+    // A newer host keeps every older version's functions and rules.
+    if dlhost_abi_version() < DLHOST_ABI_VERSION {
         return 2;
     }
     let cfg: Vec<u8> = if cfg.is_null() || cfg_len == 0 {
