@@ -15,6 +15,7 @@
         "csrc/runtime_core.cc",
         "csrc/runtime_wrap.cc",
         "csrc/completions.cc",
+        "csrc/messages.cc",
         "csrc/channel_wrap.cc",
         "csrc/host_abi.cc"
       ],

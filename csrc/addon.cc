@@ -101,6 +101,8 @@ Napi::Object Constants(Napi::Env env) {
   c.Set("TASK_STATE_EXPORT", double(kTaskStateExport));
   c.Set("TASK_STATE_IMPORT", double(kTaskStateImport));
   c.Set("RC_NO_STATE_ENTRY", double(kRcNoStateEntry));
+  c.Set("DEFAULT_MAX_MESSAGES", double(kDefaultMaxMessages));
+  c.Set("MAX_MESSAGE_BYTES", double(kMaxMessageBytes));
   c.Set("ABI_HOST", double(Abi::kHost));
   c.Set("ABI_NATIVE", double(Abi::kNative));
   c.Set("ABI_LUA", double(Abi::kLua));

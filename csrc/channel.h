@@ -40,13 +40,15 @@ constexpr uint32_t kFrameUnload = 4;        // control: unload gracefully
 constexpr uint32_t kFrameStateExport = 8;   // this request is dlhost_state_export
 constexpr uint32_t kFrameStateImport = 16;  // this request (the bytes) is dlhost_state_import
 constexpr uint32_t kFrameCancel = 32;       // control: the caller gave up on call {u32 id}
+constexpr uint32_t kFrameMessageFlow = 64;  // control: {u32 on}: forward messages or hold them
 // Response b (payload length) of a call the plugin never answered.
 constexpr uint32_t kFrameAborted = 0xffffffffu;
 // Response control kinds (in rc), with their payloads.
 constexpr int32_t kEventInit = 1;  // {int32 rc, int32 failure, message bytes}
 constexpr int32_t kEventUnloaded =
     2;  // {u8 dlclosed, u8 mapped, u8 threadsStuck, u8 0, u32 misuse, u32 aborted}
-constexpr int32_t kEventMore = 3;  // response payload continues: {u32 id} then bytes
+constexpr int32_t kEventMore = 3;     // response payload continues: {u32 id} then bytes
+constexpr int32_t kEventMessage = 4;  // a plugin's dlhost_emit: the bytes
 
 // One ring: head and tail count bytes ever consumed / produced.
 struct alignas(64) RingState {
@@ -68,6 +70,8 @@ struct ChannelShared {
   // Set by the child's crash handler: which limit it died of (1 memory,
   // 2 cpu, 3 files), 0 none known.
   std::atomic<int32_t> limit{0};
+  // dlhost_emit calls the child refused (its message queue was full).
+  std::atomic<uint64_t> messages_refused{0};
 };
 static_assert(sizeof(ChannelShared) <= kChannelHeader, "header fits its page");
 

@@ -7,6 +7,7 @@
 
 #include <cstring>
 
+#include "constants.h"
 #include "js_request.h"
 #include "js_util.h"
 
@@ -14,7 +15,6 @@ namespace dlhost {
 
 namespace {
 constexpr size_t kBigAnswer = 64 * 1024;
-constexpr size_t kSettleChunk = 256;
 }  // namespace
 
 Napi::Function ChannelWrap::Init(Napi::Env env) {
@@ -24,6 +24,8 @@ Napi::Function ChannelWrap::Init(Napi::Env env) {
        InstanceMethod<&ChannelWrap::SendCfg>("sendCfg"), InstanceMethod<&ChannelWrap::Send>("send"),
        InstanceMethod<&ChannelWrap::Flush>("flush"), InstanceMethod<&ChannelWrap::Unload>("unload"),
        InstanceMethod<&ChannelWrap::Cancel>("cancel"),
+       InstanceMethod<&ChannelWrap::MessageFlow>("messageFlow"),
+       InstanceMethod<&ChannelWrap::MessagesRefused>("messagesRefused"),
        InstanceMethod<&ChannelWrap::Counters>("counters"),
        InstanceMethod<&ChannelWrap::Limit>("limit"), InstanceMethod<&ChannelWrap::Close>("close")});
 }
@@ -32,8 +34,9 @@ Napi::Function ChannelWrap::Init(Napi::Env env) {
 ChannelWrap::ChannelWrap(const Napi::CallbackInfo &info)
     : Napi::ObjectWrap<ChannelWrap>(info), env_(info.Env()) {
   Napi::Env env = info.Env();
-  if (!info[0].IsNumber() || !info[1].IsFunction() || !info[2].IsFunction())
-    throw Napi::TypeError::New(env, "Channel(ringBytes, onComplete, onEvent)");
+  if (!info[0].IsNumber() || !info[1].IsFunction() || !info[2].IsFunction() ||
+      !info[3].IsFunction())
+    throw Napi::TypeError::New(env, "Channel(ringBytes, onComplete, onEvent, onMessages)");
   uint64_t ring = 1;
   while (ring < uint64_t(info[0].As<Napi::Number>().DoubleValue()) && ring < (uint64_t(1) << 30))
     ring <<= 1;
@@ -61,6 +64,7 @@ ChannelWrap::ChannelWrap(const Napi::CallbackInfo &info)
   bell_w_ = fds[1];
   on_complete_ = Napi::Persistent(info[1].As<Napi::Function>());
   on_event_ = Napi::Persistent(info[2].As<Napi::Function>());
+  on_messages_ = Napi::Persistent(info[3].As<Napi::Function>());
   async_ctx_ = std::make_unique<Napi::AsyncContext>(env, "dlhost:isolated");
   uv_loop_t *loop = nullptr;
   napi_get_uv_event_loop(env, &loop);
@@ -111,6 +115,7 @@ void ChannelWrap::Detach() {
     }
   on_complete_.Reset();
   on_event_.Reset();
+  on_messages_.Reset();
   counters_ref_.Reset();
   counters_ = nullptr;
   meta_ref_.Reset();
@@ -210,6 +215,43 @@ Napi::Value ChannelWrap::Flush(const Napi::CallbackInfo &info) {
     RingPublish(chan_->req, staged_tail_);
   }
   return info.Env().Undefined();
+}
+
+// Hands the messages read in this round to JS: one callback, their bytes in
+// one ArrayBuffer, [offset, length] pairs.
+void ChannelWrap::DeliverMessages() {
+  if (msg_meta_.empty() || on_messages_.IsEmpty()) return;
+  Napi::Env env(env_);
+  Napi::HandleScope scope(env);
+  size_t n = msg_meta_.size() / 2;
+  Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, msg_bytes_.size() ? msg_bytes_.size() : 1);
+  memcpy(ab.Data(), msg_bytes_.data(), msg_bytes_.size());
+  Napi::ArrayBuffer mab = Napi::ArrayBuffer::New(env, msg_meta_.size() * sizeof(int32_t));
+  memcpy(mab.Data(), msg_meta_.data(), msg_meta_.size() * sizeof(int32_t));
+  msg_meta_.clear();
+  msg_bytes_.clear();
+  CallJs(on_messages_,
+         {Napi::Number::New(env, double(n)), Napi::Int32Array::New(env, n * 2, mab, 0), ab});
+}
+
+// messageFlow(on): the host's iterator is full (false) or has room again:
+// the child holds messages meanwhile (backpressure to dlhost_emit).
+Napi::Value ChannelWrap::MessageFlow(const Napi::CallbackInfo &info) {
+  uint32_t on = info[0].ToBoolean() ? 1 : 0;
+  if (!closed_ && staging_) {
+    staging_ = false;
+    RingPublish(chan_->req, staged_tail_);
+  }
+  if (!closed_) {
+    FrameHeader h{0, kControlId, sizeof on, kFrameMessageFlow};
+    RingWrite(chan_->req, ReqData(chan_), chan_->ring_bytes, h, &on, sizeof on);
+  }
+  return info.Env().Undefined();
+}
+
+// messagesRefused(): dlhost_emit calls the child refused so far.
+Napi::Value ChannelWrap::MessagesRefused(const Napi::CallbackInfo &info) {
+  return Napi::Number::New(info.Env(), chan_ ? double(chan_->messages_refused.load()) : 0.0);
 }
 
 // cancel(id): tells the child the caller gave up on call id (best effort:
@@ -333,6 +375,16 @@ void ChannelWrap::SettleJs() {
         std::string p(h.b, '\0');
         RingTake(chan_->rsp, data, cap, h, &p[0], h.b);
         int32_t kind = int32_t(h.a);
+        if (kind == kEventMessage) {
+          msg_meta_.push_back(int32_t(msg_bytes_.size()));
+          msg_meta_.push_back(int32_t(p.size()));
+          msg_bytes_ += p;
+          if (msg_meta_.size() >= kMessageChunk * 2) DeliverMessages();
+          if (closed_) return;
+          continue;
+        }
+        DeliverMessages();  // before a lifecycle event: what came first goes first
+        if (closed_) return;
         if (kind == kEventMore && p.size() >= 4) {
           uint32_t id;
           memcpy(&id, p.data(), 4);
@@ -401,6 +453,8 @@ void ChannelWrap::SettleJs() {
       }
       count++;
     }
+    DeliverMessages();
+    if (closed_) return;
     if (count == 0) break;
     last_activity_ = uv_hrtime();
     CallJs(on_complete_, {Napi::Number::New(env, double(count)), meta_ref_.Value(), bodies,

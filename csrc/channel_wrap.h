@@ -8,6 +8,7 @@
 
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "channel.h"
 #include "env_state.h"
@@ -29,6 +30,9 @@ class ChannelWrap : public Napi::ObjectWrap<ChannelWrap> {
   Napi::Value Flush(const Napi::CallbackInfo &info);
   Napi::Value Unload(const Napi::CallbackInfo &info);
   Napi::Value Cancel(const Napi::CallbackInfo &info);
+  Napi::Value MessageFlow(const Napi::CallbackInfo &info);
+  Napi::Value MessagesRefused(const Napi::CallbackInfo &info);
+  void DeliverMessages();
   Napi::Value Counters(const Napi::CallbackInfo &info);
   Napi::Value Limit(const Napi::CallbackInfo &info);
   Napi::Value Close(const Napi::CallbackInfo &info);
@@ -52,7 +56,10 @@ class ChannelWrap : public Napi::ObjectWrap<ChannelWrap> {
   bool staging_ = false;
   uint64_t staged_tail_ = 0;
   uint64_t last_activity_ = 0;
-  Napi::FunctionReference on_complete_, on_event_;
+  Napi::FunctionReference on_complete_, on_event_, on_messages_;
+  // Messages read and not yet handed to JS: their bytes, [offset, length].
+  std::string msg_bytes_;
+  std::vector<int32_t> msg_meta_;
   std::unique_ptr<Napi::AsyncContext> async_ctx_;
   Napi::ObjectReference counters_ref_, meta_ref_;
   int32_t *counters_ = nullptr, *meta_ = nullptr;

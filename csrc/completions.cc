@@ -17,8 +17,6 @@ constexpr size_t kBigResponse = 64 * 1024;
 constexpr size_t kBigSyncResponse = Slab::kBytes / 4;
 // Calls settled per JS callback: each callback's microtask checkpoint lets
 // continuations issue their next calls while the poll thread still has work.
-constexpr size_t kSettleChunk = 256;
-
 Napi::Value ExternalBody(Napi::Env env, void *rsp, size_t len) {
   return Napi::Buffer<char>::New(env, static_cast<char *>(rsp), len,
                                  [](Napi::Env, char *p) { free(p); });
@@ -130,6 +128,8 @@ void RuntimeWrap::SettleJs() {
     CallJs(on_complete_, {Napi::Number::New(env, double(count)), meta_ref_.Value(), bodies,
                           any_big ? Napi::Value(bigs) : env.Undefined()});
   }
+  SettleMessages();
+  if (env_gone_ || !core_) return;
   DeliverLifecycle();
   UpdateLoopRef();
 }

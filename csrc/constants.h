@@ -16,6 +16,12 @@ constexpr size_t kSlotInline = kSlotStride - 1;  // + the NUL the ABI promises
 constexpr uint32_t kChunkBits = 8;
 constexpr uint32_t kChunkSlots = 1u << kChunkBits;  // slots per grow()
 
+// ---- batches handed to JS: answers per callback; messages per callback,
+// and their bytes (one message larger than that goes alone)
+constexpr size_t kSettleChunk = 256;
+constexpr size_t kMessageChunk = 1024;
+constexpr size_t kMessageChunkBytes = 256 * 1024;
+
 // ---- completion meta [id, rc, offset, length] sentinels
 constexpr int32_t kAbortedLen = -1;      // length: never answered (threads gone)
 constexpr int32_t kBigOffset = -2;       // offset: body handed over as its own Buffer
@@ -29,6 +35,10 @@ constexpr int32_t kSubmitClosed = -2;
 // ---- what a task asks (Task::kind): a call, or a state hand-over step run
 // in queue order by whoever takes tasks (dlhost.h, "state across reloads")
 enum TaskKind : uint32_t { kTaskCall = 0, kTaskStateExport = 1, kTaskStateImport = 2 };
+// Messages (dlhost_emit): waiting for JS per runtime before emit refuses
+// (DLHOST_EAGAIN), and the largest one (DLHOST_EINVAL beyond).
+constexpr uint32_t kDefaultMaxMessages = 65536;
+constexpr size_t kMaxMessageBytes = 1u << 20;
 // The rc of a state step whose entry the plugin does not export.
 constexpr int32_t kRcNoStateEntry = -0x7fff0001;
 

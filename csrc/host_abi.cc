@@ -12,14 +12,23 @@ extern "C" {
 
 DLHOST_EXPORT unsigned dlhost_abi_version(void) { return DLHOST_ABI_VERSION; }
 
+// A queue whose runtime ended has no core: the end, again.
+static dlhost::RuntimeCore *CoreOf(void *q) {
+  return q ? static_cast<dlhost_queue *>(q)->core.load(std::memory_order_acquire) : nullptr;
+}
+
 DLHOST_EXPORT dlhost_task *dlhost_task_poll(dlhost_queue *q) {
-  if (!q) return nullptr;
-  return reinterpret_cast<dlhost_task *>(q->core->Poll());
+  dlhost::RuntimeCore *c = CoreOf(q);
+  return c ? reinterpret_cast<dlhost_task *>(c->Poll()) : nullptr;
 }
 
 DLHOST_EXPORT size_t dlhost_task_poll_batch(dlhost_queue *q, dlhost_task **out, size_t max) {
-  if (!q) return 0;
-  return q->core->PollBatch(reinterpret_cast<Task **>(out), max);
+  dlhost::RuntimeCore *c = CoreOf(q);
+  return c ? c->PollBatch(reinterpret_cast<Task **>(out), max) : 0;
+}
+
+DLHOST_EXPORT int dlhost_emit(dlhost_queue *q, const void *data, size_t len) {
+  return dlhost::RuntimeCore::Emit(q, data, len);
 }
 
 DLHOST_EXPORT const void *dlhost_task_request(dlhost_task *t, size_t *len) {
@@ -43,8 +52,8 @@ DLHOST_EXPORT int dlhost_task_cancelled(dlhost_task *t) {
 }
 
 DLHOST_EXPORT void *ngx_http_lua_ffi_task_poll(void *tq) {
-  if (!tq) return nullptr;
-  return static_cast<dlhost_queue *>(tq)->core->Poll();
+  dlhost::RuntimeCore *c = CoreOf(tq);
+  return c ? c->Poll() : nullptr;
 }
 
 DLHOST_EXPORT char *ngx_http_lua_ffi_get_req(void *tsk, int *len) {

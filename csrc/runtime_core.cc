@@ -10,6 +10,7 @@
 // No N-API here.
 #include "runtime_core.h"
 
+#include <sched.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -19,6 +20,7 @@
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <thread>
 #include <unordered_set>
 
@@ -75,10 +77,67 @@ void Task::Reset() {
   state.store(kFree, std::memory_order_release);
 }
 
+namespace {
+
+// Plugin queue handles, recycled: a handle is reused only after kReuseAfter
+// others were retired, so a plugin thread that misbehaves by emitting long
+// after its runtime ended is refused (core == nullptr) rather than heard by
+// the next runtime, in all but pathological timing.
+constexpr size_t kReuseAfter = 64;
+std::mutex queue_pool_mu;
+std::deque<dlhost_queue *> *queue_pool = new std::deque<dlhost_queue *>();
+
+dlhost_queue *AcquireQueue(RuntimeCore *c) {
+  dlhost_queue *q = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(queue_pool_mu);
+    if (queue_pool->size() > kReuseAfter) {
+      q = queue_pool->front();
+      queue_pool->pop_front();
+    }
+  }
+  if (!q) q = new dlhost_queue();
+  q->core.store(c, std::memory_order_release);
+  return q;
+}
+
+// After this no dlhost_emit on q touches the core (Dekker: the store of
+// nullptr and the emitters count are both seq_cst).
+void RetireQueue(dlhost_queue *q) {
+  q->core.store(nullptr, std::memory_order_seq_cst);
+  while (q->emitters.load(std::memory_order_seq_cst) != 0) sched_yield();
+  std::lock_guard<std::mutex> lock(queue_pool_mu);
+  try {
+    queue_pool->push_back(q);
+  } catch (const std::bad_alloc &) {
+    // Not recycled: kept for ever (a plugin may still hold it).
+  }
+}
+
+}  // namespace
+
+int RuntimeCore::Emit(dlhost_queue *q, const void *data, size_t len) {
+  if (!q || (!data && len) || len > kMaxMessageBytes) return DLHOST_EINVAL;
+  q->emitters.fetch_add(1, std::memory_order_seq_cst);
+  RuntimeCore *c = q->core.load(std::memory_order_seq_cst);
+  int rc = DLHOST_ECLOSED;
+  if (c && c->unload_state.load(std::memory_order_acquire) != kUnloaded) {
+    bool wake = false;
+    rc = c->messages.Push(data, len, &wake);
+    // As Complete(): a spinning JS thread re-checks after it stops.
+    if (wake && !c->js_spinning.load(std::memory_order_seq_cst)) c->Ring();
+  } else if (c) {
+    c->messages.Refuse();
+  }
+  q->emitters.fetch_sub(1, std::memory_order_release);
+  return rc;
+}
+
 RuntimeCore::RuntimeCore(EntryPtr e, Abi a, size_t mq, int64_t unload_timeout)
     : entry(std::move(e)),
       abi(a),
       serial(next_core_serial++),
+      q(AcquireQueue(this)),
       requests(mq, kDefaultSpinNs),
       unload_timeout_ms(unload_timeout) {
   // Registered after the registry's handler (the registry exists before any
@@ -90,6 +149,7 @@ RuntimeCore::RuntimeCore(EntryPtr e, Abi a, size_t mq, int64_t unload_timeout)
 }
 
 RuntimeCore::~RuntimeCore() {
+  RetireQueue(q);
   {
     std::lock_guard<std::mutex> lock(live_mu);
     live_cores->erase(this);
@@ -112,6 +172,7 @@ const char *RuntimeCore::ResolveEntry() {
   lua_init_fn = reinterpret_cast<libffi_init_fn>(sym("libffi_init"));
   export_fn = reinterpret_cast<dlhost_state_export_fn>(sym("dlhost_state_export"));
   import_fn = reinterpret_cast<dlhost_state_import_fn>(sym("dlhost_state_import"));
+  attach_fn = reinterpret_cast<dlhost_attach_fn>(sym("dlhost_attach"));
   switch (abi) {
     case Abi::kHost: return handle_fn ? nullptr : "dlhost_handle";
     case Abi::kNative: return init_fn ? nullptr : "dlhost_init";
@@ -393,8 +454,9 @@ void RuntimeCore::Start(const std::shared_ptr<RuntimeCore> &core, std::string cf
             c.init_failure = kOpenNull;
           }
         }
+        if (rc == 0 && c.attach_fn) c.attach_fn(c.state, c.q);
         break;
-      case Abi::kNative: rc = c.init_fn(cfg.c_str(), cfg.size(), &c.q); break;
+      case Abi::kNative: rc = c.init_fn(cfg.c_str(), cfg.size(), c.q); break;
       case Abi::kLua: {
         // lua-resty-ffi: a mutable NUL-terminated copy, freed after init returns.
         char *copy = static_cast<char *>(malloc(cfg.size() + 1));
@@ -405,7 +467,7 @@ void RuntimeCore::Start(const std::shared_ptr<RuntimeCore> &core, std::string cf
         }
         memcpy(copy, cfg.data(), cfg.size());
         copy[cfg.size()] = 0;
-        rc = c.lua_init_fn(copy, &c.q);
+        rc = c.lua_init_fn(copy, c.q);
         free(copy);
         break;
       }

@@ -12,6 +12,7 @@
 
 #include "constants.h"
 #include "include/dlhost.h"
+#include "messages.h"
 #include "queue.h"
 #include "registry.h"
 
@@ -55,9 +56,12 @@ struct Task {
 
 }  // namespace dlhost
 
-// The opaque queue handed to plugins.
+// The opaque queue handed to plugins. Its memory is recycled, never freed
+// (runtime_core.cc): a plugin thread that emits after its runtime ended
+// finds core == nullptr and is refused, never touching freed memory.
 struct dlhost_queue {
-  dlhost::RuntimeCore *core;
+  std::atomic<dlhost::RuntimeCore *> core{nullptr};
+  std::atomic<uint32_t> emitters{0};  // dlhost_emit calls inside, now
 };
 
 namespace dlhost {
@@ -95,6 +99,8 @@ class RuntimeCore : public std::enable_shared_from_this<RuntimeCore> {
 
   // ---- any thread
   void Complete(Task *t);  // into the completion queue, ring if needed
+  // dlhost_emit: DLHOST_OK or the documented refusal.
+  static int Emit(dlhost_queue *q, const void *data, size_t len);
   static void Respond(Task *t, int rc, void *rsp, size_t len);  // plugin ABI
   Task *Poll();  // plugin ABI, records the polling thread
   // A state step (kind != kTaskCall) run by the thread that took it; it is
@@ -116,9 +122,10 @@ class RuntimeCore : public std::enable_shared_from_this<RuntimeCore> {
   const EntryPtr entry;
   const Abi abi;
   const uint64_t serial;  // unique per core, for per-thread poller records
-  dlhost_queue q{this};
+  dlhost_queue *const q;  // from the recycling pool; the plugin's handle
   TaskQueue<Task> requests;
   CompletionQueue<Task> completions;
+  MessageQueue messages{kDefaultMaxMessages};
 
   // Plugin entry points (resolved on the JS thread before start).
   dlhost_open_fn open_fn = nullptr;
@@ -128,6 +135,7 @@ class RuntimeCore : public std::enable_shared_from_this<RuntimeCore> {
   libffi_init_fn lua_init_fn = nullptr;
   dlhost_state_export_fn export_fn = nullptr;
   dlhost_state_import_fn import_fn = nullptr;
+  dlhost_attach_fn attach_fn = nullptr;
   void *state = nullptr;  // dlhost_open's result
 
   // Lifecycle, written by worker threads, read by the JS thread on a ring.

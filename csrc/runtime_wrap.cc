@@ -28,17 +28,20 @@ Napi::Function RuntimeWrap::Init(Napi::Env env) {
        InstanceMethod<&RuntimeWrap::Unload>("unload"), InstanceMethod<&RuntimeWrap::Stats>("stats"),
        InstanceMethod<&RuntimeWrap::SetSpin>("setSpin"),
        InstanceMethod<&RuntimeWrap::SetKind>("setKind"),
-       InstanceMethod<&RuntimeWrap::Cancel>("cancel")});
+       InstanceMethod<&RuntimeWrap::Cancel>("cancel"),
+       InstanceMethod<&RuntimeWrap::MessageFlow>("messageFlow"),
+       InstanceMethod<&RuntimeWrap::MessagesRef>("messagesRef")});
 }
 
-// new Runtime(library, abi, maxQueue, onComplete, onEvent, unloadTimeoutMs)
+// new Runtime(library, abi, maxQueue, onComplete, onEvent, unloadTimeoutMs,
+//             onMessages)
 RuntimeWrap::RuntimeWrap(const Napi::CallbackInfo &info)
     : Napi::ObjectWrap<RuntimeWrap>(info), env_(info.Env()) {
   Napi::Env env = info.Env();
   if (!info[0].IsObject() || !info[1].IsNumber() || !info[2].IsNumber() || !info[3].IsFunction() ||
-      !info[4].IsFunction() || !info[5].IsNumber())
+      !info[4].IsFunction() || !info[5].IsNumber() || !info[6].IsFunction())
     throw Napi::TypeError::New(
-        env, "Runtime(library, abi, maxQueue, onComplete, onEvent, unloadTimeoutMs)");
+        env, "Runtime(library, abi, maxQueue, onComplete, onEvent, unloadTimeoutMs, onMessages)");
   LibraryWrap *lib = LibraryWrap::FromValue(env, info[0]);
   if (!lib) throw Napi::TypeError::New(env, "Runtime: library must be a Library");
   if (lib->released()) ThrowCoded(env, "ERR_RELEASED", "the library was released");
@@ -53,6 +56,7 @@ RuntimeWrap::RuntimeWrap(const Napi::CallbackInfo &info)
   Registry::Get().AcquireRuntime(core_->entry);
   on_complete_ = Napi::Persistent(info[3].As<Napi::Function>());
   on_event_ = Napi::Persistent(info[4].As<Napi::Function>());
+  on_messages_ = Napi::Persistent(info[6].As<Napi::Function>());
   async_ctx_ = std::make_unique<Napi::AsyncContext>(env, "dlhost:runtime");
   max_body_ = EnvState::Of(env)->max_body;
 
@@ -241,6 +245,7 @@ Napi::Value RuntimeWrap::Stats(const Napi::CallbackInfo &info) {
   o.Set("misuse", core_ ? double(core_->misuse.load()) : double(final_misuse_));
   o.Set("aborted", core_ ? double(core_->aborted.load()) : double(final_aborted_));
   o.Set("pollers", core_ ? double(core_->Pollers()) : 0.0);
+  o.Set("messagesRefused", core_ ? double(core_->messages.Refused()) : double(final_refused_));
   return o;
 }
 
@@ -281,7 +286,8 @@ void RuntimeWrap::OnBell(uv_async_t *h) { static_cast<RuntimeWrap *>(h->data)->S
 
 void RuntimeWrap::UpdateLoopRef() {
   if (!bell_) return;
-  bool want = Pending() > 0 || (unloading_ && !unload_reported_) || !init_reported_;
+  bool want = Pending() > 0 || (unloading_ && !unload_reported_) || !init_reported_ ||
+              (messages_ref_ && !unloading_);
   if (want == referenced_) return;
   referenced_ = want;
   if (want)
@@ -306,6 +312,10 @@ void RuntimeWrap::DeliverLifecycle() {
             Napi::String::New(env, kFailures[core_->init_failure.load()])});
   }
   if (!unload_reported_ && core_->unload_state.load() == RuntimeCore::kUnloaded && Pending() == 0) {
+    // What the plugin said before it ended reaches JS before 'unloaded'.
+    messages_paused_ = false;
+    SettleMessages();
+    if (env_gone_) return;
     unload_reported_ = true;
     Napi::HandleScope scope(env);
     Napi::Object o = Napi::Object::New(env);
@@ -317,6 +327,7 @@ void RuntimeWrap::DeliverLifecycle() {
     StopHandles();
     final_misuse_ = core_->misuse.load();
     final_aborted_ = core_->aborted.load();
+    final_refused_ = core_->messages.Refused();
     bool stuck = core_->threads_stuck.load();
     CallJs(on_event_, {Napi::String::New(env, "unloaded"), o});
     DropJs();
@@ -333,6 +344,17 @@ void RuntimeWrap::DeliverLifecycle() {
 void RuntimeWrap::DropJs() {
   on_complete_.Reset();
   on_event_.Reset();
+  on_messages_.Reset();
+  for (Message *m = msg_backlog_; m;) {  // the environment is gone
+    Message *next = m->cq_next.load(std::memory_order_relaxed);
+    Message::Free(m);
+    m = next;
+  }
+  msg_backlog_ = nullptr;
+  msg_meta_ref_.Reset();
+  msg_meta_ = nullptr;
+  msg_meta_cap_ = 0;
+  message_slab_.Reset();
   meta_ref_.Reset();
   meta_ = nullptr;
   meta_cap_ = 0;

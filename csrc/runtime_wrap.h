@@ -35,6 +35,11 @@ class RuntimeWrap : public Napi::ObjectWrap<RuntimeWrap> {
   Napi::Value SetSpin(const Napi::CallbackInfo &info);
   Napi::Value SetKind(const Napi::CallbackInfo &info);
   Napi::Value Cancel(const Napi::CallbackInfo &info);
+  // ---- messages.cc
+  Napi::Value MessageFlow(const Napi::CallbackInfo &info);
+  Napi::Value MessagesRef(const Napi::CallbackInfo &info);
+  // Hands every waiting message to JS, in batches (no-op while paused).
+  void SettleMessages();
   // The one unload path (unload(), environment teardown, finalizer).
   void BeginUnload();
   // The environment is going away (cleanup hook, finalizer): never block,
@@ -70,6 +75,7 @@ class RuntimeWrap : public Napi::ObjectWrap<RuntimeWrap> {
   std::shared_ptr<RuntimeCore> core_;
   Napi::FunctionReference on_complete_;  // (count, meta, bodies, bigs)
   Napi::FunctionReference on_event_;     // (kind, info)
+  Napi::FunctionReference on_messages_;  // (count, meta [offset, length] * n, bodies)
   std::unique_ptr<Napi::AsyncContext> async_ctx_;
   CleanupHook hook_;
 
@@ -104,7 +110,18 @@ class RuntimeWrap : public Napi::ObjectWrap<RuntimeWrap> {
   bool init_reported_ = false, unload_reported_ = false, unloading_ = false;
   bool env_gone_ = false;
   uint64_t final_misuse_ = 0, final_aborted_ = 0;  // kept once the core is gone
-  size_t max_body_ = 0;                            // EnvState::max_body, read once
+  uint64_t final_refused_ = 0;
+  // Messages: taken from the core and not yet handed to JS (a throwing
+  // listener, or a batch cut at kSettleChunk); JS asked to pause (its
+  // async iterator is full: the core's queue fills, and dlhost_emit
+  // refuses); JS keeps the loop alive for them (a listener or an iterator).
+  Message *msg_backlog_ = nullptr;
+  bool messages_paused_ = false, messages_ref_ = false;
+  Napi::ObjectReference msg_meta_ref_;
+  int32_t *msg_meta_ = nullptr;
+  size_t msg_meta_cap_ = 0;
+  Slab message_slab_;
+  size_t max_body_ = 0;  // EnvState::max_body, read once
   napi_env env_;
 };
 

@@ -74,6 +74,10 @@ export interface NativeConstants {
   TASK_STATE_IMPORT: number
   /** The rc of a state step whose entry the plugin does not export. */
   RC_NO_STATE_ENTRY: number
+  /** Messages waiting for JS per runtime before dlhost_emit refuses. */
+  DEFAULT_MAX_MESSAGES: number
+  /** The largest message dlhost_emit takes. */
+  MAX_MESSAGE_BYTES: number
   ABI_HOST: number
   ABI_NATIVE: number
   ABI_LUA: number
@@ -110,6 +114,8 @@ export interface NativeStats {
   misuse: number
   aborted: number
   pollers: number
+  /** dlhost_emit calls refused (the queue was full, or the runtime had ended). */
+  messagesRefused: number
 }
 
 /** One runtime: request queue, poll thread(s), completion doorbell. */
@@ -137,6 +143,10 @@ export interface NativeRuntime {
   setKind (slot: number, kind: number): void
   /** The caller gave up on the call in this slot: dlhost_task_cancelled() says so to the plugin. */
   cancel (slot: number): void
+  /** Messages flow to JS (true) or wait in the bounded native queue (false). */
+  messageFlow (on: boolean): void
+  /** Keep the event loop alive for messages (a listener or an iterator). */
+  messagesRef (on: boolean): void
   /** Runs the handler; the answer is described by syncMeta() [slab generation, offset or SYNC_BIG_OFFSET, length, rc]. */
   callSync (req: string | Uint8Array): void
   /** callSync for Uint8Array requests as a plain function (no unwrap, no type dispatch); call it only while this object is alive. */
@@ -152,13 +162,16 @@ export interface NativeRuntime {
   setSpin (jsSpinNs?: number, pollerSpinNs?: number): void
 }
 
+/** A batch of plugin messages: [offset, length] pairs into `bodies` (JS thread). */
+export type MessagesCallback = (count: number, meta: Int32Array, bodies: ArrayBuffer) => void
+
 export interface NativeBinding {
   abiVersion: number
   constants: NativeConstants
   Library: new (path: string, flags: number) => NativeLibrary
   Runtime: new (library: NativeLibrary, abi: number, maxQueue: number,
     onComplete: CompleteCallback, onEvent: EventCallback,
-    unloadTimeoutMs: number) => NativeRuntime
+    unloadTimeoutMs: number, onMessages: MessagesCallback) => NativeRuntime
   libraries (): NativeRow[]
   isMapped (path: string): boolean
   /** The identity open() would give the file now (realpath + stat). */

@@ -11,6 +11,9 @@ import { forgetIdentity, KnownContent, Library, LibraryRow, LibraryVersion, open
 import { onAbort } from './events'
 import { requestLength } from './request'
 import { fail, pending, Resolve, takeResolve } from './settle'
+import { bufferView } from './view'
+import { MessageHub, MessagesOptions } from './messages'
+import { TypedEmitter } from './events'
 import { checkKeys, checkPath } from './options'
 import { parseElf } from './elf'
 import { errnoError } from './errors'
@@ -78,6 +81,10 @@ export interface RuntimeStats {
   misuse: number
   /** Answers that came after their caller gave up (a timeout or an abort) and were dropped. */
   late: number
+  /** Messages the plugin emitted that were delivered to JS. */
+  messages: number
+  /** dlhost_emit calls refused: the message queue was full (JS not keeping up), or the runtime had ended. */
+  messagesRefused: number
   version: LibraryVersion
 }
 
@@ -87,22 +94,6 @@ const EMPTY = Buffer.alloc(0)
 // Live runtimes of this environment, by identity + cfg: the strong reference
 // that keeps a loaded runtime (and its native handles) alive.
 const live = new Map<string, { rt: Runtime, ready: Promise<Runtime> }>()
-
-// A Buffer over part of an ArrayBuffer, made the way Node makes its own
-// (a Uint8Array subclass whose prototype is Buffer.prototype): about half the
-// cost of Buffer.from(ab, off, len), which re-validates its arguments.
-// Resolving a promise with an object looks up its `then`; on a Buffer that
-// walks four prototypes, one of them a dictionary (~60 ns per call). An
-// own `then: undefined` on the first prototype answers at once ("not a
-// thenable"), and it is non-enumerable, so inspect() and JSON don't show it.
-class BufferView extends Uint8Array {}
-Object.setPrototypeOf(BufferView.prototype, Buffer.prototype)
-Object.defineProperty(BufferView.prototype, 'constructor', { value: Buffer, writable: true, configurable: true })
-Object.defineProperty(BufferView.prototype, 'then', { value: undefined, writable: true, configurable: true })
-/** @internal */
-export function bufferView (ab: ArrayBuffer, off: number, len: number): Buffer {
-  return new BufferView(ab, off, len) as unknown as Buffer
-}
 
 const CHUNK = C.CHUNK_SLOTS
 const CHUNK_BITS = C.CHUNK_BITS
@@ -155,7 +146,12 @@ export function callSignal (options: CallOptions | undefined): AbortSignal | und
   return signal
 }
 
-export class Runtime {
+/** Runtime's events: 'message' for each dlhost_emit of the plugin (Level 5). */
+export interface RuntimeEvents {
+  message: [Buffer]
+}
+
+export class Runtime extends TypedEmitter<RuntimeEvents> {
   readonly abi: Abi
   readonly path: string
   /** @internal */ readonly key: string
@@ -197,8 +193,13 @@ export class Runtime {
   #slab: ArrayBuffer | undefined
   #slabGen = 0
 
+  #messages: MessageHub
+  #messageCount = 0
+
   /** @internal use load() */
   constructor (lib: Library, abi: Abi, cfg: Buffer, key: string, maxQueue: number, unloadTimeoutMs: number) {
+    super()
+    this.#messages = new MessageHub(this)
     this.abi = abi
     this.path = lib.path
     this.key = key
@@ -211,8 +212,11 @@ export class Runtime {
     try {
       this.#native = new binding.Runtime(lib.native, ABI_CODES[abi], maxQueue,
         (count, meta, bodies, bigs) => this.#complete(count, meta, bodies, bigs),
-        (kind, info, failure) => this.#event(kind, info, failure), unloadTimeoutMs)
+        (kind, info, failure) => this.#event(kind, info, failure), unloadTimeoutMs,
+        (count, meta, bodies) => { this.#messageCount += count; this.#messages.deliver(count, meta, bodies) })
     } catch (err) { throw fromNative(err, lib.path) }
+    const native = this.#native
+    this.#messages.attach({ flow: on => native.messageFlow(on), ref: on => native.messagesRef(on) })
     this.#counters = this.#native.counters()
     try {
       this.#native.start(cfg)
@@ -243,6 +247,7 @@ export class Runtime {
     this.#state = 'unloaded'
     this.#areas = [] // views of native memory that is gone now
     if (u.dlclosed && !u.mapped) forgetIdentity(this.#identity)
+    this.#messages.end()
     this.#resolveUnloaded()
   }
 
@@ -331,6 +336,15 @@ export class Runtime {
 
   /** @internal */
   get ready (): Promise<void> { return this.#init }
+
+  /**
+   * The plugin's messages from now on, as an async iterator (Level 5); it
+   * ends when the runtime is unloaded. Falling `highWaterMark` behind
+   * pauses the flow (dlhost_emit refuses once the native queue is full).
+   */
+  messages (options?: MessagesOptions): AsyncIterableIterator<Buffer> {
+    return this.#messages.iterate(options)
+  }
 
   /** Sends one request; resolves with the plugin's response. */
   call (req: string | Uint8Array, options?: CallOptions): Promise<Buffer> {
@@ -483,7 +497,7 @@ export class Runtime {
 
   get stats (): RuntimeStats {
     const s: NativeStats = this.#native.stats()
-    return { queued: s.queued + this.#stagedCount, inFlight: this.#counters[0], completed: this.#completed, failed: this.#failed, misuse: s.misuse, late: this.#late, version: this.#version }
+    return { queued: s.queued + this.#stagedCount, inFlight: this.#counters[0], completed: this.#completed, failed: this.#failed, misuse: s.misuse, late: this.#late, messages: this.#messageCount, messagesRefused: s.messagesRefused, version: this.#version }
   }
 
   /** The library row this runtime runs in. */

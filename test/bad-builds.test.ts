@@ -22,7 +22,7 @@ function install (dst: string, bytes: Buffer | string): void {
 function nextEvent<T> (p: Plugin, ev: keyof PluginEvents, ms = 10000): Promise<T> {
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`no '${ev}' within ${ms} ms`)), ms)
-    p.once(ev, (x: unknown) => { clearTimeout(timer); resolve(x as T) })
+    p.once(ev, (...args: unknown[]) => { clearTimeout(timer); resolve(args[0] as T) })
   })
 }
 

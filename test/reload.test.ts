@@ -25,7 +25,7 @@ function copyMappings (dir: string): string[] {
 function once<T> (p: Plugin, ev: keyof PluginEvents, ms = 10000): Promise<T> {
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`no ${ev} event within ${ms} ms`)), ms)
-    p.once(ev, (v: unknown) => { clearTimeout(timer); resolve(v as T) })
+    p.once(ev, (...args: unknown[]) => { clearTimeout(timer); resolve(args[0] as T) })
   })
 }
 

@@ -148,6 +148,9 @@ struct Channel {
   // Host-driven: the handler runs on this thread, in order, as the host
   // poll thread would run it (one thread hop less each way).
   bool direct = false;
+  // The host's message iterator is full: messages wait in the core's
+  // bounded queue (dlhost_emit refuses once it is full).
+  bool messages_held = false;
 };
 
 void SubmitBatch(Channel &ch) {
@@ -170,11 +173,14 @@ bool ReadRequests(Channel &ch) {
   FrameHeader h;
   while (!ch.unloading && RingPeek(chan->req, ReqData(chan), cap, &h)) {
     if (h.id == kControlId) {
-      uint32_t cancel_id = 0;
-      bool cancel = (h.b & kFrameCancel) && h.a == sizeof cancel_id;
-      RingTake(chan->req, ReqData(chan), cap, h, cancel ? &cancel_id : nullptr,
-               cancel ? sizeof cancel_id : 0);
+      uint32_t arg = 0;
+      bool has_arg = (h.b & (kFrameCancel | kFrameMessageFlow)) && h.a == sizeof arg;
+      RingTake(chan->req, ReqData(chan), cap, h, has_arg ? &arg : nullptr,
+               has_arg ? sizeof arg : 0);
       any = true;
+      if (has_arg && (h.b & kFrameMessageFlow)) ch.messages_held = arg == 0;
+      bool cancel = has_arg && (h.b & kFrameCancel);
+      uint32_t cancel_id = arg;
       if (cancel && cancel_id < ch.slot_of.size() && ch.slot_of[cancel_id] < core.slots) {
         Task *t = core.Slot(ch.slot_of[cancel_id]);
         if (t->call == cancel_id && t->state.load() != Task::kFree) t->cancelled.store(1);
@@ -262,6 +268,22 @@ bool ReadRequests(Channel &ch) {
   }
   SubmitBatch(ch);
   return any;
+}
+
+// Every message the plugin emitted, to the host (unless it holds them).
+bool WriteMessages(Channel &ch) {
+  if (ch.messages_held) return false;
+  Message *list = ch.core->messages.TakeAll();
+  if (!list) return false;
+  size_t n = 0;
+  for (Message *m = list; m; n++) {
+    Message *next = m->cq_next.load(std::memory_order_relaxed);
+    Write(kControlId, kEventMessage, m->data(), m->len, uint32_t(m->len));
+    Message::Free(m);
+    m = next;
+  }
+  ch.core->messages.Consumed(n);
+  return true;
 }
 
 // Every answer there is now into the response ring; true if any.
@@ -464,15 +486,20 @@ int main(int argc, char **argv) {
     std::lock_guard<std::mutex> lock(core->bell_mu);
     core->bell = RingChannel;
   }
+  core->messages.Mirror(&chan->messages_refused);
   RuntimeCore::Start(core, std::move(cfg));
   // The channel thread (this one): requests in, answers and lifecycle out.
   Channel ch;
   ch.core = core;
-  ch.direct = core->abi == Abi::kHost;
+  // A plugin that emits from its own threads (it takes dlhost_attach) runs
+  // on the host poll thread instead: a long handler must not stop this
+  // thread from forwarding its messages.
+  ch.direct = core->abi == Abi::kHost && !core->attach_fn;
   bool init_sent = false;
   for (;;) {
     bool progress = ReadRequests(ch);
     progress = WriteCompletions(ch) || progress;
+    progress = WriteMessages(ch) || progress;
     if (!init_sent && core->init_state.load() != RuntimeCore::kInitPending) {
       init_sent = true;
       InitEvent(core->init_rc.load(), core->init_failure.load(), "");
@@ -480,6 +507,8 @@ int main(int argc, char **argv) {
     }
     if (core->unload_state.load() == RuntimeCore::kUnloaded && core->completions.empty_approx()) {
       WriteCompletions(ch);
+      ch.messages_held = false;  // what the plugin said before it ended goes out first
+      WriteMessages(ch);
       char p[12] = {0};
       p[0] = core->dlclosed.load();
       p[1] = core->mapped.load();
@@ -502,6 +531,7 @@ int main(int argc, char **argv) {
     FrameHeader h;
     auto idle = [&] {
       return core->completions.empty_approx() &&
+             (ch.messages_held || core->messages.EmptyApprox()) &&
              (ch.unloading || (ch.direct && core->init_state.load() != RuntimeCore::kInitOk) ||
               !RingPeek(chan->req, ReqData(chan), chan->ring_bytes, &h)) &&
              (init_sent || core->init_state.load() == RuntimeCore::kInitPending) &&

@@ -48,6 +48,13 @@ extern "C" {
 #define DLHOST_EXPORT
 #endif
 
+/* Results of the host functions that can refuse (version 2). */
+#define DLHOST_OK 0
+#define DLHOST_EAGAIN 1  /* full: JS is not keeping up; retry later, drop, or slow down */
+#define DLHOST_ECLOSED 2 /* the runtime is ending or has ended */
+#define DLHOST_EINVAL 4  /* a NULL queue, or NULL data with a non-zero length */
+#define DLHOST_ENOMEM 5  /* the host could not allocate the message */
+
 /* Opaque: one runtime's request queue. Owned by the host. */
 typedef struct dlhost_queue dlhost_queue;
 /* Opaque: one call. Owned by the host; valid from poll until respond. */
@@ -94,6 +101,19 @@ DLHOST_EXPORT void dlhost_task_respond(dlhost_task *t, int rc, void *rsp, size_t
  * the task once (the answer is dropped). Any thread, while the task is
  * valid (until it is answered). Version 2. */
 DLHOST_EXPORT int dlhost_task_cancelled(dlhost_task *t);
+
+/* --------------------------------------------------- messages to JS (v2) */
+
+/* Sends `len` bytes (copied before it returns) to JS as a 'message' of the
+ * runtime that owns `q`. Any thread of the plugin, at any time; it never
+ * blocks. Returns DLHOST_OK; DLHOST_EAGAIN when the runtime's message queue
+ * is full (JS is not keeping up: the plugin retries later, drops, or slows
+ * down; refusals are counted in stats.messagesRefused); DLHOST_ECLOSED once
+ * the runtime has ended. A thread's messages arrive in the order it sent
+ * them. `q` is the queue dlhost_init got (plugin-driven) or dlhost_attach
+ * got (host-driven); it stays safe to call after the runtime ended (the
+ * queue's memory is recycled, never freed: see docs/two-way.md). */
+DLHOST_EXPORT int dlhost_emit(dlhost_queue *q, const void *data, size_t len);
 
 /* ---------------------------------------------------- state across reloads */
 
@@ -159,6 +179,15 @@ typedef int (*dlhost_handle_fn)(void *state, const void *req, size_t len, void *
 #ifndef DLHOST_NO_ENTRY_PROTOTYPES
 DLHOST_EXPORT int dlhost_handle(void *state, const void *req, size_t len, void **rsp,
                                 size_t *rsp_len);
+#endif
+
+/* Optional (version 2). Hands a host-driven plugin its runtime's queue, for
+ * dlhost_emit from its own threads. Called once on the library's owner
+ * thread, after dlhost_open and before the first call. A plugin thread that
+ * emits must be stopped by dlhost_close. */
+typedef void (*dlhost_attach_fn)(void *state, dlhost_queue *q);
+#ifndef DLHOST_NO_ENTRY_PROTOTYPES
+DLHOST_EXPORT void dlhost_attach(void *state, dlhost_queue *q);
 #endif
 
 /* Optional. Called once on the library's owner thread after the last task of an

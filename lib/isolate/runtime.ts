@@ -14,8 +14,10 @@ import { binding, C, NativeUnloadInfo } from '../binding'
 import { parseElf } from '../elf'
 import { callSites, DlhostError, errnoError, pluginError, withCallSite } from '../errors'
 import { emitSafely, onAbort, TypedEmitter } from '../events'
+import { MessageHub, MessagesOptions } from '../messages'
 import { requestLength } from '../request'
-import { bufferView, callSignal, callTimeout } from '../runtime'
+import { callSignal, callTimeout } from '../runtime'
+import { bufferView } from '../view'
 import { fail, pending, Resolve, takeResolve } from '../settle'
 import type { CallOptions } from '../runtime'
 import { Abi, checkHostCompatible } from '../rules'
@@ -31,13 +33,16 @@ interface NativeChannel {
   send (id: number, req: string | Uint8Array, kind?: number): boolean
   flush (): void
   cancel (id: number): void
+  messageFlow (on: boolean): void
+  messagesRefused (): number
   unload (): void
   counters (): Int32Array
   limit (): 'memoryMb' | 'cpuSeconds' | 'openFiles' | null
   close (): void
 }
 type ChannelClass = new (ringBytes: number, onComplete: (count: number, meta: Int32Array, bodies: ArrayBuffer | undefined, bigs: Array<Buffer | undefined> | undefined) => void,
-  onEvent: (kind: string, info: number | NativeUnloadInfo, failure?: string, message?: string) => void) => NativeChannel
+  onEvent: (kind: string, info: number | NativeUnloadInfo, failure?: string, message?: string) => void,
+  onMessages: (count: number, meta: Int32Array, bodies: ArrayBuffer) => void) => NativeChannel
 const Channel = (binding as unknown as { Channel: ChannelClass }).Channel
 
 const ABI_CODES: Record<Abi, number> = { host: C.ABI_HOST, native: C.ABI_NATIVE, 'lua-resty-ffi': C.ABI_LUA }
@@ -97,6 +102,8 @@ function versionOf (path: string, trust: Trust | undefined): { version: LibraryV
 export interface IsolatedRuntimeEvents {
   crash: [DlhostError]
   error: [DlhostError]
+  /** A dlhost_emit of the plugin, in the child (Level 5). */
+  message: [Buffer]
 }
 
 export class IsolatedRuntime extends TypedEmitter<IsolatedRuntimeEvents> {
@@ -129,14 +136,23 @@ export class IsolatedRuntime extends TypedEmitter<IsolatedRuntimeEvents> {
   #ready: ((err?: unknown) => void) | null = null
   #stderr = ''
 
+  #messages: MessageHub
+  #messageCount = 0
+  // Refusals counted by children that are gone.
+  #refusedBefore = 0
+  // Someone listens for messages: the child keeps the loop alive.
+  #listening = false
+
   /** @internal use load(path, cfg, { isolate: 'process' }) */
   constructor (path: string, o: IsolateOptions) {
     super()
+    this.#messages = new MessageHub(this as unknown as TypedEmitter<{ message: [Buffer] }>)
     this.path = path
     this.abi = o.abi
     this.#o = o
     this.#version = versionOf(path, o.trust).version
     this.#unloaded = new Promise(resolve => { this.#resolveUnloaded = resolve })
+    void this.#unloaded.then(() => this.#messages.end())
   }
 
   /** @internal Starts the first child; resolves once its init succeeded. */
@@ -150,8 +166,13 @@ export class IsolatedRuntime extends TypedEmitter<IsolatedRuntimeEvents> {
   #spawn (): void {
     const channel = new Channel(RING_BYTES,
       (count, meta, bodies, bigs) => this.#complete(count, meta, bodies, bigs),
-      (kind, info, failure, message) => this.#event(channel, kind, info, failure, message))
+      (kind, info, failure, message) => this.#event(channel, kind, info, failure, message),
+      (count, meta, bodies) => { this.#messageCount += count; this.#messages.deliver(count, meta, bodies) })
     this.#channel = channel
+    this.#messages.attach({
+      flow: on => { if (this.#channel === channel) channel.messageFlow(on) },
+      ref: on => { this.#listening = on; this.#refChild() }
+    })
     this.#counters = channel.counters()
     this.#counters[0] = this.#inFlight
     let child: ChildProcess
@@ -182,7 +203,7 @@ export class IsolatedRuntime extends TypedEmitter<IsolatedRuntimeEvents> {
       const rc = info as number
       if (rc === 0) {
         this.#state = 'running'
-        this.#child?.unref()
+        this.#refChild()
         const held = this.#held
         this.#held = []
         for (const h of held) this.#send(h.id, h.req, h.kind)
@@ -204,8 +225,16 @@ export class IsolatedRuntime extends TypedEmitter<IsolatedRuntimeEvents> {
   // The child killed because a call timed out: not a crash of the plugin's.
   #recycled: ChildProcess | null = null
 
+  /** The child keeps the loop alive while it starts, and while someone listens for messages. */
+  #refChild (): void {
+    if (this.#child === null || this.#state === 'unloading') return
+    if (this.#listening || this.#state !== 'running') this.#child.ref()
+    else this.#child.unref()
+  }
+
   #exited (child: ChildProcess, channel: NativeChannel, code: number | null, signal: NodeJS.Signals | null): void {
     const limit = channel.limit()
+    this.#refusedBefore += channel.messagesRefused()
     channel.close() // what the child wrote before it died is settled first
     if (this.#child === child) this.#child = null
     if (this.#channel === channel) this.#channel = null
@@ -455,8 +484,13 @@ export class IsolatedRuntime extends TypedEmitter<IsolatedRuntimeEvents> {
   get pid (): number | undefined { return this.#child?.pid }
   get restarts (): number { return this.#restarts }
   get unloadInfo (): NativeUnloadInfo | null { return this.#unloadInfo }
-  get stats (): { queued: number, inFlight: number, completed: number, failed: number, misuse: number, late: number, restarts: number, version: LibraryVersion } {
-    return { queued: this.#held.length, inFlight: this.#inFlight, completed: this.#completed, failed: this.#failed, misuse: this.#unloadInfo?.misuse ?? 0, late: this.#late, restarts: this.#restarts, version: this.#version }
+  get stats (): { queued: number, inFlight: number, completed: number, failed: number, misuse: number, late: number, messages: number, messagesRefused: number, restarts: number, version: LibraryVersion } {
+    return { queued: this.#held.length, inFlight: this.#inFlight, completed: this.#completed, failed: this.#failed, misuse: this.#unloadInfo?.misuse ?? 0, late: this.#late, messages: this.#messageCount, messagesRefused: this.#refusedBefore + (this.#channel?.messagesRefused() ?? 0), restarts: this.#restarts, version: this.#version }
+  }
+
+  /** The plugin's messages from now on, as an async iterator; it ends when the runtime is unloaded. */
+  messages (options?: MessagesOptions): AsyncIterableIterator<Buffer> {
+    return this.#messages.iterate(options)
   }
 
   get version (): LibraryVersion { return this.#version }

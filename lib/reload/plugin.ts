@@ -176,6 +176,8 @@ export interface PluginEvents {
   stuck: [StuckEvent]
   /** A bad build or a watcher problem; the serving version keeps serving. */
   error: [DlhostError]
+  /** A dlhost_emit of a version's plugin, with the version (seq) that sent it. */
+  message: [Buffer, { seq: number }]
 }
 
 interface Version extends PluginVersion {
@@ -244,6 +246,31 @@ export class Plugin extends TypedEmitter<PluginEvents> {
       mayPreload: build => this.#mayPreload(build),
       closed: () => this.#closing !== null
     })
+    // Versions' messages are forwarded only while someone listens here (a
+    // runtime with a listener keeps the event loop alive).
+    const sync = (name: string | symbol): void => { if (name === 'message') queueMicrotask(() => this.#forwardMessages()) }
+    this.on('newListener' as 'error', sync as unknown as (e: DlhostError) => void)
+    this.on('removeListener' as 'error', sync as unknown as (e: DlhostError) => void)
+  }
+
+  #forwarding = new Map<Version, (b: Buffer) => void>()
+
+  #forwardMessages (): void {
+    const want = this.listenerCount('message') > 0
+    for (const v of this.#versions) {
+      const f = this.#forwarding.get(v)
+      if (want && f === undefined && v.state !== 'gone') {
+        const fn = (b: Buffer): void => { emitSafely(this, 'message', b, { seq: v.seq }) }
+        this.#forwarding.set(v, fn)
+        ;(v.runtime as Runtime).on('message', fn)
+      } else if (f !== undefined && (!want || v.state === 'gone')) {
+        this.#forwarding.delete(v)
+        ;(v.runtime as Runtime).off('message', f)
+      }
+    }
+    for (const [v, f] of this.#forwarding) {
+      if (!this.#versions.includes(v)) { this.#forwarding.delete(v); (v.runtime as Runtime).off('message', f) }
+    }
   }
 
   /** @internal */
@@ -523,6 +550,7 @@ export class Plugin extends TypedEmitter<PluginEvents> {
     if (seq === undefined) this.#seqs.set(copy.sha256, seq = this.#seqs.size + 1)
     const v: Version = { seq, sha256: copy.sha256, copy: copy.path, loadedAt: Date.now(), runtime, elf, abi: build.abi, hands: stateEntries(elf, build.abi), inFlight: 0, state: 'serving', idle: null, servingSince: 0, leaving: null }
     this.#versions.push(v)
+    this.#forwardMessages()
     return v
   }
 
@@ -719,6 +747,7 @@ export class Plugin extends TypedEmitter<PluginEvents> {
     await v.runtime.unload()
     v.state = 'gone'
     this.#versions = this.#versions.filter(x => x !== v)
+    this.#forwardMessages()
     const info = v.runtime.unloadInfo
     // An isolated version left with its child process, whatever its library.
     if (!this.#isolated && (isMapped(v.copy) || info?.mapped === true)) {

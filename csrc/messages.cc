@@ -1,0 +1,87 @@
+// messages.cc: RuntimeWrap's message delivery (Level 5, dlhost_emit). JS
+// thread only: plugin threads push into the core's MessageQueue
+// (messages.h); here the waiting messages are handed to TypeScript in
+// batches, one callback per kMessageChunk messages, their bytes packed into
+// a slab that TypeScript slices into Buffer views.
+#include <algorithm>
+
+#include "js_util.h"
+#include "runtime_wrap.h"
+
+namespace dlhost {
+
+void RuntimeWrap::SettleMessages() {
+  if (env_gone_ || !core_ || on_messages_.IsEmpty()) return;
+  Napi::Env env(env_);
+  Message *tail = msg_backlog_;
+  while (tail && tail->cq_next.load(std::memory_order_relaxed))
+    tail = tail->cq_next.load(std::memory_order_relaxed);
+  if (Message *fresh = core_->messages.TakeAll()) {
+    if (tail)
+      tail->cq_next.store(fresh, std::memory_order_relaxed);
+    else
+      msg_backlog_ = fresh;
+  }
+  while (msg_backlog_ && !messages_paused_) {
+    Napi::HandleScope scope(env);
+    // A batch: up to kMessageChunk messages and kMessageChunkBytes (a
+    // larger message goes alone).
+    Message *list = msg_backlog_;
+    size_t count = 0, bytes = 0;
+    Message *last = nullptr;
+    for (Message *m = list; m && count < kMessageChunk;
+         m = m->cq_next.load(std::memory_order_relaxed)) {
+      if (count && bytes + m->len > kMessageChunkBytes) break;
+      bytes += m->len;
+      last = m;
+      count++;
+    }
+    msg_backlog_ = last->cq_next.load(std::memory_order_relaxed);
+    last->cq_next.store(nullptr, std::memory_order_relaxed);
+    if (msg_meta_cap_ < count * 2) {
+      size_t cap = std::max<size_t>(kMessageChunk * 2, count * 2);
+      Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, cap * sizeof(int32_t));
+      msg_meta_ref_ = Napi::Persistent(Napi::Object(Napi::Int32Array::New(env, cap, ab, 0)));
+      msg_meta_ = static_cast<int32_t *>(ab.Data());
+      msg_meta_cap_ = cap;
+    }
+    size_t base = message_slab_.Reserve(env, bytes ? bytes : 1);
+    char *dst = message_slab_.Data() + base;
+    size_t i = 0, off = 0;
+    for (Message *m = list; m; i++) {
+      Message *next = m->cq_next.load(std::memory_order_relaxed);
+      if (m->len) memcpy(dst + off, m->data(), m->len);
+      msg_meta_[2 * i] = int32_t(base + off);
+      msg_meta_[2 * i + 1] = int32_t(m->len);
+      off += m->len;
+      Message::Free(m);
+      m = next;
+    }
+    // Room again for the plugin before JS runs (a listener may take long).
+    core_->messages.Consumed(count);
+    CallJs(on_messages_, {Napi::Number::New(env, double(count)), msg_meta_ref_.Value(),
+                          message_slab_.Buffer(env)});
+    if (env_gone_ || !core_) return;
+  }
+}
+
+// messageFlow(on): TypeScript's iterator is full (false) or has room again
+// (true). Paused, messages stay in the core's bounded queue and dlhost_emit
+// refuses once it is full: backpressure to the plugin, nothing dropped here.
+Napi::Value RuntimeWrap::MessageFlow(const Napi::CallbackInfo &info) {
+  bool on = info[0].ToBoolean();
+  bool resumed = messages_paused_ && on;
+  messages_paused_ = !on;
+  if (resumed && bell_) uv_async_send(bell_);  // deliver on the next turn, not inside this call
+  return info.Env().Undefined();
+}
+
+// messagesRef(on): a 'message' listener or an open iterator keeps the event
+// loop alive, as a socket with a 'data' listener does (until unload()).
+Napi::Value RuntimeWrap::MessagesRef(const Napi::CallbackInfo &info) {
+  messages_ref_ = info[0].ToBoolean();
+  UpdateLoopRef();
+  return info.Env().Undefined();
+}
+
+}  // namespace dlhost
