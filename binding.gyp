@@ -16,6 +16,7 @@
         "csrc/runtime_wrap.cc",
         "csrc/completions.cc",
         "csrc/messages.cc",
+        "csrc/streams.cc",
         "csrc/channel_wrap.cc",
         "csrc/host_abi.cc"
       ],

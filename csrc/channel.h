@@ -41,6 +41,8 @@ constexpr uint32_t kFrameStateExport = 8;   // this request is dlhost_state_expo
 constexpr uint32_t kFrameStateImport = 16;  // this request (the bytes) is dlhost_state_import
 constexpr uint32_t kFrameCancel = 32;       // control: the caller gave up on call {u32 id}
 constexpr uint32_t kFrameMessageFlow = 64;  // control: {u32 on}: forward messages or hold them
+constexpr uint32_t kFrameStream = 128;      // this call is a stream; its reader's hwm in b >> 16
+constexpr uint32_t kFrameStreamRead = 256;  // control: {u32 id, u32 n}: the reader took n chunks
 // Response b (payload length) of a call the plugin never answered.
 constexpr uint32_t kFrameAborted = 0xffffffffu;
 // Response control kinds (in rc), with their payloads.
@@ -49,6 +51,7 @@ constexpr int32_t kEventUnloaded =
     2;  // {u8 dlclosed, u8 mapped, u8 threadsStuck, u8 0, u32 misuse, u32 aborted}
 constexpr int32_t kEventMore = 3;     // response payload continues: {u32 id} then bytes
 constexpr int32_t kEventMessage = 4;  // a plugin's dlhost_emit: the bytes
+constexpr int32_t kEventChunk = 5;    // a stream chunk: {u32 id} then the bytes
 
 // One ring: head and tail count bytes ever consumed / produced.
 struct alignas(64) RingState {

@@ -26,6 +26,7 @@ Napi::Function ChannelWrap::Init(Napi::Env env) {
        InstanceMethod<&ChannelWrap::Cancel>("cancel"),
        InstanceMethod<&ChannelWrap::MessageFlow>("messageFlow"),
        InstanceMethod<&ChannelWrap::MessagesRefused>("messagesRefused"),
+       InstanceMethod<&ChannelWrap::StreamRead>("streamRead"),
        InstanceMethod<&ChannelWrap::Counters>("counters"),
        InstanceMethod<&ChannelWrap::Limit>("limit"), InstanceMethod<&ChannelWrap::Close>("close")});
 }
@@ -35,8 +36,9 @@ ChannelWrap::ChannelWrap(const Napi::CallbackInfo &info)
     : Napi::ObjectWrap<ChannelWrap>(info), env_(info.Env()) {
   Napi::Env env = info.Env();
   if (!info[0].IsNumber() || !info[1].IsFunction() || !info[2].IsFunction() ||
-      !info[3].IsFunction())
-    throw Napi::TypeError::New(env, "Channel(ringBytes, onComplete, onEvent, onMessages)");
+      !info[3].IsFunction() || !info[4].IsFunction())
+    throw Napi::TypeError::New(env,
+                               "Channel(ringBytes, onComplete, onEvent, onMessages, onChunks)");
   uint64_t ring = 1;
   while (ring < uint64_t(info[0].As<Napi::Number>().DoubleValue()) && ring < (uint64_t(1) << 30))
     ring <<= 1;
@@ -65,6 +67,7 @@ ChannelWrap::ChannelWrap(const Napi::CallbackInfo &info)
   on_complete_ = Napi::Persistent(info[1].As<Napi::Function>());
   on_event_ = Napi::Persistent(info[2].As<Napi::Function>());
   on_messages_ = Napi::Persistent(info[3].As<Napi::Function>());
+  on_chunks_ = Napi::Persistent(info[4].As<Napi::Function>());
   async_ctx_ = std::make_unique<Napi::AsyncContext>(env, "dlhost:isolated");
   uv_loop_t *loop = nullptr;
   napi_get_uv_event_loop(env, &loop);
@@ -116,6 +119,7 @@ void ChannelWrap::Detach() {
   on_complete_.Reset();
   on_event_.Reset();
   on_messages_.Reset();
+  on_chunks_.Reset();
   counters_ref_.Reset();
   counters_ = nullptr;
   meta_ref_.Reset();
@@ -186,11 +190,15 @@ Napi::Value ChannelWrap::Send(const Napi::CallbackInfo &info) {
   uint32_t id = info[0].As<Napi::Number>().Uint32Value();
   JsRequest r = ReadRequest(env, info[1]);
   uint32_t flags = 0;
+  if (info.Length() > 3 && info[3].IsNumber()) {
+    uint32_t hwm = info[3].As<Napi::Number>().Uint32Value();
+    if (hwm >= 1 && hwm <= 0xffff) flags |= kFrameStream | (hwm << 16);
+  }
   if (info.Length() > 2 && info[2].IsNumber()) {
     uint32_t kind = info[2].As<Napi::Number>().Uint32Value();
-    flags = kind == kTaskStateExport   ? kFrameStateExport
-            : kind == kTaskStateImport ? kFrameStateImport
-                                       : 0;
+    flags |= kind == kTaskStateExport   ? kFrameStateExport
+             : kind == kTaskStateImport ? kFrameStateImport
+                                        : 0;
   }
   bool ok;
   if (r.str) {
@@ -232,6 +240,38 @@ void ChannelWrap::DeliverMessages() {
   msg_bytes_.clear();
   CallJs(on_messages_,
          {Napi::Number::New(env, double(n)), Napi::Int32Array::New(env, n * 2, mab, 0), ab});
+}
+
+// Hands the stream chunks read in this round to JS: [id, offset, length].
+void ChannelWrap::DeliverChunks() {
+  if (chunk_meta_.empty() || on_chunks_.IsEmpty()) return;
+  Napi::Env env(env_);
+  Napi::HandleScope scope(env);
+  size_t n = chunk_meta_.size() / 3;
+  Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, chunk_bytes_.size() ? chunk_bytes_.size() : 1);
+  memcpy(ab.Data(), chunk_bytes_.data(), chunk_bytes_.size());
+  Napi::ArrayBuffer mab = Napi::ArrayBuffer::New(env, chunk_meta_.size() * sizeof(int32_t));
+  memcpy(mab.Data(), chunk_meta_.data(), chunk_meta_.size() * sizeof(int32_t));
+  chunk_meta_.clear();
+  chunk_bytes_.clear();
+  CallJs(on_chunks_, {Napi::Number::New(env, double(n)), Napi::Int32Array::New(env, n * 3, mab, 0),
+                      ab, env.Undefined()});
+}
+
+// streamRead(id, n): the reader of stream id took n chunks (room for n more
+// in the child).
+Napi::Value ChannelWrap::StreamRead(const Napi::CallbackInfo &info) {
+  uint32_t args[2] = {info[0].As<Napi::Number>().Uint32Value(),
+                      info[1].As<Napi::Number>().Uint32Value()};
+  if (!closed_ && staging_) {
+    staging_ = false;
+    RingPublish(chan_->req, staged_tail_);
+  }
+  if (!closed_) {
+    FrameHeader h{0, kControlId, sizeof args, kFrameStreamRead};
+    RingWrite(chan_->req, ReqData(chan_), chan_->ring_bytes, h, args, sizeof args);
+  }
+  return info.Env().Undefined();
 }
 
 // messageFlow(on): the host's iterator is full (false) or has room again:
@@ -375,6 +415,15 @@ void ChannelWrap::SettleJs() {
         std::string p(h.b, '\0');
         RingTake(chan_->rsp, data, cap, h, &p[0], h.b);
         int32_t kind = int32_t(h.a);
+        if (kind == kEventChunk && p.size() >= 4) {
+          uint32_t id;
+          memcpy(&id, p.data(), 4);
+          chunk_meta_.push_back(int32_t(id));
+          chunk_meta_.push_back(int32_t(chunk_bytes_.size()));
+          chunk_meta_.push_back(int32_t(p.size() - 4));
+          chunk_bytes_.append(p, 4, std::string::npos);
+          continue;
+        }
         if (kind == kEventMessage) {
           msg_meta_.push_back(int32_t(msg_bytes_.size()));
           msg_meta_.push_back(int32_t(p.size()));
@@ -454,6 +503,8 @@ void ChannelWrap::SettleJs() {
       count++;
     }
     DeliverMessages();
+    if (closed_) return;
+    DeliverChunks();  // before the answers read with them: a stream's last chunk, then its end
     if (closed_) return;
     if (count == 0) break;
     last_activity_ = uv_hrtime();

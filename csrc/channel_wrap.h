@@ -32,6 +32,8 @@ class ChannelWrap : public Napi::ObjectWrap<ChannelWrap> {
   Napi::Value Cancel(const Napi::CallbackInfo &info);
   Napi::Value MessageFlow(const Napi::CallbackInfo &info);
   Napi::Value MessagesRefused(const Napi::CallbackInfo &info);
+  Napi::Value StreamRead(const Napi::CallbackInfo &info);
+  void DeliverChunks();
   void DeliverMessages();
   Napi::Value Counters(const Napi::CallbackInfo &info);
   Napi::Value Limit(const Napi::CallbackInfo &info);
@@ -56,7 +58,10 @@ class ChannelWrap : public Napi::ObjectWrap<ChannelWrap> {
   bool staging_ = false;
   uint64_t staged_tail_ = 0;
   uint64_t last_activity_ = 0;
-  Napi::FunctionReference on_complete_, on_event_, on_messages_;
+  Napi::FunctionReference on_complete_, on_event_, on_messages_, on_chunks_;
+  // Stream chunks read and not yet handed to JS: bytes, [id, offset, length].
+  std::string chunk_bytes_;
+  std::vector<int32_t> chunk_meta_;
   // Messages read and not yet handed to JS: their bytes, [offset, length].
   std::string msg_bytes_;
   std::vector<int32_t> msg_meta_;

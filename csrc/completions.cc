@@ -55,6 +55,9 @@ void RuntimeWrap::SettleJs() {
     else
       backlog_ = fresh;
   }
+  // Taken after the answers: every chunk sent before one of them is here.
+  SettleChunks();
+  if (env_gone_ || !core_) return;
   while (backlog_) {
     Task *list = backlog_;
     Task *last = list;

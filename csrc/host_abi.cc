@@ -45,6 +45,14 @@ DLHOST_EXPORT void dlhost_task_respond(dlhost_task *t, int rc, void *rsp, size_t
   dlhost::RuntimeCore::Respond(reinterpret_cast<Task *>(t), rc, rsp, len);
 }
 
+DLHOST_EXPORT int dlhost_task_send(dlhost_task *t, const void *data, size_t len) {
+  return dlhost::RuntimeCore::Send(reinterpret_cast<Task *>(t), data, len);
+}
+
+DLHOST_EXPORT int dlhost_task_writable(dlhost_task *t) {
+  return dlhost::RuntimeCore::Writable(reinterpret_cast<Task *>(t)) ? 1 : 0;
+}
+
 DLHOST_EXPORT int dlhost_task_cancelled(dlhost_task *t) {
   auto *task = reinterpret_cast<Task *>(t);
   if (!task || task->magic != Task::kMagic) return 0;

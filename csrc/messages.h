@@ -21,7 +21,9 @@ namespace dlhost {
 struct Message {
   std::atomic<Message *> cq_next{nullptr};
   size_t len = 0;
+  uint32_t id = 0;  // a stream chunk: the call it belongs to (the JS side's key)
   char *data() { return reinterpret_cast<char *>(this + 1); }
+  static Message *Of(char *data) { return reinterpret_cast<Message *>(data) - 1; }
 
   static Message *New(const void *p, size_t n) {
     void *mem = malloc(sizeof(Message) + n);

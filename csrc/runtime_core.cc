@@ -74,6 +74,8 @@ void Task::Reset() {
   rsp_len = 0;
   kind = kTaskCall;
   cancelled.store(0, std::memory_order_relaxed);
+  stream_hwm = 0;
+  unread.store(0, std::memory_order_relaxed);
   state.store(kFree, std::memory_order_release);
 }
 
@@ -133,6 +135,31 @@ int RuntimeCore::Emit(dlhost_queue *q, const void *data, size_t len) {
   return rc;
 }
 
+bool RuntimeCore::Writable(Task *t) {
+  return t && t->magic == Task::kMagic && t->stream_hwm > 0 &&
+         t->state.load(std::memory_order_acquire) == Task::kTaken &&
+         !t->cancelled.load(std::memory_order_acquire) &&
+         t->unread.load(std::memory_order_acquire) < t->stream_hwm;
+}
+
+int RuntimeCore::Send(Task *t, const void *data, size_t len) {
+  if (!t || t->magic != Task::kMagic || (!data && len) || len > kMaxMessageBytes)
+    return DLHOST_EINVAL;
+  if (t->stream_hwm <= 0 || t->state.load(std::memory_order_acquire) != Task::kTaken)
+    return DLHOST_EINVAL;
+  if (t->cancelled.load(std::memory_order_acquire)) return DLHOST_ECANCELLED;
+  if (t->unread.load(std::memory_order_acquire) >= t->stream_hwm) return DLHOST_EAGAIN;
+  if (len == 0) return DLHOST_OK;
+  Message *m = Message::New(data, len);
+  if (!m) return DLHOST_ENOMEM;
+  // In an isolated runtime's child the host's key is the call's, not the slot.
+  m->id = t->core->keyed_by_call ? t->call : t->id;
+  t->unread.fetch_add(1, std::memory_order_acq_rel);
+  RuntimeCore *c = t->core;
+  if (c->stream_chunks.push(m) && !c->js_spinning.load(std::memory_order_seq_cst)) c->Ring();
+  return DLHOST_OK;
+}
+
 RuntimeCore::RuntimeCore(EntryPtr e, Abi a, size_t mq, int64_t unload_timeout)
     : entry(std::move(e)),
       abi(a),
@@ -150,6 +177,11 @@ RuntimeCore::RuntimeCore(EntryPtr e, Abi a, size_t mq, int64_t unload_timeout)
 
 RuntimeCore::~RuntimeCore() {
   RetireQueue(q);
+  for (Message *m = stream_chunks.pop_all(); m;) {
+    Message *next = m->cq_next.load(std::memory_order_relaxed);
+    Message::Free(m);
+    m = next;
+  }
   {
     std::lock_guard<std::mutex> lock(live_mu);
     live_cores->erase(this);

@@ -38,6 +38,10 @@ struct Task {
   uint32_t kind = kTaskCall;  // TaskKind, set before submit
   // Non-zero once the caller gave up (dlhost_task_cancelled); any thread.
   std::atomic<uint32_t> cancelled{0};
+  // A stream (runtime.stream()): its reader's high-water mark in chunks (set
+  // before submit; 0 for a plain call), and chunks sent and not yet read.
+  int32_t stream_hwm = 0;
+  std::atomic<int32_t> unread{0};
   RuntimeCore *core = nullptr;
   // Request: owned by the host; req points to inline_buf or to a malloc
   // (big, set before submit by the wrapper's setBig).
@@ -101,6 +105,9 @@ class RuntimeCore : public std::enable_shared_from_this<RuntimeCore> {
   void Complete(Task *t);  // into the completion queue, ring if needed
   // dlhost_emit: DLHOST_OK or the documented refusal.
   static int Emit(dlhost_queue *q, const void *data, size_t len);
+  // dlhost_task_send / dlhost_task_writable (any plugin thread).
+  static int Send(Task *t, const void *data, size_t len);
+  static bool Writable(Task *t);
   static void Respond(Task *t, int rc, void *rsp, size_t len);  // plugin ABI
   Task *Poll();  // plugin ABI, records the polling thread
   // A state step (kind != kTaskCall) run by the thread that took it; it is
@@ -126,6 +133,11 @@ class RuntimeCore : public std::enable_shared_from_this<RuntimeCore> {
   TaskQueue<Task> requests;
   CompletionQueue<Task> completions;
   MessageQueue messages{kDefaultMaxMessages};
+  // Stream chunks (Message::id: the task's key), bounded per task by its
+  // reader's high-water mark; taken after the completions they precede.
+  CompletionQueue<Message> stream_chunks;
+  // In an isolated runtime's child: chunks carry Task::call (the host's key).
+  bool keyed_by_call = false;
 
   // Plugin entry points (resolved on the JS thread before start).
   dlhost_open_fn open_fn = nullptr;

@@ -30,18 +30,22 @@ Napi::Function RuntimeWrap::Init(Napi::Env env) {
        InstanceMethod<&RuntimeWrap::SetKind>("setKind"),
        InstanceMethod<&RuntimeWrap::Cancel>("cancel"),
        InstanceMethod<&RuntimeWrap::MessageFlow>("messageFlow"),
-       InstanceMethod<&RuntimeWrap::MessagesRef>("messagesRef")});
+       InstanceMethod<&RuntimeWrap::MessagesRef>("messagesRef"),
+       InstanceMethod<&RuntimeWrap::SetStream>("setStream"),
+       InstanceMethod<&RuntimeWrap::StreamRead>("streamRead")});
 }
 
 // new Runtime(library, abi, maxQueue, onComplete, onEvent, unloadTimeoutMs,
-//             onMessages)
+//             onMessages, onChunks)
 RuntimeWrap::RuntimeWrap(const Napi::CallbackInfo &info)
     : Napi::ObjectWrap<RuntimeWrap>(info), env_(info.Env()) {
   Napi::Env env = info.Env();
   if (!info[0].IsObject() || !info[1].IsNumber() || !info[2].IsNumber() || !info[3].IsFunction() ||
-      !info[4].IsFunction() || !info[5].IsNumber() || !info[6].IsFunction())
-    throw Napi::TypeError::New(
-        env, "Runtime(library, abi, maxQueue, onComplete, onEvent, unloadTimeoutMs, onMessages)");
+      !info[4].IsFunction() || !info[5].IsNumber() || !info[6].IsFunction() ||
+      !info[7].IsFunction())
+    throw Napi::TypeError::New(env,
+                               "Runtime(library, abi, maxQueue, onComplete, onEvent, "
+                               "unloadTimeoutMs, onMessages, onChunks)");
   LibraryWrap *lib = LibraryWrap::FromValue(env, info[0]);
   if (!lib) throw Napi::TypeError::New(env, "Runtime: library must be a Library");
   if (lib->released()) ThrowCoded(env, "ERR_RELEASED", "the library was released");
@@ -57,6 +61,7 @@ RuntimeWrap::RuntimeWrap(const Napi::CallbackInfo &info)
   on_complete_ = Napi::Persistent(info[3].As<Napi::Function>());
   on_event_ = Napi::Persistent(info[4].As<Napi::Function>());
   on_messages_ = Napi::Persistent(info[6].As<Napi::Function>());
+  on_chunks_ = Napi::Persistent(info[7].As<Napi::Function>());
   async_ctx_ = std::make_unique<Napi::AsyncContext>(env, "dlhost:runtime");
   max_body_ = EnvState::Of(env)->max_body;
 
@@ -345,6 +350,11 @@ void RuntimeWrap::DropJs() {
   on_complete_.Reset();
   on_event_.Reset();
   on_messages_.Reset();
+  on_chunks_.Reset();
+  chunk_meta_ref_.Reset();
+  chunk_meta_ = nullptr;
+  chunk_meta_cap_ = 0;
+  chunk_slab_.Reset();
   for (Message *m = msg_backlog_; m;) {  // the environment is gone
     Message *next = m->cq_next.load(std::memory_order_relaxed);
     Message::Free(m);

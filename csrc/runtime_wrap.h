@@ -40,6 +40,12 @@ class RuntimeWrap : public Napi::ObjectWrap<RuntimeWrap> {
   Napi::Value MessagesRef(const Napi::CallbackInfo &info);
   // Hands every waiting message to JS, in batches (no-op while paused).
   void SettleMessages();
+  // ---- streams.cc
+  Napi::Value SetStream(const Napi::CallbackInfo &info);
+  Napi::Value StreamRead(const Napi::CallbackInfo &info);
+  // Hands every stream chunk sent so far to JS (before the completions
+  // taken earlier: a chunk is always sent before its task's answer).
+  void SettleChunks();
   // The one unload path (unload(), environment teardown, finalizer).
   void BeginUnload();
   // The environment is going away (cleanup hook, finalizer): never block,
@@ -76,6 +82,7 @@ class RuntimeWrap : public Napi::ObjectWrap<RuntimeWrap> {
   Napi::FunctionReference on_complete_;  // (count, meta, bodies, bigs)
   Napi::FunctionReference on_event_;     // (kind, info)
   Napi::FunctionReference on_messages_;  // (count, meta [offset, length] * n, bodies)
+  Napi::FunctionReference on_chunks_;    // (count, meta [id, offset, length] * n, bodies, bigs)
   std::unique_ptr<Napi::AsyncContext> async_ctx_;
   CleanupHook hook_;
 
@@ -121,6 +128,10 @@ class RuntimeWrap : public Napi::ObjectWrap<RuntimeWrap> {
   int32_t *msg_meta_ = nullptr;
   size_t msg_meta_cap_ = 0;
   Slab message_slab_;
+  Napi::ObjectReference chunk_meta_ref_;
+  int32_t *chunk_meta_ = nullptr;
+  size_t chunk_meta_cap_ = 0;
+  Slab chunk_slab_;
   size_t max_body_ = 0;  // EnvState::max_body, read once
   napi_env env_;
 };

@@ -147,6 +147,10 @@ export interface NativeRuntime {
   messageFlow (on: boolean): void
   /** Keep the event loop alive for messages (a listener or an iterator). */
   messagesRef (on: boolean): void
+  /** The free slot's next call is a stream whose reader buffers at most `hwm` chunks. */
+  setStream (slot: number, hwm: number): void
+  /** The stream's reader took n chunks. */
+  streamRead (slot: number, n: number): void
   /** Runs the handler; the answer is described by syncMeta() [slab generation, offset or SYNC_BIG_OFFSET, length, rc]. */
   callSync (req: string | Uint8Array): void
   /** callSync for Uint8Array requests as a plain function (no unwrap, no type dispatch); call it only while this object is alive. */
@@ -165,13 +169,16 @@ export interface NativeRuntime {
 /** A batch of plugin messages: [offset, length] pairs into `bodies` (JS thread). */
 export type MessagesCallback = (count: number, meta: Int32Array, bodies: ArrayBuffer) => void
 
+/** A batch of stream chunks: [call id, offset or BIG_OFFSET, length] triples (JS thread). */
+export type ChunksCallback = (count: number, meta: Int32Array, bodies: ArrayBuffer | undefined, bigs: Array<Buffer | undefined> | undefined) => void
+
 export interface NativeBinding {
   abiVersion: number
   constants: NativeConstants
   Library: new (path: string, flags: number) => NativeLibrary
   Runtime: new (library: NativeLibrary, abi: number, maxQueue: number,
     onComplete: CompleteCallback, onEvent: EventCallback,
-    unloadTimeoutMs: number, onMessages: MessagesCallback) => NativeRuntime
+    unloadTimeoutMs: number, onMessages: MessagesCallback, onChunks: ChunksCallback) => NativeRuntime
   libraries (): NativeRow[]
   isMapped (path: string): boolean
   /** The identity open() would give the file now (realpath + stat). */

@@ -13,6 +13,7 @@ import { requestLength } from './request'
 import { fail, pending, Resolve, takeResolve } from './settle'
 import { bufferView } from './view'
 import { MessageHub, MessagesOptions } from './messages'
+import { StreamOptions, streamOptions, StreamReader } from './stream'
 import { TypedEmitter } from './events'
 import { checkKeys, checkPath } from './options'
 import { parseElf } from './elf'
@@ -195,6 +196,8 @@ export class Runtime extends TypedEmitter<RuntimeEvents> {
 
   #messages: MessageHub
   #messageCount = 0
+  // Streams by slot, while the slot is theirs.
+  #streams: Array<StreamReader | undefined> = []
 
   /** @internal use load() */
   constructor (lib: Library, abi: Abi, cfg: Buffer, key: string, maxQueue: number, unloadTimeoutMs: number) {
@@ -213,7 +216,8 @@ export class Runtime extends TypedEmitter<RuntimeEvents> {
       this.#native = new binding.Runtime(lib.native, ABI_CODES[abi], maxQueue,
         (count, meta, bodies, bigs) => this.#complete(count, meta, bodies, bigs),
         (kind, info, failure) => this.#event(kind, info, failure), unloadTimeoutMs,
-        (count, meta, bodies) => { this.#messageCount += count; this.#messages.deliver(count, meta, bodies) })
+        (count, meta, bodies) => { this.#messageCount += count; this.#messages.deliver(count, meta, bodies) },
+        (count, meta, bodies, bigs) => this.#chunks(count, meta, bodies, bigs))
     } catch (err) { throw fromNative(err, lib.path) }
     const native = this.#native
     this.#messages.attach({ flow: on => native.messageFlow(on), ref: on => native.messagesRef(on) })
@@ -259,6 +263,7 @@ export class Runtime extends TypedEmitter<RuntimeEvents> {
       const len = meta[m + 3]
       const res = this.#res[id]
       this.#res[id] = undefined
+      if (this.#streams[id] !== undefined) { this.#streams[id]?.bind(null); this.#streams[id] = undefined }
       this.#freeSlot(id)
       if (this.#abandoned.size > 0 && this.#abandoned.delete(id)) this.#late++
       if (len === ABORTED_LEN) {
@@ -329,6 +334,7 @@ export class Runtime extends TypedEmitter<RuntimeEvents> {
       const id = this.#staged[2 * i]
       const res = this.#res[id]
       this.#res[id] = undefined
+      if (this.#streams[id] !== undefined) { this.#streams[id]?.bind(null); this.#streams[id] = undefined }
       this.#freeSlot(id)
       fail(res, err) // never answered: not counted as failed
     }
@@ -360,7 +366,28 @@ export class Runtime extends TypedEmitter<RuntimeEvents> {
     return this.#call(bytes, undefined, kind)
   }
 
-  #call (req: string | Uint8Array, options?: CallOptions, kind = 0): Promise<Buffer> {
+  /**
+   * Sends one request whose answer comes in chunks (dlhost_task_send), as
+   * an async iterator; the answer's body, if any, is the last chunk. A
+   * host-driven plugin's answer is a stream of one chunk.
+   */
+  stream (req: string | Uint8Array, options?: StreamOptions): AsyncIterableIterator<Buffer> {
+    const { call, hwm } = streamOptions(options)
+    const reader = new StreamReader(hwm)
+    this.#call(req, call, 0, reader).then(body => reader.finish(body), err => reader.fail(err))
+    return reader.iterator()
+  }
+
+  #chunks (count: number, meta: Int32Array, bodies: ArrayBuffer | undefined, bigs: Array<Buffer | undefined> | undefined): void {
+    for (let i = 0, m = 0; i < count; i++, m += 3) {
+      const r = this.#streams[meta[m] as number]
+      if (r === undefined) continue
+      const off = meta[m + 1] as number
+      r.push(off === BIG_OFFSET ? (bigs?.[i] ?? EMPTY) : bufferView(bodies as ArrayBuffer, off, meta[m + 2] as number))
+    }
+  }
+
+  #call (req: string | Uint8Array, options?: CallOptions, kind = 0, stream?: StreamReader): Promise<Buffer> {
     // Everything that can throw runs before a slot is taken.
     let n: number
     let signal: AbortSignal | undefined
@@ -400,7 +427,14 @@ export class Runtime extends TypedEmitter<RuntimeEvents> {
       if (len >= 0) area[off + len] = 0
       else this.#native.setBig(id, req)
       if (kind !== 0) this.#native.setKind(id, kind)
+      if (stream !== undefined) {
+        this.#native.setStream(id, stream.hwm)
+        this.#streams[id] = stream
+        const native = this.#native
+        stream.bind({ read: n => native.streamRead(id, n), cancel: () => { this.#submitStaged(); native.cancel(id) } })
+      }
     } catch (e) {
+      this.#streams[id] = undefined
       this.#freeSlot(id)
       return Promise.reject(fromNative(e, this.path))
     }

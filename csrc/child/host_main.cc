@@ -173,11 +173,18 @@ bool ReadRequests(Channel &ch) {
   FrameHeader h;
   while (!ch.unloading && RingPeek(chan->req, ReqData(chan), cap, &h)) {
     if (h.id == kControlId) {
-      uint32_t arg = 0;
-      bool has_arg = (h.b & (kFrameCancel | kFrameMessageFlow)) && h.a == sizeof arg;
-      RingTake(chan->req, ReqData(chan), cap, h, has_arg ? &arg : nullptr,
-               has_arg ? sizeof arg : 0);
+      uint32_t args[2] = {0, 0};
+      size_t want = (h.b & kFrameStreamRead) ? sizeof args : sizeof args[0];
+      bool has_arg = (h.b & (kFrameCancel | kFrameMessageFlow | kFrameStreamRead)) && h.a == want;
+      RingTake(chan->req, ReqData(chan), cap, h, has_arg ? args : nullptr, has_arg ? want : 0);
+      uint32_t arg = args[0];
       any = true;
+      if (has_arg && (h.b & kFrameStreamRead) && arg < ch.slot_of.size() &&
+          ch.slot_of[arg] < core.slots) {
+        Task *t = core.Slot(ch.slot_of[arg]);
+        if (t->call == arg && t->stream_hwm > 0 && t->state.load() != Task::kFree)
+          t->unread.fetch_sub(int32_t(args[1]));
+      }
       if (has_arg && (h.b & kFrameMessageFlow)) ch.messages_held = arg == 0;
       bool cancel = has_arg && (h.b & kFrameCancel);
       uint32_t cancel_id = arg;
@@ -257,6 +264,7 @@ bool ReadRequests(Channel &ch) {
     t->req = dst;
     t->req_len = len;
     t->call = h.id;
+    t->stream_hwm = (h.b & kFrameStream) ? int32_t(h.b >> 16) : 0;
     t->kind = (h.b & kFrameStateExport)   ? kTaskStateExport
               : (h.b & kFrameStateImport) ? kTaskStateImport
                                           : kTaskCall;
@@ -287,9 +295,29 @@ bool WriteMessages(Channel &ch) {
 }
 
 // Every answer there is now into the response ring; true if any.
+// Every stream chunk sent so far, to the host: {u32 id} then the bytes.
+bool WriteChunks(Channel &ch) {
+  Message *list = ch.core->stream_chunks.pop_all();
+  if (!list) return false;
+  std::vector<char> frame;
+  for (Message *m = list; m;) {
+    Message *next = m->cq_next.load(std::memory_order_relaxed);
+    frame.resize(sizeof m->id + m->len);
+    memcpy(frame.data(), &m->id, sizeof m->id);
+    memcpy(frame.data() + sizeof m->id, m->data(), m->len);
+    Write(kControlId, kEventChunk, frame.data(), frame.size(), uint32_t(frame.size()));
+    Message::Free(m);
+    m = next;
+  }
+  return true;
+}
+
+// Every answer there is now into the response ring, each after the stream
+// chunks sent before it; true if any.
 bool WriteCompletions(Channel &ch) {
   Task *list = ch.core->TakeCompletions();
-  if (!list) return false;
+  bool chunks = WriteChunks(ch);  // taken after the answers: every chunk before one is here
+  if (!list) return chunks;
   std::vector<uint32_t> freed;
   for (Task *t = list; t;) {
     Task *next = t->cq_next.load(std::memory_order_relaxed);
@@ -487,6 +515,7 @@ int main(int argc, char **argv) {
     core->bell = RingChannel;
   }
   core->messages.Mirror(&chan->messages_refused);
+  core->keyed_by_call = true;
   RuntimeCore::Start(core, std::move(cfg));
   // The channel thread (this one): requests in, answers and lifecycle out.
   Channel ch;
@@ -530,7 +559,7 @@ int main(int argc, char **argv) {
     // Spin, then park (the same policy as the other waiters).
     FrameHeader h;
     auto idle = [&] {
-      return core->completions.empty_approx() &&
+      return core->completions.empty_approx() && core->stream_chunks.empty_approx() &&
              (ch.messages_held || core->messages.EmptyApprox()) &&
              (ch.unloading || (ch.direct && core->init_state.load() != RuntimeCore::kInitOk) ||
               !RingPeek(chan->req, ReqData(chan), chan->ring_bytes, &h)) &&

@@ -50,10 +50,11 @@ extern "C" {
 
 /* Results of the host functions that can refuse (version 2). */
 #define DLHOST_OK 0
-#define DLHOST_EAGAIN 1  /* full: JS is not keeping up; retry later, drop, or slow down */
-#define DLHOST_ECLOSED 2 /* the runtime is ending or has ended */
-#define DLHOST_EINVAL 4  /* a NULL queue, or NULL data with a non-zero length */
-#define DLHOST_ENOMEM 5  /* the host could not allocate the message */
+#define DLHOST_EAGAIN 1     /* full: JS is not keeping up; retry later, drop, or slow down */
+#define DLHOST_ECLOSED 2    /* the runtime is ending or has ended */
+#define DLHOST_ECANCELLED 3 /* the caller gave up on the task (a stream's reader stopped) */
+#define DLHOST_EINVAL 4     /* a NULL queue, or NULL data with a non-zero length */
+#define DLHOST_ENOMEM 5     /* the host could not allocate the message */
 
 /* Opaque: one runtime's request queue. Owned by the host. */
 typedef struct dlhost_queue dlhost_queue;
@@ -101,6 +102,25 @@ DLHOST_EXPORT void dlhost_task_respond(dlhost_task *t, int rc, void *rsp, size_t
  * the task once (the answer is dropped). Any thread, while the task is
  * valid (until it is answered). Version 2. */
 DLHOST_EXPORT int dlhost_task_cancelled(dlhost_task *t);
+
+/* ------------------------------------------------------- streams (v2) */
+
+/* Sends one chunk of a streamed answer (runtime.stream() in JS): `len`
+ * bytes, copied before it returns, at most 1 MiB. Any thread, between
+ * taking the task and answering it; never blocks. Returns DLHOST_OK;
+ * DLHOST_EAGAIN when the reader has highWaterMark chunks unread (retry
+ * later: dlhost_task_writable says when); DLHOST_ECANCELLED once the reader
+ * stopped (break, return(), an abort, a timeout): stop sending, and still
+ * answer the task once; DLHOST_EINVAL for a task that is not a stream (a
+ * plain call()) or a chunk too large. The stream ends with
+ * dlhost_task_respond: a non-empty body is its last chunk; rc != 0 makes
+ * the reader throw ERR_PLUGIN. Plugin-driven plugins only (a host-driven
+ * handler has no task). Version 2. */
+DLHOST_EXPORT int dlhost_task_send(dlhost_task *t, const void *data, size_t len);
+
+/* Non-zero when dlhost_task_send would take a chunk now (a stream whose
+ * reader has room and did not stop). Version 2. */
+DLHOST_EXPORT int dlhost_task_writable(dlhost_task *t);
 
 /* --------------------------------------------------- messages to JS (v2) */
 

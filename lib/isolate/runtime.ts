@@ -15,6 +15,7 @@ import { parseElf } from '../elf'
 import { callSites, DlhostError, errnoError, pluginError, withCallSite } from '../errors'
 import { emitSafely, onAbort, TypedEmitter } from '../events'
 import { MessageHub, MessagesOptions } from '../messages'
+import { StreamOptions, streamOptions, StreamReader } from '../stream'
 import { requestLength } from '../request'
 import { callSignal, callTimeout } from '../runtime'
 import { bufferView } from '../view'
@@ -30,11 +31,12 @@ interface NativeChannel {
   fds (): [number, number]
   spawned (): void
   sendCfg (cfg: Buffer): void
-  send (id: number, req: string | Uint8Array, kind?: number): boolean
+  send (id: number, req: string | Uint8Array, kind?: number, hwm?: number): boolean
   flush (): void
   cancel (id: number): void
   messageFlow (on: boolean): void
   messagesRefused (): number
+  streamRead (id: number, n: number): void
   unload (): void
   counters (): Int32Array
   limit (): 'memoryMb' | 'cpuSeconds' | 'openFiles' | null
@@ -42,7 +44,8 @@ interface NativeChannel {
 }
 type ChannelClass = new (ringBytes: number, onComplete: (count: number, meta: Int32Array, bodies: ArrayBuffer | undefined, bigs: Array<Buffer | undefined> | undefined) => void,
   onEvent: (kind: string, info: number | NativeUnloadInfo, failure?: string, message?: string) => void,
-  onMessages: (count: number, meta: Int32Array, bodies: ArrayBuffer) => void) => NativeChannel
+  onMessages: (count: number, meta: Int32Array, bodies: ArrayBuffer) => void,
+  onChunks: (count: number, meta: Int32Array, bodies: ArrayBuffer | undefined, bigs: Array<Buffer | undefined> | undefined) => void) => NativeChannel
 const Channel = (binding as unknown as { Channel: ChannelClass }).Channel
 
 const ABI_CODES: Record<Abi, number> = { host: C.ABI_HOST, native: C.ABI_NATIVE, 'lua-resty-ffi': C.ABI_LUA }
@@ -71,6 +74,8 @@ interface Held {
   req: string | Uint8Array
   /** A state step (C.TASK_STATE_*), or 0 for a call. */
   kind: number
+  /** A stream's high-water mark, or 0. */
+  hwm: number
 }
 
 const seqs = new Map<string, string[]>()
@@ -167,7 +172,8 @@ export class IsolatedRuntime extends TypedEmitter<IsolatedRuntimeEvents> {
     const channel = new Channel(RING_BYTES,
       (count, meta, bodies, bigs) => this.#complete(count, meta, bodies, bigs),
       (kind, info, failure, message) => this.#event(channel, kind, info, failure, message),
-      (count, meta, bodies) => { this.#messageCount += count; this.#messages.deliver(count, meta, bodies) })
+      (count, meta, bodies) => { this.#messageCount += count; this.#messages.deliver(count, meta, bodies) },
+      (count, meta, bodies) => this.#chunks(count, meta, bodies as ArrayBuffer))
     this.#channel = channel
     this.#messages.attach({
       flow: on => { if (this.#channel === channel) channel.messageFlow(on) },
@@ -206,7 +212,7 @@ export class IsolatedRuntime extends TypedEmitter<IsolatedRuntimeEvents> {
         this.#refChild()
         const held = this.#held
         this.#held = []
-        for (const h of held) this.#send(h.id, h.req, h.kind)
+        for (const h of held) this.#send(h.id, h.req, h.kind, h.hwm)
         this.#ready?.()
         return
       }
@@ -304,6 +310,7 @@ export class IsolatedRuntime extends TypedEmitter<IsolatedRuntimeEvents> {
   #release (id: number): Resolve | undefined {
     const res = this.#res[id]
     this.#res[id] = undefined
+    if (this.#streams[id] !== undefined) { this.#streams[id]?.bind(null); this.#streams[id] = undefined }
     this.#free.push(id)
     this.#inFlight--
     this.#counters[0] = this.#inFlight
@@ -357,11 +364,11 @@ export class IsolatedRuntime extends TypedEmitter<IsolatedRuntimeEvents> {
     this.#channel?.flush()
   }
 
-  #send (id: number, req: string | Uint8Array, kind: number): void {
+  #send (id: number, req: string | Uint8Array, kind: number, hwm: number): void {
     const ch = this.#channel
     if (ch !== null && this.#unflushed++ === 0) queueMicrotask(this.#flush)
     else if (this.#unflushed >= 64) this.#flush()
-    if (ch === null || !(kind === 0 ? ch.send(id, req) : ch.send(id, req, kind))) {
+    if (ch === null || !(kind === 0 && hwm === 0 ? ch.send(id, req) : ch.send(id, req, kind, hwm))) {
       fail(this.#release(id), new DlhostError('ERR_QUEUE_FULL', 'the channel to the isolated plugin is full', { path: this.path }))
     }
   }
@@ -379,7 +386,24 @@ export class IsolatedRuntime extends TypedEmitter<IsolatedRuntimeEvents> {
     return this.#call(bytes, undefined, kind)
   }
 
-  #call (req: string | Uint8Array, options?: CallOptions, kind = 0): Promise<Buffer> {
+  // Streams by call id, while the id is theirs.
+  #streams: Array<StreamReader | undefined> = []
+
+  /** Sends one request whose answer comes in chunks, as an async iterator (see Runtime.stream). */
+  stream (req: string | Uint8Array, options?: StreamOptions): AsyncIterableIterator<Buffer> {
+    const { call, hwm } = streamOptions(options)
+    const reader = new StreamReader(hwm)
+    this.#call(req, call, 0, reader).then(body => reader.finish(body), err => reader.fail(err))
+    return reader.iterator()
+  }
+
+  #chunks (count: number, meta: Int32Array, bodies: ArrayBuffer): void {
+    for (let i = 0, m = 0; i < count; i++, m += 3) {
+      this.#streams[meta[m] as number]?.push(bufferView(bodies, meta[m + 1] as number, meta[m + 2] as number))
+    }
+  }
+
+  #call (req: string | Uint8Array, options?: CallOptions, kind = 0, stream?: StreamReader): Promise<Buffer> {
     let signal: AbortSignal | undefined
     let timeoutMs: number | undefined
     try {
@@ -394,10 +418,18 @@ export class IsolatedRuntime extends TypedEmitter<IsolatedRuntimeEvents> {
     const id = this.#take()
     const p = pending()
     this.#res[id] = takeResolve()
+    const hwm = stream?.hwm ?? 0
+    if (stream !== undefined) {
+      this.#streams[id] = stream
+      stream.bind({
+        read: n => { this.#channel?.streamRead(id, n) },
+        cancel: () => { this.#flush(); this.#channel?.cancel(id) }
+      })
+    }
     // A serving child gets the bytes now (copied into the channel); a
     // starting one gets them later, so a copy is kept meanwhile.
-    if (this.#state === 'running') this.#send(id, req, kind)
-    else this.#held.push({ id, req: typeof req === 'string' ? req : Buffer.from(req), kind })
+    if (this.#state === 'running') this.#send(id, req, kind, hwm)
+    else this.#held.push({ id, req: typeof req === 'string' ? req : Buffer.from(req), kind, hwm })
     if (signal === undefined && timeoutMs === undefined) return p
     return this.#guard(p, id, signal, timeoutMs)
   }

@@ -23,6 +23,7 @@ import { callSignal, callTimeout, CallOptions, Cfg, frozenCfg, load, Runtime } f
 import { checkKeys, checkPath } from '../options'
 import { checkTrusted, checkTrustOption, Trust } from '../trust'
 import { Build, checkSameAbi, parseBuild } from './build'
+import { StreamOptions, streamOptions } from '../stream'
 import { CopyStore, PrivateCopy, sha256, SourceBytes } from './copies'
 import { Prepared, Preparer } from './prepare'
 import { ChangeEvent, LibraryWatcher, statKey } from './watch'
@@ -639,10 +640,37 @@ export class Plugin extends TypedEmitter<PluginEvents> {
     }
   }
 
+  // Streams asked for while calls are held: they start once the calls flow.
+  #streamWaiters: Array<() => void> = []
+
+  /**
+   * Like call(), with the answer in chunks (Runtime.stream()), from the
+   * version serving when it starts; held like a call during a hand-over.
+   */
+  stream (req: string | Uint8Array, options?: StreamOptions): AsyncIterableIterator<Buffer> {
+    // Checked now, not at the first next(): a bad option throws here.
+    streamOptions(options)
+    const self = this
+    return (async function * () {
+      if (self.#held !== null) await new Promise<void>(resolve => self.#streamWaiters.push(resolve))
+      if (self.#closing !== null) throw new DlhostError('ERR_CLOSED', 'the plugin is closed', { path: self.path })
+      const v = self.#current
+      v.inFlight++
+      try {
+        yield * v.runtime.stream(req, options)
+      } finally {
+        if (--v.inFlight === 0 && v.idle !== null) v.idle()
+      }
+    })()
+  }
+
   /** The held calls flow to the version serving now, in order (a timeout counts from the call). */
   #releaseHeld (): void {
     const held = this.#held ?? []
     this.#held = null
+    const waiters = this.#streamWaiters
+    this.#streamWaiters = []
+    for (const w of waiters) w()
     for (const h of held) {
       h.stop?.()
       let opts = h.opts

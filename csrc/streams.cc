@@ -1,0 +1,109 @@
+// streams.cc: RuntimeWrap's stream chunks (Level 5, dlhost_task_send). JS
+// thread only: plugin threads push chunks into the core's chunk queue
+// (runtime_core.cc Send); here they are handed to TypeScript in batches,
+// small ones packed into a slab, large ones handed over without a copy.
+#include <algorithm>
+
+#include "js_util.h"
+#include "runtime_wrap.h"
+
+namespace dlhost {
+
+namespace {
+// A chunk this large becomes its own Buffer over the message's memory.
+constexpr size_t kBigChunk = 16 * 1024;
+}  // namespace
+
+void RuntimeWrap::SettleChunks() {
+  if (env_gone_ || !core_ || on_chunks_.IsEmpty() || core_->stream_chunks.empty_approx()) return;
+  Napi::Env env(env_);
+  Message *list = core_->stream_chunks.pop_all();
+  while (list) {
+    Napi::HandleScope scope(env);
+    size_t count = 0, small = 0;
+    bool any_big = false;
+    Message *last = nullptr;
+    for (Message *m = list; m && count < kSettleChunk;
+         m = m->cq_next.load(std::memory_order_relaxed)) {
+      if (m->len >= kBigChunk)
+        any_big = true;
+      else
+        small += m->len;
+      last = m;
+      count++;
+    }
+    Message *rest = last->cq_next.load(std::memory_order_relaxed);
+    last->cq_next.store(nullptr, std::memory_order_relaxed);
+    if (chunk_meta_cap_ < count * 3) {
+      size_t cap = std::max<size_t>(kSettleChunk * 3, count * 3);
+      Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, cap * sizeof(int32_t));
+      chunk_meta_ref_ = Napi::Persistent(Napi::Object(Napi::Int32Array::New(env, cap, ab, 0)));
+      chunk_meta_ = static_cast<int32_t *>(ab.Data());
+      chunk_meta_cap_ = cap;
+    }
+    size_t base = small ? chunk_slab_.Reserve(env, small) : 0;
+    char *dst = small ? chunk_slab_.Data() + base : nullptr;
+    Napi::Array bigs;
+    if (any_big) bigs = Napi::Array::New(env);
+    size_t i = 0, off = 0;
+    for (Message *m = list; m; i++) {
+      Message *next = m->cq_next.load(std::memory_order_relaxed);
+      int32_t *meta = chunk_meta_ + 3 * i;
+      meta[0] = int32_t(m->id);
+      meta[2] = int32_t(m->len);
+      if (m->len >= kBigChunk) {
+        // Zero copy: the Buffer owns the message; its finalizer frees it.
+        bigs.Set(uint32_t(i),
+                 Napi::Buffer<char>::New(env, m->data(), m->len, [](Napi::Env, char *p) {
+                   Message::Free(Message::Of(p));
+                 }));
+        meta[1] = kBigOffset;
+      } else {
+        memcpy(dst + off, m->data(), m->len);
+        meta[1] = int32_t(base + off);
+        off += m->len;
+        Message::Free(m);
+      }
+      m = next;
+    }
+    list = rest;
+    CallJs(on_chunks_, {Napi::Number::New(env, double(count)), chunk_meta_ref_.Value(),
+                        small ? chunk_slab_.Buffer(env) : env.Undefined(),
+                        any_big ? Napi::Value(bigs) : env.Undefined()});
+    if (env_gone_ || !core_) {
+      for (Message *m = list; m;) {  // the environment went away meanwhile
+        Message *next = m->cq_next.load(std::memory_order_relaxed);
+        Message::Free(m);
+        m = next;
+      }
+      return;
+    }
+  }
+}
+
+// setStream(slot, highWaterMark): the free slot's next call is a stream.
+Napi::Value RuntimeWrap::SetStream(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  uint32_t id = info[0].As<Napi::Number>().Uint32Value();
+  int32_t hwm = info[1].As<Napi::Number>().Int32Value();
+  if (!core_) ThrowCoded(env, "ERR_RUNTIME_UNLOADED", "the runtime is unloaded");
+  if (id >= core_->slots || hwm < 1) throw Napi::RangeError::New(env, "setStream: no such slot");
+  Task *t = core_->Slot(id);
+  if (t->state.load(std::memory_order_relaxed) != Task::kFree)
+    throw Napi::Error::New(env, "setStream: slot in use");
+  t->stream_hwm = hwm;
+  return env.Undefined();
+}
+
+// streamRead(slot, n): the reader took n chunks: room for n more.
+Napi::Value RuntimeWrap::StreamRead(const Napi::CallbackInfo &info) {
+  uint32_t id = info[0].As<Napi::Number>().Uint32Value();
+  int32_t n = info[1].As<Napi::Number>().Int32Value();
+  if (core_ && id < core_->slots && n > 0) {
+    Task *t = core_->Slot(id);
+    if (t->stream_hwm > 0) t->unread.fetch_sub(n, std::memory_order_acq_rel);
+  }
+  return info.Env().Undefined();
+}
+
+}  // namespace dlhost
