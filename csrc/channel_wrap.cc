@@ -254,8 +254,8 @@ void ChannelWrap::DeliverChunks() {
   memcpy(mab.Data(), chunk_meta_.data(), chunk_meta_.size() * sizeof(int32_t));
   chunk_meta_.clear();
   chunk_bytes_.clear();
-  CallJs(on_chunks_, {Napi::Number::New(env, double(n)), Napi::Int32Array::New(env, n * 3, mab, 0),
-                      ab, env.Undefined()});
+  CallJs(on_chunks_,
+         {Napi::Number::New(env, double(n)), Napi::Int32Array::New(env, n * 3, mab, 0), ab});
 }
 
 // streamRead(id, n): the reader of stream id took n chunks (room for n more

@@ -82,7 +82,7 @@ class RuntimeWrap : public Napi::ObjectWrap<RuntimeWrap> {
   Napi::FunctionReference on_complete_;  // (count, meta, bodies, bigs)
   Napi::FunctionReference on_event_;     // (kind, info)
   Napi::FunctionReference on_messages_;  // (count, meta [offset, length] * n, bodies)
-  Napi::FunctionReference on_chunks_;    // (count, meta [id, offset, length] * n, bodies, bigs)
+  Napi::FunctionReference on_chunks_;    // (count, meta [id, offset, length] * n, bodies)
   std::unique_ptr<Napi::AsyncContext> async_ctx_;
   CleanupHook hook_;
 

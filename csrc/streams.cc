@@ -1,7 +1,7 @@
 // streams.cc: RuntimeWrap's stream chunks (Level 5, dlhost_task_send). JS
 // thread only: plugin threads push chunks into the core's chunk queue
 // (runtime_core.cc Send); here they are handed to TypeScript in batches,
-// small ones packed into a slab, large ones handed over without a copy.
+// packed into a slab that TypeScript slices into Buffer views.
 #include <algorithm>
 
 #include "js_util.h"
@@ -9,26 +9,20 @@
 
 namespace dlhost {
 
-namespace {
-// A chunk this large becomes its own Buffer over the message's memory.
-constexpr size_t kBigChunk = 16 * 1024;
-}  // namespace
-
 void RuntimeWrap::SettleChunks() {
   if (env_gone_ || !core_ || on_chunks_.IsEmpty() || core_->stream_chunks.empty_approx()) return;
   Napi::Env env(env_);
   Message *list = core_->stream_chunks.pop_all();
   while (list) {
     Napi::HandleScope scope(env);
-    size_t count = 0, small = 0;
-    bool any_big = false;
+    // A batch: up to kSettleChunk chunks, copied into one slab (chunks are
+    // at most kMaxMessageBytes). One copy of 64 KiB costs less than a
+    // Buffer of its own, whose finalizer the GC must run.
+    size_t count = 0, bytes = 0;
     Message *last = nullptr;
     for (Message *m = list; m && count < kSettleChunk;
          m = m->cq_next.load(std::memory_order_relaxed)) {
-      if (m->len >= kBigChunk)
-        any_big = true;
-      else
-        small += m->len;
+      bytes += m->len;
       last = m;
       count++;
     }
@@ -41,35 +35,23 @@ void RuntimeWrap::SettleChunks() {
       chunk_meta_ = static_cast<int32_t *>(ab.Data());
       chunk_meta_cap_ = cap;
     }
-    size_t base = small ? chunk_slab_.Reserve(env, small) : 0;
-    char *dst = small ? chunk_slab_.Data() + base : nullptr;
-    Napi::Array bigs;
-    if (any_big) bigs = Napi::Array::New(env);
+    size_t base = chunk_slab_.Reserve(env, bytes ? bytes : 1);
+    char *dst = chunk_slab_.Data() + base;
     size_t i = 0, off = 0;
     for (Message *m = list; m; i++) {
       Message *next = m->cq_next.load(std::memory_order_relaxed);
       int32_t *meta = chunk_meta_ + 3 * i;
+      memcpy(dst + off, m->data(), m->len);
       meta[0] = int32_t(m->id);
+      meta[1] = int32_t(base + off);
       meta[2] = int32_t(m->len);
-      if (m->len >= kBigChunk) {
-        // Zero copy: the Buffer owns the message; its finalizer frees it.
-        bigs.Set(uint32_t(i),
-                 Napi::Buffer<char>::New(env, m->data(), m->len, [](Napi::Env, char *p) {
-                   Message::Free(Message::Of(p));
-                 }));
-        meta[1] = kBigOffset;
-      } else {
-        memcpy(dst + off, m->data(), m->len);
-        meta[1] = int32_t(base + off);
-        off += m->len;
-        Message::Free(m);
-      }
+      off += m->len;
+      Message::Free(m);
       m = next;
     }
     list = rest;
     CallJs(on_chunks_, {Napi::Number::New(env, double(count)), chunk_meta_ref_.Value(),
-                        small ? chunk_slab_.Buffer(env) : env.Undefined(),
-                        any_big ? Napi::Value(bigs) : env.Undefined()});
+                        chunk_slab_.Buffer(env)});
     if (env_gone_ || !core_) {
       for (Message *m = list; m;) {  // the environment went away meanwhile
         Message *next = m->cq_next.load(std::memory_order_relaxed);

@@ -169,8 +169,8 @@ export interface NativeRuntime {
 /** A batch of plugin messages: [offset, length] pairs into `bodies` (JS thread). */
 export type MessagesCallback = (count: number, meta: Int32Array, bodies: ArrayBuffer) => void
 
-/** A batch of stream chunks: [call id, offset or BIG_OFFSET, length] triples (JS thread). */
-export type ChunksCallback = (count: number, meta: Int32Array, bodies: ArrayBuffer | undefined, bigs: Array<Buffer | undefined> | undefined) => void
+/** A batch of stream chunks: [call id, offset, length] triples into `bodies` (JS thread). */
+export type ChunksCallback = (count: number, meta: Int32Array, bodies: ArrayBuffer) => void
 
 export interface NativeBinding {
   abiVersion: number

@@ -217,7 +217,7 @@ export class Runtime extends TypedEmitter<RuntimeEvents> {
         (count, meta, bodies, bigs) => this.#complete(count, meta, bodies, bigs),
         (kind, info, failure) => this.#event(kind, info, failure), unloadTimeoutMs,
         (count, meta, bodies) => { this.#messageCount += count; this.#messages.deliver(count, meta, bodies) },
-        (count, meta, bodies, bigs) => this.#chunks(count, meta, bodies, bigs))
+        (count, meta, bodies) => this.#chunks(count, meta, bodies))
     } catch (err) { throw fromNative(err, lib.path) }
     const native = this.#native
     this.#messages.attach({ flow: on => native.messageFlow(on), ref: on => native.messagesRef(on) })
@@ -378,12 +378,9 @@ export class Runtime extends TypedEmitter<RuntimeEvents> {
     return reader.iterator()
   }
 
-  #chunks (count: number, meta: Int32Array, bodies: ArrayBuffer | undefined, bigs: Array<Buffer | undefined> | undefined): void {
+  #chunks (count: number, meta: Int32Array, bodies: ArrayBuffer): void {
     for (let i = 0, m = 0; i < count; i++, m += 3) {
-      const r = this.#streams[meta[m] as number]
-      if (r === undefined) continue
-      const off = meta[m + 1] as number
-      r.push(off === BIG_OFFSET ? (bigs?.[i] ?? EMPTY) : bufferView(bodies as ArrayBuffer, off, meta[m + 2] as number))
+      this.#streams[meta[m] as number]?.push(bufferView(bodies, meta[m + 1] as number, meta[m + 2] as number))
     }
   }
 

@@ -56,6 +56,15 @@ function buildDlloop () {
   return out
 }
 
+// The koffi peer of dlhost_emit (bench/kflood.c): a C thread calling a JS callback.
+function buildKflood () {
+  const src = path.join(__dirname, '..', 'kflood.c')
+  const out = path.join(benchOut, 'kflood.so')
+  fs.mkdirSync(benchOut, { recursive: true })
+  if (!newer(out, src)) sh(process.env.CC || 'cc', ['-O2', '-fPIC', '-shared', '-Wall', '-pthread', '-o', out, src])
+  return out
+}
+
 // Atomically replace `target` with a copy of `from` (write a temp, rename).
 let installSerial = 0
 function install (from, target) {
@@ -64,4 +73,4 @@ function install (from, target) {
   fs.renameSync(tmp, target)
 }
 
-module.exports = { buildPeer, buildVariants, buildDlloop, install }
+module.exports = { buildPeer, buildVariants, buildDlloop, buildKflood, install }

@@ -38,6 +38,15 @@ function targets (r) {
     add('isolated pipelined 1024', p.callsPerSec, 'calls/s', '≥ 1 M', p.callsPerSec >= 1e6)
     add('isolated crash → serving', iso.crashToServingMs, 'ms', '≤ 50', iso.crashToServingMs <= 50)
   }
+  const tw = r.twoway
+  if (tw) {
+    const m = tw.messages.find(x => x.name === 'dlhost, in process')
+    add('messages from one plugin thread into JS', m.messagesPerSec, 'msgs/s', '≥ 5 M', m.messagesPerSec >= 5e6, Math.max(...m.roundMessagesPerSec))
+    const s = tw.streams.find(x => x.name === 'dlhost, in process')
+    add('stream throughput, 64 KiB chunks', s.gbPerSec, 'GB/s', '≥ 2', s.gbPerSec >= 2, Math.max(...s.roundGbPerSec))
+    const busy = tw.pause.find(x => x.inFlight > 0)
+    add('reload pause with a 1 MiB state, beyond the drain (64 in flight)', busy.handoverMsMedian, 'ms', '≤ 1', busy.handoverMsMedian <= 1)
+  }
   if (r.spin) {
     const worst = Math.max(...r.spin.map(x => x.idleCpuPct))
     add('idle CPU after calls stop (worst setting)', worst, '% of a core', '~0 (≤ 1)', worst <= 1)
@@ -83,6 +92,18 @@ function render (r) {
       ['subject', 'µs per cycle', '× raw C', 'rounds µs'],
       [['dlhost open({ pin: false }) + release()', fmt(l.dlhostUs, 1), fmt(l.vsRawC, 1), l.roundDlhostUs.map(v => fmt(v, 1)).join(' ')],
         ['raw C dlopen + dlclose loop (peer)', fmt(l.rawCUs, 1), '1.0', l.roundRawCUs.map(v => fmt(v, 1)).join(' ')]]))
+  }
+  if (r.twoway) {
+    const tw = r.twoway
+    out.push(table('9. Two-way plugins: messages from one plugin thread into JS (16 B, the plugin retries a refused one)',
+      ['subject', 'messages/s', '× koffi', 'rounds'],
+      tw.messages.map(x => [x.name, big(x.messagesPerSec), fmt(x.vsKoffi, 1), x.roundMessagesPerSec.map(big).join(' | ')])))
+    out.push(table('   streamed answer (dlhost_task_send, 64 KiB chunks)',
+      ['subject', 'GB/s', 'bytes per round', 'rounds GB/s'],
+      tw.streams.map(x => [x.name, fmt(x.gbPerSec), big(x.bytesPerRound), x.roundGbPerSec.map(v => fmt(v)).join(' ')])))
+    out.push(table('   reload with a state hand-over (1 MiB; calls held from the old version\'s drain to the new one\'s import)',
+      ['calls in flight', 'pause ms', 'of it drain ms', 'hand-over ms', 'reload ms', 'swaps', 'failed calls'],
+      tw.pause.map(x => [x.inFlight, fmt(x.pauseMsMedian, 3), fmt(x.drainMsMedian, 3), fmt(x.handoverMsMedian, 3), fmt(x.reloadMsMedian, 3), x.swaps, x.failedCalls])))
   }
   if (r.issueNsPerCall) {
     out.push(`   issuing a call (call(): submit + promise, no completion): ${Object.entries(r.issueNsPerCall).map(([k, v]) => `${k} ${v} ns`).join(', ')} of JS-thread time per call`)

@@ -45,7 +45,7 @@ interface NativeChannel {
 type ChannelClass = new (ringBytes: number, onComplete: (count: number, meta: Int32Array, bodies: ArrayBuffer | undefined, bigs: Array<Buffer | undefined> | undefined) => void,
   onEvent: (kind: string, info: number | NativeUnloadInfo, failure?: string, message?: string) => void,
   onMessages: (count: number, meta: Int32Array, bodies: ArrayBuffer) => void,
-  onChunks: (count: number, meta: Int32Array, bodies: ArrayBuffer | undefined, bigs: Array<Buffer | undefined> | undefined) => void) => NativeChannel
+  onChunks: (count: number, meta: Int32Array, bodies: ArrayBuffer) => void) => NativeChannel
 const Channel = (binding as unknown as { Channel: ChannelClass }).Channel
 
 const ABI_CODES: Record<Abi, number> = { host: C.ABI_HOST, native: C.ABI_NATIVE, 'lua-resty-ffi': C.ABI_LUA }
@@ -173,7 +173,7 @@ export class IsolatedRuntime extends TypedEmitter<IsolatedRuntimeEvents> {
       (count, meta, bodies, bigs) => this.#complete(count, meta, bodies, bigs),
       (kind, info, failure, message) => this.#event(channel, kind, info, failure, message),
       (count, meta, bodies) => { this.#messageCount += count; this.#messages.deliver(count, meta, bodies) },
-      (count, meta, bodies) => this.#chunks(count, meta, bodies as ArrayBuffer))
+      (count, meta, bodies) => this.#chunks(count, meta, bodies))
     this.#channel = channel
     this.#messages.attach({
       flow: on => { if (this.#channel === channel) channel.messageFlow(on) },
