@@ -56,7 +56,10 @@ DLHOST_EXPORT int dlhost_task_writable(dlhost_task *t) {
 DLHOST_EXPORT int dlhost_task_cancelled(dlhost_task *t) {
   auto *task = reinterpret_cast<Task *>(t);
   if (!task || task->magic != Task::kMagic) return 0;
-  return task->cancelled.load(std::memory_order_acquire) ? 1 : 0;
+  return task->cancelled.load(std::memory_order_acquire) ||
+                 task->core->readers_gone.load(std::memory_order_acquire)
+             ? 1
+             : 0;
 }
 
 DLHOST_EXPORT void *ngx_http_lua_ffi_task_poll(void *tq) {

@@ -123,7 +123,8 @@ int RuntimeCore::Emit(dlhost_queue *q, const void *data, size_t len) {
   q->emitters.fetch_add(1, std::memory_order_seq_cst);
   RuntimeCore *c = q->core.load(std::memory_order_seq_cst);
   int rc = DLHOST_ECLOSED;
-  if (c && c->unload_state.load(std::memory_order_acquire) != kUnloaded) {
+  if (c && c->unload_state.load(std::memory_order_acquire) != kUnloaded &&
+      !c->readers_gone.load(std::memory_order_acquire)) {
     bool wake = false;
     rc = c->messages.Push(data, len, &wake);
     // As Complete(): a spinning JS thread re-checks after it stops.
@@ -139,6 +140,7 @@ bool RuntimeCore::Writable(Task *t) {
   return t && t->magic == Task::kMagic && t->stream_hwm > 0 &&
          t->state.load(std::memory_order_acquire) == Task::kTaken &&
          !t->cancelled.load(std::memory_order_acquire) &&
+         !t->core->readers_gone.load(std::memory_order_acquire) &&
          t->unread.load(std::memory_order_acquire) < t->stream_hwm;
 }
 
@@ -147,7 +149,9 @@ int RuntimeCore::Send(Task *t, const void *data, size_t len) {
     return DLHOST_EINVAL;
   if (t->stream_hwm <= 0 || t->state.load(std::memory_order_acquire) != Task::kTaken)
     return DLHOST_EINVAL;
-  if (t->cancelled.load(std::memory_order_acquire)) return DLHOST_ECANCELLED;
+  if (t->cancelled.load(std::memory_order_acquire) ||
+      t->core->readers_gone.load(std::memory_order_acquire))
+    return DLHOST_ECANCELLED;
   if (t->unread.load(std::memory_order_acquire) >= t->stream_hwm) return DLHOST_EAGAIN;
   if (len == 0) return DLHOST_OK;
   Message *m = Message::New(data, len);

@@ -136,6 +136,10 @@ class RuntimeCore : public std::enable_shared_from_this<RuntimeCore> {
   // Stream chunks (Message::id: the task's key), bounded per task by its
   // reader's high-water mark; taken after the completions they precede.
   CompletionQueue<Message> stream_chunks;
+  // Nobody will read messages or chunks any more (the JS environment went
+  // away): emits and sends are refused at once (DLHOST_ECLOSED,
+  // DLHOST_ECANCELLED), so plugin threads that retry are not kept spinning.
+  std::atomic<bool> readers_gone{false};
   // In an isolated runtime's child: chunks carry Task::call (the host's key).
   bool keyed_by_call = false;
 

@@ -92,6 +92,7 @@ void RuntimeWrap::Detach() {
   hook_.Disarm();
   if (env_gone_) return;
   env_gone_ = true;
+  if (core_) core_->readers_gone.store(true, std::memory_order_release);
   BeginUnload();
   StopHandles();
   DropJs();

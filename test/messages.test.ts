@@ -7,6 +7,7 @@ import t, { Test } from 'tap'
 import fs from 'fs'
 import os from 'os'
 import path from 'path'
+import { Worker } from 'worker_threads'
 import { load, reloadable, type Runtime } from '../lib/index'
 import { fixture, runNode } from './lib/helpers'
 
@@ -129,4 +130,24 @@ t.test('plugin.on(\'message\') says which version sent it', async t => {
   await plugin.call('one:second')
   await until(() => got.length === 2, 'two messages')
   t.same(got, [['first', 1], ['second', 2]])
+})
+
+t.test('a worker terminated while its plugins flood messages and stream: no crash, no hang; the host serves on', async t => {
+  for (const isolate of [undefined, 'process'] as Isolate[]) {
+    const w = new Worker(`
+      const { parentPort } = require('worker_threads')
+      const d = require(${JSON.stringify(path.join(__dirname, '..', 'dist'))})
+      const opts = ${JSON.stringify(isolate !== undefined ? { isolate } : {})}
+      Promise.all([d.load(${JSON.stringify(emitter('native'))}, 'w', opts), d.load(${JSON.stringify(fixture('streamer.so'))}, 'w', opts)]).then(async ([e, s]) => {
+        let n = 0
+        e.on('message', () => { if (++n === 1000) parentPort.postMessage('flowing') })
+        e.call('flood:100000000').catch(() => {})
+        for await (const c of s.stream('bytes:${1 << 30}:65536', { highWaterMark: 2 })) { if (c.length === 0) break }
+      })`, { eval: true })
+    t.equal(await new Promise(resolve => w.once('message', resolve)), 'flowing')
+    const code = await w.terminate()
+    t.equal(code, 1, 'terminated')
+  }
+  const rt = await open(t, 'native', undefined)
+  t.equal((await rt.call('one:still here')).toString(), 'ok', 'the host process serves on')
 })

@@ -13,6 +13,14 @@ export async function use (so: string): Promise<void> {
 
   const rt: Runtime = await load(so, 'cfg', { maxQueue: 16 })
   const out: Buffer = await rt.call('hi', { timeoutMs: 100, signal: AbortSignal.timeout(50) })
+  // Level 5: messages, streams, the counts.
+  rt.on('message', (m: Buffer) => { console.log(m.length) })
+  for await (const m of rt.messages({ highWaterMark: 64 })) { console.log(m.byteLength); break }
+  for await (const chunk of rt.stream('big', { highWaterMark: 8, timeoutMs: 1000 })) console.log(chunk.length)
+  const refused: number = rt.stats.messagesRefused
+  console.log(refused)
+  // @ts-expect-error a message is a Buffer
+  rt.on('message', (m: string) => { console.log(m) })
   await rt.unload()
 
   const iso: IsolatedRuntime = await load(so, null, { isolate: 'process', limits: { memoryMb: 64 } })
@@ -25,6 +33,12 @@ export async function use (so: string): Promise<void> {
   p.once('drained', (ev: DrainedEvent) => { console.log(ev.version.sha256) })
   p.on('stuck', (ev: StuckEvent) => { console.log(ev.reason) })
   p.on('error', err => { const code: string = err.code; console.log(code, err.message) })
+  p.on('message', (m, { seq }) => { const n: number = seq; console.log(m.length, n) })
+  p.on('reload', (ev) => { const pause: number | undefined = ev.state?.pauseMs; console.log(pause) })
+  const state: Buffer = await p.exportState()
+  await reloadable(so, null, { initialState: state, stateRejected: 'fresh' })
+  // @ts-expect-error stateRejected takes 'rollback' or 'fresh'
+  await reloadable(so, null, { stateRejected: 'keep' })
   p.off('error', () => {})
   const [next] = await once(p, 'reload') // still an EventEmitter to Node's helpers
   const emitter: EventEmitter = p
