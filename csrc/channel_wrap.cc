@@ -492,9 +492,13 @@ void ChannelWrap::SettleJs() {
                  Napi::Buffer<char>::New(env, p, total, [](Napi::Env, char *q) { free(q); }));
         m[2] = kBigOffset;
         m[3] = int32_t(total);
+      } else if (total == 0) {  // no bytes, no slab (which may not exist yet)
+        RingTake(chan_->rsp, data, cap, h, nullptr, 0);
+        m[2] = 0;
+        m[3] = 0;
       } else {
         size_t at = slab_.Reserve(env, total);
-        memcpy(slab_.Data() + at, head.data(), head.size());
+        if (!head.empty()) memcpy(slab_.Data() + at, head.data(), head.size());
         RingTake(chan_->rsp, data, cap, h, slab_.Data() + at + head.size(), h.b);
         bodies = slab_.Buffer(env);
         m[2] = int32_t(at);

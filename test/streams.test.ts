@@ -39,7 +39,9 @@ for (const isolate of [undefined, 'process'] as Isolate[]) {
     }
     t.equal(got, total, 'every byte')
     t.equal(bad, 0, 'each chunk whole')
-    t.ok(maxRss - rss0 < 256 * 1024 * 1024, `RSS grew ${((maxRss - rss0) / 1048576).toFixed(0)} MiB (bounded)`)
+    // Under ASan freed memory sits in its quarantine (256 MiB) before reuse.
+    const bound = (process.env.ASAN_OPTIONS !== undefined ? 512 : 256) * 1024 * 1024
+    t.ok(maxRss - rss0 < bound, `RSS grew ${((maxRss - rss0) / 1048576).toFixed(0)} MiB of a 1 GiB stream (bounded)`)
     t.ok((await stats(rt)).waits > 0, 'the plugin had to wait for the reader (backpressure)')
   })
 

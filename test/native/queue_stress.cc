@@ -11,11 +11,15 @@
 //    wake-up leaves a token untaken and trips the watchdog.
 //  - CompletionQueue: several producers, one doorbell-driven consumer; each
 //    item exactly once, per-producer FIFO, one doorbell per drain cycle.
+//  - MessageQueue (messages.h, dlhost_emit): several producers against a
+//    small bound and a slower consumer: every message accepted is taken
+//    exactly once, in its producer's order, and every refusal is counted.
 //
 // Usage: queue_stress [scale]   (scale multiplies the iteration counts;
 // default 1, or $QUEUE_STRESS_SCALE). Exit 0 and one "queue_stress: OK" line
 // on success; non-zero and a "queue_stress: FAIL" line otherwise (exit 3 when
 // the watchdog fired: each test has $QUEUE_STRESS_TIMEOUT s, default 30 x scale).
+#include "messages.h"
 #include "queue.h"
 
 #include <sched.h>
@@ -27,6 +31,7 @@
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <mutex>
 #include <string>
@@ -669,6 +674,74 @@ CqResult test_completion_queue(int producers, uint32_t per_producer, int timeout
   return r;
 }
 
+// ------------------------------------------------------------ MessageQueue
+struct MqResult {
+  uint64_t accepted = 0, refused = 0;
+};
+
+MqResult test_message_queue(int producers, uint32_t per_producer, uint32_t cap, int timeout_s) {
+  MessageQueue mq(cap);
+  std::atomic<uint64_t> accepted{0}, refused{0}, received{0};
+  std::atomic<int> done{0};
+  Watchdog wd("message-queue", timeout_s, [&] {
+    return fmt("received=%llu accepted=%llu", (unsigned long long)received.load(),
+               (unsigned long long)accepted.load());
+  });
+  std::vector<std::thread> th;
+  for (int p = 0; p < producers; ++p)
+    th.emplace_back([&, p] {
+      for (uint32_t i = 0; i < per_producer; ++i) {
+        uint32_t msg[2] = {uint32_t(p), i};
+        bool wake = false;
+        int rc = mq.Push(msg, sizeof msg, &wake);
+        if (rc == DLHOST_OK)
+          accepted.fetch_add(1, std::memory_order_relaxed);
+        else if (rc == DLHOST_EAGAIN)
+          refused.fetch_add(1, std::memory_order_relaxed);
+        else
+          fail("message-queue: push rc %d", rc);
+        if (i % 128 == 0) sched_yield();
+      }
+      done.fetch_add(1);
+    });
+  // The consumer, slower than the producers now and then: the bound matters.
+  std::vector<int64_t> last(producers, -1);
+  uint64_t got = 0;
+  for (;;) {
+    bool finished = done.load() == producers;
+    Message *m = mq.TakeAll();
+    size_t n = 0;
+    while (m) {
+      Message *next = m->cq_next.load(std::memory_order_relaxed);
+      uint32_t v[2];
+      CHECK(m->len == sizeof v, "message-queue: length %zu", m->len);
+      memcpy(v, m->data(), sizeof v);
+      CHECK(v[0] < uint32_t(producers), "message-queue: bogus producer");
+      CHECK(int64_t(v[1]) > last[v[0]], "message-queue: producer %u: %u after %lld (%s)", v[0],
+            v[1], (long long)last[v[0]], "duplicate or out of order");
+      last[v[0]] = v[1];
+      Message::Free(m);
+      m = next;
+      ++n;
+    }
+    mq.Consumed(n);
+    got += n;
+    received.store(got, std::memory_order_relaxed);
+    if (finished && n == 0 && mq.EmptyApprox()) break;
+    if (got % 7 == 0) std::this_thread::sleep_for(std::chrono::microseconds(50));
+  }
+  for (auto &t : th) t.join();
+  CHECK(got == accepted.load(), "message-queue: %llu taken, %llu accepted", (unsigned long long)got,
+        (unsigned long long)accepted.load());
+  CHECK(accepted.load() + refused.load() == uint64_t(producers) * per_producer,
+        "message-queue: accepted + refused != pushed");
+  CHECK(mq.Refused() == refused.load(), "message-queue: refusals counted %llu, seen %llu",
+        (unsigned long long)mq.Refused(), (unsigned long long)refused.load());
+  printf("  %-22s P=%d accepted=%llu refused=%llu\n", "message-queue", producers,
+         (unsigned long long)accepted.load(), (unsigned long long)refused.load());
+  return {accepted.load(), refused.load()};
+}
+
 }  // namespace
 
 int main(int argc, char **argv) {
@@ -708,13 +781,16 @@ int main(int argc, char **argv) {
 
   ParkerResult pr = test_parker(3, n(20000), wd);
   CqResult cr = test_completion_queue(3, n(100000), wd);
+  MqResult mr = test_message_queue(4, n(50000), 256, wd);
 
   printf(
       "queue_stress: OK taskqueue ok=%llu full-retries=%llu closed=%llu "
       "close-rounds=%llu; parker "
-      "rounds=%llu parks=%llu; completion items=%llu doorbells=%llu; %.1fs\n",
+      "rounds=%llu parks=%llu; completion items=%llu doorbells=%llu; messages accepted=%llu "
+      "refused=%llu; %.1fs\n",
       (unsigned long long)ok, (unsigned long long)full, (unsigned long long)closed,
       (unsigned long long)cl.rounds, (unsigned long long)pr.rounds, (unsigned long long)pr.parks,
-      (unsigned long long)cr.items, (unsigned long long)cr.rings, now_s() - t0);
+      (unsigned long long)cr.items, (unsigned long long)cr.rings, (unsigned long long)mr.accepted,
+      (unsigned long long)mr.refused, now_s() - t0);
   return 0;
 }
