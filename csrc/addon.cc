@@ -101,6 +101,9 @@ Napi::Object Constants(Napi::Env env) {
   c.Set("TASK_STATE_EXPORT", double(kTaskStateExport));
   c.Set("TASK_STATE_IMPORT", double(kTaskStateImport));
   c.Set("RC_NO_STATE_ENTRY", double(kRcNoStateEntry));
+  c.Set("HIST_SUB_BITS", double(kHistSubBits));
+  c.Set("HIST_MIN_LOG", double(kHistMinLog));
+  c.Set("HIST_MAX_LOG", double(kHistMaxLog));
   c.Set("DEFAULT_MAX_MESSAGES", double(kDefaultMaxMessages));
   c.Set("MAX_MESSAGE_BYTES", double(kMaxMessageBytes));
   c.Set("ABI_HOST", double(Abi::kHost));

@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "histogram.h"
 #include "queue.h"
 
 namespace dlhost {
@@ -75,6 +76,9 @@ struct ChannelShared {
   std::atomic<int32_t> limit{0};
   // dlhost_emit calls the child refused (its message queue was full).
   std::atomic<uint64_t> messages_refused{0};
+  // Service times of the child's calls (histogram.h's layout), written by
+  // its channel thread; the host copies them out when it is asked.
+  alignas(64) double service[LatencyHistogram::kLength];
 };
 static_assert(sizeof(ChannelShared) <= kChannelHeader, "header fits its page");
 

@@ -7,6 +7,7 @@
 
 #include <cstring>
 
+#include "clock.h"
 #include "constants.h"
 #include "js_request.h"
 #include "js_util.h"
@@ -27,6 +28,7 @@ Napi::Function ChannelWrap::Init(Napi::Env env) {
        InstanceMethod<&ChannelWrap::MessageFlow>("messageFlow"),
        InstanceMethod<&ChannelWrap::MessagesRefused>("messagesRefused"),
        InstanceMethod<&ChannelWrap::StreamRead>("streamRead"),
+       InstanceMethod<&ChannelWrap::Histogram>("histogram"),
        InstanceMethod<&ChannelWrap::Counters>("counters"),
        InstanceMethod<&ChannelWrap::Limit>("limit"), InstanceMethod<&ChannelWrap::Close>("close")});
 }
@@ -120,6 +122,8 @@ void ChannelWrap::Detach() {
   on_event_.Reset();
   on_messages_.Reset();
   on_chunks_.Reset();
+  hist_.Attach(nullptr);
+  hist_ref_.Reset();
   counters_ref_.Reset();
   counters_ = nullptr;
   meta_ref_.Reset();
@@ -156,7 +160,10 @@ bool ChannelWrap::WriteFrames(uint32_t id, uint32_t flags, const char *p, size_t
     left -= n;
     if (left == 0) break;
   }
-  if (!staging_) staged_tail_ = chan_->req.tail.load(std::memory_order_relaxed);
+  if (!staging_) {
+    staged_tail_ = chan_->req.tail.load(std::memory_order_relaxed);
+    if (hist_.on()) batch_ns_ = monotonic_ns();  // one clock read per batch
+  }
   if (staged_tail_ + need - chan_->req.head.load() > chan_->ring_bytes) return false;
   staging_ = true;
   for (;;) {
@@ -207,6 +214,10 @@ Napi::Value ChannelWrap::Send(const Napi::CallbackInfo &info) {
     ok = WriteFrames(id, flags, s.data(), r.len);
   } else {
     ok = WriteFrames(id, flags, r.bytes, r.len);
+  }
+  if (ok && hist_.on() && !(flags & (kFrameStateExport | kFrameStateImport))) {
+    if (id >= submit_ns_.size()) submit_ns_.resize(size_t(id) + 1024, 0);
+    submit_ns_[id] = batch_ns_;
   }
   if (ok) {
     StartSpin();
@@ -287,6 +298,29 @@ Napi::Value ChannelWrap::MessageFlow(const Napi::CallbackInfo &info) {
     RingWrite(chan_->req, ReqData(chan_), chan_->ring_bytes, h, &on, sizeof on);
   }
   return info.Env().Undefined();
+}
+
+// histogram(on) -> Float64Array | null: as Runtime's (runtime_wrap.cc):
+// latencies from send to the answer read here, then the child's service
+// times, copied out of the channel's header at each call.
+Napi::Value ChannelWrap::Histogram(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (!info[0].ToBoolean()) {
+    hist_.Attach(nullptr);
+    hist_ref_.Reset();
+    return env.Null();
+  }
+  const size_t n = LatencyHistogram::kLength;
+  if (hist_ref_.IsEmpty()) {
+    if (closed_) return env.Null();
+    Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, 2 * n * sizeof(double));
+    memset(ab.Data(), 0, ab.ByteLength());
+    hist_ref_ = Napi::Persistent(Napi::Object(Napi::Float64Array::New(env, 2 * n, ab, 0)));
+    hist_.Attach(static_cast<double *>(ab.Data()));
+  }
+  Napi::Float64Array a = hist_ref_.Value().As<Napi::Float64Array>();
+  if (chan_) memcpy(a.Data() + n, chan_->service, n * sizeof(double));
+  return a;
 }
 
 // messagesRefused(): dlhost_emit calls the child refused so far.
@@ -410,6 +444,7 @@ void ChannelWrap::SettleJs() {
     bool any_big = false;
     Napi::Value bodies = env.Undefined();
     FrameHeader h;
+    const uint64_t now = hist_.on() ? monotonic_ns() : 0;
     while (count < kSettleChunk && RingPeek(chan_->rsp, data, cap, &h)) {
       if (h.id == kControlId) {
         std::string p(h.b, '\0');
@@ -465,6 +500,10 @@ void ChannelWrap::SettleJs() {
       int32_t *m = meta_ + count * 4;
       m[0] = int32_t(h.id);
       m[1] = int32_t(h.a);
+      if (now && h.id < submit_ns_.size() && submit_ns_[h.id]) {
+        if (h.b != kFrameAborted) hist_.Record(now - submit_ns_[h.id]);
+        submit_ns_[h.id] = 0;
+      }
       if (h.b == kFrameAborted) {
         RingTake(chan_->rsp, data, cap, h, nullptr, 0);
         m[2] = 0;

@@ -12,6 +12,7 @@
 
 #include "channel.h"
 #include "env_state.h"
+#include "histogram.h"
 #include "slab.h"
 
 namespace dlhost {
@@ -33,6 +34,7 @@ class ChannelWrap : public Napi::ObjectWrap<ChannelWrap> {
   Napi::Value MessageFlow(const Napi::CallbackInfo &info);
   Napi::Value MessagesRefused(const Napi::CallbackInfo &info);
   Napi::Value StreamRead(const Napi::CallbackInfo &info);
+  Napi::Value Histogram(const Napi::CallbackInfo &info);
   void DeliverChunks();
   void DeliverMessages();
   Napi::Value Counters(const Napi::CallbackInfo &info);
@@ -62,6 +64,12 @@ class ChannelWrap : public Napi::ObjectWrap<ChannelWrap> {
   // Stream chunks read and not yet handed to JS: bytes, [id, offset, length].
   std::string chunk_bytes_;
   std::vector<int32_t> chunk_meta_;
+  // Latencies (off until JS asks for the histogram): when each call id's
+  // batch was written, and when the current batch began.
+  LatencyHistogram hist_;
+  Napi::ObjectReference hist_ref_;
+  std::vector<uint64_t> submit_ns_;
+  uint64_t batch_ns_ = 0;
   // Messages read and not yet handed to JS: their bytes, [offset, length].
   std::string msg_bytes_;
   std::vector<int32_t> msg_meta_;

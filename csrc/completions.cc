@@ -3,6 +3,7 @@
 // small bodies into a Slab. JS thread only.
 #include <cstring>
 
+#include "clock.h"
 #include "js_request.h"
 #include "js_util.h"
 #include "runtime_wrap.h"
@@ -97,8 +98,13 @@ void RuntimeWrap::SettleJs() {
     Napi::Array bigs;
     if (any_big) bigs = Napi::Array::New(env);
     size_t i = 0, off = 0;
+    const uint64_t now = hist_.on() ? monotonic_ns() : 0;  // one clock read per batch
     for (Task *t = list; t;) {
       Task *next = t->cq_next.load(std::memory_order_relaxed);
+      if (now && t->submit_ns && t->kind == kTaskCall && t->rsp_len != Task::kAbortedRsp) {
+        hist_.Record(now - t->submit_ns);
+        if (t->service_ns) svc_.Record(t->service_ns);
+      }
       int32_t *m = meta_ + i * 4;
       m[0] = int32_t(t->id);
       m[1] = t->rc;

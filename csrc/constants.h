@@ -39,6 +39,10 @@ enum TaskKind : uint32_t { kTaskCall = 0, kTaskStateExport = 1, kTaskStateImport
 // (DLHOST_EAGAIN), and the largest one (DLHOST_EINVAL beyond).
 constexpr uint32_t kDefaultMaxMessages = 65536;
 constexpr size_t kMaxMessageBytes = 1u << 20;
+// Latency histograms (histogram.h): the layout JS reads.
+constexpr int32_t kHistSubBits = 3;
+constexpr int32_t kHistMinLog = 10;
+constexpr int32_t kHistMaxLog = 42;
 // The rc of a state step whose entry the plugin does not export.
 constexpr int32_t kRcNoStateEntry = -0x7fff0001;
 

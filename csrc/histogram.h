@@ -1,32 +1,38 @@
 // histogram.h: call latency histograms (safe rollout, per-version metrics).
 // Log-linear buckets, HDR-style: kSubBits sub-buckets per power of two, so
 // every bucket is within 1/2^kSubBits (12.5 %) of its value, from 1 us to
-// about 70 minutes. Counts are doubles in memory the JS side reads as a
-// Float64Array (exact to 2^53). JS thread only (written where calls are
-// settled); header-only, no N-API.
+// about 70 minutes. Counts are doubles in a buffer the JS side owns and
+// reads as a Float64Array (exact to 2^53). JS thread only (written where
+// calls are settled); header-only, no N-API.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 
+#include "constants.h"
+
 namespace dlhost {
 
 class LatencyHistogram {
  public:
-  static constexpr int kSubBits = 3;
+  static constexpr int kSubBits = kHistSubBits;
   static constexpr int kSub = 1 << kSubBits;
-  static constexpr int kMinLog = 10;  // 2^10 ns ~ 1 us: the first bucket holds less
-  static constexpr int kMaxLog = 42;  // 2^42 ns ~ 73 min: the last bucket holds more
+  static constexpr int kMinLog = kHistMinLog;  // 2^10 ns ~ 1 us: group 0 is below it
+  static constexpr int kMaxLog = kHistMaxLog;  // 2^42 ns ~ 73 min: the last bucket holds more
   // Group 0: below 2^kMinLog, linear; group g >= 1: [2^(kMinLog+g-1), 2^(kMinLog+g)).
   static constexpr size_t kBuckets = size_t(kMaxLog - kMinLog + 2) * kSub;
   // The layout JS reads: [count, sum ns, max ns, bucket 0 .. kBuckets-1].
   static constexpr size_t kHeader = 3;
   static constexpr size_t kLength = kHeader + kBuckets;
 
-  LatencyHistogram() { memset(v_, 0, sizeof v_); }
+  // The kLength doubles to count into (zeroed by their owner), or nullptr:
+  // recording off.
+  void Attach(double *v) { v_ = v; }
+  bool on() const { return v_ != nullptr; }
 
   void Record(uint64_t ns) {
+    if (!v_) return;
     v_[0] += 1;
     v_[1] += double(ns);
     if (double(ns) > v_[2]) v_[2] = double(ns);
@@ -41,10 +47,8 @@ class LatencyHistogram {
     return size_t(log - kMinLog + 1) * kSub + sub;
   }
 
-  double *data() { return v_; }
-
  private:
-  double v_[kLength];
+  double *v_ = nullptr;
 };
 
 }  // namespace dlhost

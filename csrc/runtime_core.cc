@@ -73,6 +73,7 @@ void Task::Reset() {
   rsp = nullptr;
   rsp_len = 0;
   kind = kTaskCall;
+  submit_ns = taken_ns = service_ns = 0;
   cancelled.store(0, std::memory_order_relaxed);
   stream_hwm = 0;
   unread.store(0, std::memory_order_relaxed);
@@ -266,6 +267,7 @@ void RuntimeCore::Respond(Task *t, int rc, void *rsp, size_t len) {
   t->rc = rc;
   t->rsp = rsp;
   t->rsp_len = rsp ? len : 0;
+  if (t->taken_ns) t->service_ns = monotonic_ns() - t->taken_ns;
   t->core->Complete(t);
 }
 
@@ -316,7 +318,10 @@ Task *RuntimeCore::Poll() {
       return nullptr;
     }
     t->state.store(Task::kTaken, std::memory_order_release);
-    if (t->kind == kTaskCall) return t;
+    if (t->kind == kTaskCall) {
+      Taken(t);
+      return t;
+    }
     RunStateStep(t);
   }
 }
@@ -333,9 +338,10 @@ size_t RuntimeCore::PollBatch(Task **out, size_t max) {
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
       out[i]->state.store(Task::kTaken, std::memory_order_release);
-      if (out[i]->kind == kTaskCall)
+      if (out[i]->kind == kTaskCall) {
+        Taken(out[i]);
         out[k++] = out[i];
-      else
+      } else
         RunStateStep(out[i]);
     }
     if (k) return k;  // 0 would mean the end: poll again
@@ -382,6 +388,7 @@ void HostLoopBody(const std::shared_ptr<RuntimeCore> &core) {
     for (size_t i = 0; i < n; i++) {
       Task *t = batch[i];
       t->state.store(Task::kTaken, std::memory_order_relaxed);
+      core->Taken(t);
       if (t->kind != kTaskCall) {
         core->RunStateStep(t);
         continue;

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "clock.h"
 #include "constants.h"
 #include "include/dlhost.h"
 #include "messages.h"
@@ -36,6 +37,9 @@ struct Task {
   uint32_t id = 0;            // slot index, the JS side's key for this call
   uint32_t call = 0;          // in an isolated runtime's child: the host's key for this call
   uint32_t kind = kTaskCall;  // TaskKind, set before submit
+  uint64_t submit_ns = 0;     // when its batch was submitted (latency metrics)
+  // Service time (metrics, while core->time_service): taken -> answered.
+  uint64_t taken_ns = 0, service_ns = 0;
   // Non-zero once the caller gave up (dlhost_task_cancelled); any thread.
   std::atomic<uint32_t> cancelled{0};
   // A stream (runtime.stream()): its reader's high-water mark in chunks (set
@@ -140,6 +144,12 @@ class RuntimeCore : public std::enable_shared_from_this<RuntimeCore> {
   // away): emits and sends are refused at once (DLHOST_ECLOSED,
   // DLHOST_ECANCELLED), so plugin threads that retry are not kept spinning.
   std::atomic<bool> readers_gone{false};
+  // Time each task from taken to answered (two clock reads on the plugin's
+  // thread): the service time canary analysis compares (metrics.ts).
+  std::atomic<bool> time_service{false};
+  void Taken(Task *t) {
+    if (time_service.load(std::memory_order_relaxed)) t->taken_ns = monotonic_ns();
+  }
   // In an isolated runtime's child: chunks carry Task::call (the host's key).
   bool keyed_by_call = false;
 

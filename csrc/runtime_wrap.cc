@@ -8,6 +8,7 @@
 #include <cstring>
 #include <system_error>
 
+#include "clock.h"
 #include "js_request.h"
 #include "js_util.h"
 #include "library_wrap.h"
@@ -15,24 +16,27 @@
 namespace dlhost {
 
 Napi::Function RuntimeWrap::Init(Napi::Env env) {
-  return DefineClass(
-      env, "Runtime",
-      {InstanceMethod<&RuntimeWrap::Start>("start"), InstanceMethod<&RuntimeWrap::Submit>("submit"),
-       InstanceMethod<&RuntimeWrap::Grow>("grow"), InstanceMethod<&RuntimeWrap::SetBig>("setBig"),
-       InstanceMethod<&RuntimeWrap::Counters>("counters"),
-       InstanceMethod<&RuntimeWrap::CallSync>("callSync"),
-       InstanceMethod<&RuntimeWrap::SyncBytes>("syncBytes"),
-       InstanceMethod<&RuntimeWrap::SyncMeta>("syncMeta"),
-       InstanceMethod<&RuntimeWrap::SyncSlab>("syncSlab"),
-       InstanceMethod<&RuntimeWrap::TakeBig>("takeBig"),
-       InstanceMethod<&RuntimeWrap::Unload>("unload"), InstanceMethod<&RuntimeWrap::Stats>("stats"),
-       InstanceMethod<&RuntimeWrap::SetSpin>("setSpin"),
-       InstanceMethod<&RuntimeWrap::SetKind>("setKind"),
-       InstanceMethod<&RuntimeWrap::Cancel>("cancel"),
-       InstanceMethod<&RuntimeWrap::MessageFlow>("messageFlow"),
-       InstanceMethod<&RuntimeWrap::MessagesRef>("messagesRef"),
-       InstanceMethod<&RuntimeWrap::SetStream>("setStream"),
-       InstanceMethod<&RuntimeWrap::StreamRead>("streamRead")});
+  return DefineClass(env, "Runtime",
+                     {InstanceMethod<&RuntimeWrap::Start>("start"),
+                      InstanceMethod<&RuntimeWrap::Submit>("submit"),
+                      InstanceMethod<&RuntimeWrap::Grow>("grow"),
+                      InstanceMethod<&RuntimeWrap::SetBig>("setBig"),
+                      InstanceMethod<&RuntimeWrap::Counters>("counters"),
+                      InstanceMethod<&RuntimeWrap::CallSync>("callSync"),
+                      InstanceMethod<&RuntimeWrap::SyncBytes>("syncBytes"),
+                      InstanceMethod<&RuntimeWrap::SyncMeta>("syncMeta"),
+                      InstanceMethod<&RuntimeWrap::SyncSlab>("syncSlab"),
+                      InstanceMethod<&RuntimeWrap::TakeBig>("takeBig"),
+                      InstanceMethod<&RuntimeWrap::Unload>("unload"),
+                      InstanceMethod<&RuntimeWrap::Stats>("stats"),
+                      InstanceMethod<&RuntimeWrap::SetSpin>("setSpin"),
+                      InstanceMethod<&RuntimeWrap::SetKind>("setKind"),
+                      InstanceMethod<&RuntimeWrap::Cancel>("cancel"),
+                      InstanceMethod<&RuntimeWrap::MessageFlow>("messageFlow"),
+                      InstanceMethod<&RuntimeWrap::MessagesRef>("messagesRef"),
+                      InstanceMethod<&RuntimeWrap::SetStream>("setStream"),
+                      InstanceMethod<&RuntimeWrap::StreamRead>("streamRead"),
+                      InstanceMethod<&RuntimeWrap::Histogram>("histogram")});
 }
 
 // new Runtime(library, abi, maxQueue, onComplete, onEvent, unloadTimeoutMs,
@@ -138,6 +142,7 @@ Napi::Value RuntimeWrap::Submit(const Napi::CallbackInfo &info) {
   const int32_t *m = staged.Data();
   batch_.clear();
   if (!core_) return Napi::Number::New(env, double(kSubmitClosed));
+  const uint64_t now = hist_.on() ? monotonic_ns() : 0;  // one clock read per batch
   for (size_t i = 0; i < count; i++) {
     uint32_t id = uint32_t(m[2 * i]);
     int32_t len = m[2 * i + 1];
@@ -156,6 +161,7 @@ Napi::Value RuntimeWrap::Submit(const Napi::CallbackInfo &info) {
     }
     // Also catches a slot repeated in the batch.
     t->state.store(Task::kQueued, std::memory_order_relaxed);
+    t->submit_ns = now;
     batch_.push_back(t);
   }
   long k = unloading_ ? -1 : batch_.empty() ? 0 : core_->SubmitBatch(batch_.data(), batch_.size());
@@ -231,6 +237,31 @@ Napi::Value RuntimeWrap::Cancel(const Napi::CallbackInfo &info) {
       t->cancelled.store(1, std::memory_order_release);
   }
   return info.Env().Undefined();
+}
+
+// histogram(on) -> Float64Array | null: two histograms (histogram.h's
+// layout, one after the other) counted while on: call latencies from submit
+// to settle, and service times from taken to answered. The buffer is JS's
+// (it outlives this wrapper); turning it off drops it.
+Napi::Value RuntimeWrap::Histogram(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (!info[0].ToBoolean()) {
+    hist_.Attach(nullptr);
+    svc_.Attach(nullptr);
+    hist_ref_.Reset();
+    if (core_) core_->time_service.store(false);
+    return env.Null();
+  }
+  if (hist_ref_.IsEmpty()) {
+    const size_t n = 2 * LatencyHistogram::kLength;
+    Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, n * sizeof(double));
+    memset(ab.Data(), 0, ab.ByteLength());
+    hist_ref_ = Napi::Persistent(Napi::Object(Napi::Float64Array::New(env, n, ab, 0)));
+    hist_.Attach(static_cast<double *>(ab.Data()));
+    svc_.Attach(static_cast<double *>(ab.Data()) + LatencyHistogram::kLength);
+    if (core_) core_->time_service.store(true);
+  }
+  return hist_ref_.Value();
 }
 
 // counters() -> Int32Array [pending], written by the TypeScript side.
@@ -352,6 +383,9 @@ void RuntimeWrap::DropJs() {
   on_event_.Reset();
   on_messages_.Reset();
   on_chunks_.Reset();
+  hist_.Attach(nullptr);
+  svc_.Attach(nullptr);
+  hist_ref_.Reset();
   chunk_meta_ref_.Reset();
   chunk_meta_ = nullptr;
   chunk_meta_cap_ = 0;

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "env_state.h"
+#include "histogram.h"
 #include "runtime_core.h"
 #include "slab.h"
 
@@ -35,6 +36,7 @@ class RuntimeWrap : public Napi::ObjectWrap<RuntimeWrap> {
   Napi::Value SetSpin(const Napi::CallbackInfo &info);
   Napi::Value SetKind(const Napi::CallbackInfo &info);
   Napi::Value Cancel(const Napi::CallbackInfo &info);
+  Napi::Value Histogram(const Napi::CallbackInfo &info);
   // ---- messages.cc
   Napi::Value MessageFlow(const Napi::CallbackInfo &info);
   Napi::Value MessagesRef(const Napi::CallbackInfo &info);
@@ -128,6 +130,9 @@ class RuntimeWrap : public Napi::ObjectWrap<RuntimeWrap> {
   int32_t *msg_meta_ = nullptr;
   size_t msg_meta_cap_ = 0;
   Slab message_slab_;
+  // Latencies of settled calls (off until JS asks for the histogram).
+  LatencyHistogram hist_, svc_;
+  Napi::ObjectReference hist_ref_;
   Napi::ObjectReference chunk_meta_ref_;
   int32_t *chunk_meta_ = nullptr;
   size_t chunk_meta_cap_ = 0;

@@ -74,6 +74,10 @@ export interface NativeConstants {
   TASK_STATE_IMPORT: number
   /** The rc of a state step whose entry the plugin does not export. */
   RC_NO_STATE_ENTRY: number
+  /** Latency histograms (csrc/histogram.h): sub-buckets per power of two (log2), first and last power. */
+  HIST_SUB_BITS: number
+  HIST_MIN_LOG: number
+  HIST_MAX_LOG: number
   /** Messages waiting for JS per runtime before dlhost_emit refuses. */
   DEFAULT_MAX_MESSAGES: number
   /** The largest message dlhost_emit takes. */
@@ -151,6 +155,8 @@ export interface NativeRuntime {
   setStream (slot: number, hwm: number): void
   /** The stream's reader took n chunks. */
   streamRead (slot: number, n: number): void
+  /** Call latencies counted into a Float64Array (csrc/histogram.h's layout) while on; null when off. */
+  histogram (on: boolean): Float64Array | null
   /** Runs the handler; the answer is described by syncMeta() [slab generation, offset or SYNC_BIG_OFFSET, length, rc]. */
   callSync (req: string | Uint8Array): void
   /** callSync for Uint8Array requests as a plain function (no unwrap, no type dispatch); call it only while this object is alive. */

@@ -37,6 +37,10 @@ export const codes = {
   ERR_STATE_REJECTED: 'ERR_STATE_REJECTED',
   /** The serving version could not export its state (dlhost_state_export rc != 0): the reload is refused. */
   ERR_STATE_EXPORT: 'ERR_STATE_EXPORT',
+  /** A canary reload was rolled back (its error rate or latency), or its bytes were rolled back before. */
+  ERR_ROLLED_BACK: 'ERR_ROLLED_BACK',
+  /** promote() / rollback() without a canary running. */
+  ERR_NO_CANARY: 'ERR_NO_CANARY',
   /** The call got no answer within its timeoutMs. */
   ERR_TIMEOUT: 'ERR_TIMEOUT',
   ERR_CLOSED: 'ERR_CLOSED',

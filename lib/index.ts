@@ -23,4 +23,6 @@ import { binding } from './binding'
 /** The plugin ABI version this build of dlhost implements (DLHOST_ABI_VERSION). */
 export const abiVersion: number = binding.abiVersion
 export { reloadable, Plugin } from './reload/plugin'
-export type { Strategy, ReloadableOptions, WatchOptions, PluginVersion, VersionState, ReloadEvent, StateHandover, DrainedEvent, StuckEvent, RestartEvent, PluginEvents } from './reload/plugin'
+export type { Strategy, ReloadableOptions, WatchOptions, PluginVersion, VersionState, ReloadEvent, StateHandover, DrainedEvent, StuckEvent, RestartEvent, PluginEvents, RolloutEvent, VersionMetrics } from './reload/plugin'
+export type { RolloutOptions } from './reload/rollout'
+export type { CallMetrics, LatencySummary } from './metrics'

@@ -14,6 +14,7 @@ import { fail, pending, Resolve, takeResolve } from './settle'
 import { bufferView } from './view'
 import { MessageHub, MessagesOptions } from './messages'
 import { StreamOptions, streamOptions, StreamReader } from './stream'
+import { latencyBetween, LatencySummary } from './metrics'
 import { TypedEmitter } from './events'
 import { checkKeys, checkPath } from './options'
 import { parseElf } from './elf'
@@ -52,13 +53,19 @@ export interface LoadOptions {
   /** An isolated runtime stops restarting after maxCrashes crashes within crashWindowMs (default 5 in 10000 ms): ERR_CRASH_LOOP. */
   maxCrashes?: number
   crashWindowMs?: number
+  /**
+   * Count call latencies (submit to settle) into a histogram (default true):
+   * `stats.latency`, and the Plugin's per-version metrics. One clock read
+   * per batch of calls on each side; false saves even that.
+   */
+  metrics?: boolean
   /** @internal See OpenOptions.known. */
   known?: KnownContent
 }
 
 /** Every key of LoadOptions: an unknown key is refused (see options.ts). */
 const LOAD_KEYS: Record<keyof LoadOptions, true> = {
-  pin: true, global: true, maxQueue: true, entry: true, unloadTimeoutMs: true, trust: true, isolate: true, limits: true, maxCrashes: true, crashWindowMs: true, known: true
+  pin: true, global: true, maxQueue: true, entry: true, unloadTimeoutMs: true, trust: true, isolate: true, limits: true, maxCrashes: true, crashWindowMs: true, metrics: true, known: true
 }
 
 export interface CallOptions {
@@ -69,9 +76,15 @@ export interface CallOptions {
    * plugin may still finish: its answer is dropped and counted (stats.late).
    */
   timeoutMs?: number
+  /**
+   * Plugin.call() while a canary runs: calls with the same key go to the
+   * same version for the whole canary period (sticky routing). Ignored
+   * elsewhere.
+   */
+  key?: string | number
 }
 
-const CALL_KEYS: Record<keyof CallOptions, true> = { signal: true, timeoutMs: true }
+const CALL_KEYS: Record<keyof CallOptions, true> = { signal: true, timeoutMs: true, key: true }
 
 export interface RuntimeStats {
   queued: number
@@ -84,6 +97,10 @@ export interface RuntimeStats {
   late: number
   /** Messages the plugin emitted that were delivered to JS. */
   messages: number
+  /** Calls that timed out (ERR_TIMEOUT); their answers, if they come, count in `late`. */
+  timeouts: number
+  /** Submit-to-settle latencies over the runtime's life (all zero with metrics: false). */
+  latency: LatencySummary
   /** dlhost_emit calls refused: the message queue was full (JS not keeping up), or the runtime had ended. */
   messagesRefused: number
   version: LibraryVersion
@@ -142,8 +159,9 @@ export function callTimeout (options: CallOptions | undefined): number | undefin
 export function callSignal (options: CallOptions | undefined): AbortSignal | undefined {
   if (options === undefined) return undefined
   checkKeys(options, CALL_KEYS, 'call() options')
-  const { signal } = options
+  const { signal, key } = options
   if (signal !== undefined && !(signal instanceof AbortSignal)) throw typeError('options.signal must be an AbortSignal')
+  if (key !== undefined && typeof key !== 'string' && typeof key !== 'number') throw typeError('options.key must be a string or a number')
   return signal
 }
 
@@ -196,11 +214,13 @@ export class Runtime extends TypedEmitter<RuntimeEvents> {
 
   #messages: MessageHub
   #messageCount = 0
+  #timeouts = 0
+  #hist: Float64Array | null = null
   // Streams by slot, while the slot is theirs.
   #streams: Array<StreamReader | undefined> = []
 
   /** @internal use load() */
-  constructor (lib: Library, abi: Abi, cfg: Buffer, key: string, maxQueue: number, unloadTimeoutMs: number) {
+  constructor (lib: Library, abi: Abi, cfg: Buffer, key: string, maxQueue: number, unloadTimeoutMs: number, metrics = true) {
     super()
     this.#messages = new MessageHub(this)
     this.abi = abi
@@ -220,6 +240,7 @@ export class Runtime extends TypedEmitter<RuntimeEvents> {
         (count, meta, bodies) => this.#chunks(count, meta, bodies))
     } catch (err) { throw fromNative(err, lib.path) }
     const native = this.#native
+    if (metrics) this.#hist = native.histogram(true)
     this.#messages.attach({ flow: on => native.messageFlow(on), ref: on => native.messagesRef(on) })
     this.#counters = this.#native.counters()
     try {
@@ -468,7 +489,7 @@ export class Runtime extends TypedEmitter<RuntimeEvents> {
         reject(err)
       }
       if (timeoutMs !== undefined) {
-        timer = setTimeout(() => giveUp(new DlhostError('ERR_TIMEOUT', `no answer within ${timeoutMs} ms`, { path: this.path })), timeoutMs)
+        timer = setTimeout(() => { this.#timeouts++; giveUp(new DlhostError('ERR_TIMEOUT', `no answer within ${timeoutMs} ms`, { path: this.path })) }, timeoutMs)
       }
       if (signal !== undefined) {
         stop = onAbort(signal, () => giveUp(new DlhostError('ERR_ABORTED', 'the call was aborted', { path: this.path, cause: signal.reason })))
@@ -528,7 +549,12 @@ export class Runtime extends TypedEmitter<RuntimeEvents> {
 
   get stats (): RuntimeStats {
     const s: NativeStats = this.#native.stats()
-    return { queued: s.queued + this.#stagedCount, inFlight: this.#counters[0], completed: this.#completed, failed: this.#failed, misuse: s.misuse, late: this.#late, messages: this.#messageCount, messagesRefused: s.messagesRefused, version: this.#version }
+    return { queued: s.queued + this.#stagedCount, inFlight: this.#counters[0], completed: this.#completed, failed: this.#failed, misuse: s.misuse, late: this.#late, messages: this.#messageCount, messagesRefused: s.messagesRefused, timeouts: this.#timeouts, latency: latencyBetween(this.#hist, null), version: this.#version }
+  }
+
+  /** @internal The live latency histogram (csrc/histogram.h), or null with metrics: false. */
+  get histogram (): Float64Array | null {
+    return this.#hist
   }
 
   /** The library row this runtime runs in. */
@@ -578,7 +604,7 @@ async function loadIsolated (path: string, cfg: Buffer, options: LoadOptions, ma
   } catch (err) { throw err instanceof DlhostError ? err : errnoError(err, path) }
   const abi = options.entry ?? abiOf(s => elf.exports.includes(s)).abi
   if (abi === null) throw noEntryError(path, elf.exports)
-  const rt = new IsolatedRuntime(path, { abi, cfg, global: options.global ?? false, maxQueue, unloadTimeoutMs: unloadTimeoutMs === Infinity ? -1 : unloadTimeoutMs, limits: options.limits, trust: options.trust, maxCrashes: options.maxCrashes, crashWindowMs: options.crashWindowMs })
+  const rt = new IsolatedRuntime(path, { abi, cfg, global: options.global ?? false, maxQueue, unloadTimeoutMs: unloadTimeoutMs === Infinity ? -1 : unloadTimeoutMs, limits: options.limits, trust: options.trust, maxCrashes: options.maxCrashes, crashWindowMs: options.crashWindowMs, metrics: options.metrics })
   await rt.start()
   return rt
 }
@@ -642,7 +668,7 @@ export async function load (path: string, cfg?: Cfg, options: LoadOptions = {}):
       const abi = pickAbi(lib, options.entry)
       // Threads that never exit (a Go runtime) are not waited for: stuck at once.
       const timeout = threadsNeverExit(lib.elf) !== null ? 0 : unloadTimeoutMs === Infinity ? -1 : unloadTimeoutMs
-      const rt = new Runtime(lib, abi, cfgBuf, key, maxQueue, timeout)
+      const rt = new Runtime(lib, abi, cfgBuf, key, maxQueue, timeout, options.metrics ?? true)
       const ready = rt.ready.then(() => rt)
       live.set(key, { rt, ready })
       ready.catch(() => { if (live.get(key)?.rt === rt) live.delete(key) })

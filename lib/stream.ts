@@ -14,7 +14,7 @@ export interface StreamOptions extends CallOptions {
   /** Chunks the plugin may have sent and this reader not yet read (default 16). */
   highWaterMark?: number
 }
-const STREAM_KEYS: Record<keyof StreamOptions, true> = { signal: true, timeoutMs: true, highWaterMark: true }
+const STREAM_KEYS: Record<keyof StreamOptions, true> = { signal: true, timeoutMs: true, key: true, highWaterMark: true }
 
 /** The options stream() passes on to call(), and its high-water mark. */
 export function streamOptions (options: StreamOptions | undefined): { call: CallOptions | undefined, hwm: number } {

@@ -126,6 +126,9 @@ void WriteAnswer(uint32_t id, int32_t rc, const char *p, size_t len) {
   Write(id, rc, p, len, uint32_t(len));
 }
 
+// Service times, into the channel's header (this thread only writes it).
+LatencyHistogram service;
+
 // Slots: taken for requests, given back with their answers (one thread,
 // the channel thread; the lock keeps that true if it ever is not).
 std::mutex free_mu;
@@ -234,8 +237,11 @@ bool ReadRequests(Channel &ch) {
         rc = core.export_fn ? core.export_fn(core.state, &rsp, &rsp_len) : kRcNoStateEntry;
       else if (h.b & kFrameStateImport)
         rc = core.import_fn ? core.import_fn(core.state, req, len) : kRcNoStateEntry;
-      else
+      else {
+        uint64_t t0 = monotonic_ns();
         rc = core.handle_fn(core.state, req, len, &rsp, &rsp_len);
+        service.Record(monotonic_ns() - t0);
+      }
       WriteAnswer(h.id, rc, static_cast<const char *>(rsp), rsp ? rsp_len : 0);
       free(rsp);
       continue;
@@ -326,6 +332,7 @@ bool WriteCompletions(Channel &ch) {
       Write(t->call, 0, nullptr, 0, kFrameAborted);
     else
       WriteAnswer(t->call, t->rc, static_cast<const char *>(t->rsp), t->rsp_len);
+    if (t->service_ns && t->kind == kTaskCall) service.Record(t->service_ns);
     free(t->rsp);
     t->rsp = nullptr;
     freed.push_back(t->id);
@@ -516,6 +523,8 @@ int main(int argc, char **argv) {
   }
   core->messages.Mirror(&chan->messages_refused);
   core->keyed_by_call = true;
+  core->time_service.store(true);
+  service.Attach(chan->service);
   RuntimeCore::Start(core, std::move(cfg));
   // The channel thread (this one): requests in, answers and lifecycle out.
   Channel ch;

@@ -16,6 +16,7 @@ import { callSites, DlhostError, errnoError, pluginError, withCallSite } from '.
 import { emitSafely, onAbort, TypedEmitter } from '../events'
 import { MessageHub, MessagesOptions } from '../messages'
 import { StreamOptions, streamOptions, StreamReader } from '../stream'
+import { latencyBetween, LatencySummary, SERVICE } from '../metrics'
 import { requestLength } from '../request'
 import { callSignal, callTimeout } from '../runtime'
 import { bufferView } from '../view'
@@ -37,6 +38,7 @@ interface NativeChannel {
   messageFlow (on: boolean): void
   messagesRefused (): number
   streamRead (id: number, n: number): void
+  histogram (on: boolean): Float64Array | null
   unload (): void
   counters (): Int32Array
   limit (): 'memoryMb' | 'cpuSeconds' | 'openFiles' | null
@@ -66,6 +68,8 @@ export interface IsolateOptions {
   maxCrashes?: number
   crashWindowMs?: number
   trust?: Trust
+  /** Count call latencies (default true; see LoadOptions.metrics). */
+  metrics?: boolean
 }
 
 /** A call waiting for a child that serves: its slot and a copy of its bytes. */
@@ -79,6 +83,13 @@ interface Held {
 }
 
 const seqs = new Map<string, string[]>()
+
+/** into += h, two histograms each (metrics.ts): counts and sums add up, a max stays a max. */
+function addHistogram (into: Float64Array, h: Float64Array): void {
+  for (let i = 0; i < into.length; i++) into[i] = (into[i] as number) + (h[i] as number)
+  into[2] = Math.max(into[2] as number - (h[2] as number), h[2] as number)
+  into[SERVICE + 2] = Math.max(into[SERVICE + 2] as number - (h[SERVICE + 2] as number), h[SERVICE + 2] as number)
+}
 
 /** The content facts of the file, read once: what this runtime reports as its version. */
 function versionOf (path: string, trust: Trust | undefined): { version: LibraryVersion, realPath: string } {
@@ -175,6 +186,7 @@ export class IsolatedRuntime extends TypedEmitter<IsolatedRuntimeEvents> {
       (count, meta, bodies) => { this.#messageCount += count; this.#messages.deliver(count, meta, bodies) },
       (count, meta, bodies) => this.#chunks(count, meta, bodies))
     this.#channel = channel
+    this.#channelHist = this.#o.metrics === false ? null : channel.histogram(true)
     this.#messages.attach({
       flow: on => { if (this.#channel === channel) channel.messageFlow(on) },
       ref: on => { this.#listening = on; this.#refChild() }
@@ -241,7 +253,9 @@ export class IsolatedRuntime extends TypedEmitter<IsolatedRuntimeEvents> {
   #exited (child: ChildProcess, channel: NativeChannel, code: number | null, signal: NodeJS.Signals | null): void {
     const limit = channel.limit()
     this.#refusedBefore += channel.messagesRefused()
+    if (this.#channelHist !== null) channel.histogram(true) // its last service times, before the channel closes
     channel.close() // what the child wrote before it died is settled first
+    this.#keepHistogram()
     if (this.#child === child) this.#child = null
     if (this.#channel === channel) this.#channel = null
     if (this.#state === 'unloading' || this.#state === 'unloaded') {
@@ -468,7 +482,7 @@ export class IsolatedRuntime extends TypedEmitter<IsolatedRuntimeEvents> {
         }
       }
       if (timeoutMs !== undefined) {
-        timer = setTimeout(() => giveUp(new DlhostError('ERR_TIMEOUT', `no answer within ${timeoutMs} ms; the child is recycled`, { path: this.path }), true), timeoutMs)
+        timer = setTimeout(() => { this.#timeouts++; giveUp(new DlhostError('ERR_TIMEOUT', `no answer within ${timeoutMs} ms; the child is recycled`, { path: this.path }), true) }, timeoutMs)
       }
       if (signal !== undefined) {
         stop = onAbort(signal, () => giveUp(new DlhostError('ERR_ABORTED', 'the call was aborted', { path: this.path, cause: signal.reason }), false))
@@ -516,8 +530,34 @@ export class IsolatedRuntime extends TypedEmitter<IsolatedRuntimeEvents> {
   get pid (): number | undefined { return this.#child?.pid }
   get restarts (): number { return this.#restarts }
   get unloadInfo (): NativeUnloadInfo | null { return this.#unloadInfo }
-  get stats (): { queued: number, inFlight: number, completed: number, failed: number, misuse: number, late: number, messages: number, messagesRefused: number, restarts: number, version: LibraryVersion } {
-    return { queued: this.#held.length, inFlight: this.#inFlight, completed: this.#completed, failed: this.#failed, misuse: this.#unloadInfo?.misuse ?? 0, late: this.#late, messages: this.#messageCount, messagesRefused: this.#refusedBefore + (this.#channel?.messagesRefused() ?? 0), restarts: this.#restarts, version: this.#version }
+  get stats (): { queued: number, inFlight: number, completed: number, failed: number, misuse: number, late: number, messages: number, messagesRefused: number, timeouts: number, latency: LatencySummary, restarts: number, version: LibraryVersion } {
+    return { queued: this.#held.length, inFlight: this.#inFlight, completed: this.#completed, failed: this.#failed, misuse: this.#unloadInfo?.misuse ?? 0, late: this.#late, messages: this.#messageCount, messagesRefused: this.#refusedBefore + (this.#channel?.messagesRefused() ?? 0), timeouts: this.#timeouts, latency: latencyBetween(this.histogram, null), restarts: this.#restarts, version: this.#version }
+  }
+
+  // Latencies of children that are gone (summed), and the current child's.
+  #histBefore: Float64Array | null = null
+  #channelHist: Float64Array | null = null
+  #timeouts = 0
+
+  /** @internal Call latencies over every child (csrc/histogram.h's layout), or null with metrics: false. */
+  get histogram (): Float64Array | null {
+    if (this.#channelHist !== null) this.#channel?.histogram(true) // the child's service times, copied out
+    const now = this.#channelHist
+    const before = this.#histBefore
+    if (now === null) return before
+    if (before === null) return now
+    const sum = before.slice()
+    addHistogram(sum, now)
+    return sum
+  }
+
+  /** A child is gone: its latencies join the sum. */
+  #keepHistogram (): void {
+    const h = this.#channelHist
+    this.#channelHist = null
+    if (h === null) return
+    if (this.#histBefore === null) this.#histBefore = h.slice()
+    else addHistogram(this.#histBefore, h)
   }
 
   /** The plugin's messages from now on, as an async iterator; it ends when the runtime is unloaded. */

@@ -24,12 +24,15 @@ import { checkKeys, checkPath } from '../options'
 import { checkTrusted, checkTrustOption, Trust } from '../trust'
 import { Build, checkSameAbi, parseBuild } from './build'
 import { StreamOptions, streamOptions } from '../stream'
+import { CallMetrics, Counts, metricsBetween, Snapshot, snapshot } from '../metrics'
+import { countGoesToCanary, judge, keyPoint, Rollout, rolloutOf, RolloutOptions } from './rollout'
 import { CopyStore, PrivateCopy, sha256, SourceBytes } from './copies'
 import { Prepared, Preparer } from './prepare'
 import { ChangeEvent, LibraryWatcher, statKey } from './watch'
 
 const debug = debuglog('dlhost')
 const reloadChannel = diagnostics.channel('dlhost:reload')
+const rolloutChannel = diagnostics.channel('dlhost:rollout')
 const errorChannel = diagnostics.channel('dlhost:error')
 
 export type Strategy = 'auto' | 'shadow' | 'drain'
@@ -114,11 +117,20 @@ export interface ReloadableOptions {
    * 'fresh' lets the new version serve without it (still reported).
    */
   stateRejected?: 'rollback' | 'fresh'
+  /**
+   * Canary reloads (docs/rollout.md): a new build first takes a share of
+   * the calls beside the stable version, is compared with it over the same
+   * window, and is promoted or rolled back on its own. Needs two versions
+   * side by side (in process, or isolated).
+   */
+  rollout?: RolloutOptions
+  /** Count call latencies per version (default true; see LoadOptions.metrics). */
+  metrics?: boolean
 }
 
 /** Every key of ReloadableOptions: an unknown key is refused (see options.ts). */
 const RELOADABLE_KEYS: Record<keyof ReloadableOptions, true> = {
-  strategy: true, watch: true, settleMs: true, pin: true, global: true, maxQueue: true, copyDir: true, prepare: true, badBuildMs: true, maxBuildBytes: true, trust: true, onStuck: true, isolate: true, limits: true, probe: true, entry: true, unloadTimeoutMs: true, initialState: true, stateRejected: true
+  strategy: true, watch: true, settleMs: true, pin: true, global: true, maxQueue: true, copyDir: true, prepare: true, badBuildMs: true, maxBuildBytes: true, trust: true, onStuck: true, isolate: true, limits: true, probe: true, entry: true, unloadTimeoutMs: true, initialState: true, stateRejected: true, rollout: true, metrics: true
 }
 
 /** A version of the plugin: a content (sha256), numbered in order of appearance. */
@@ -163,6 +175,22 @@ export interface StateHandover {
   drainMs: number
 }
 export interface DrainedEvent { version: PluginVersion }
+/** A canary's end: 'promote' (it serves every call now) or 'rollback' (it left). */
+export interface RolloutEvent {
+  /** The stable version. */
+  from: PluginVersion
+  /** The canary. */
+  to: PluginVersion
+  /** Why: the rule that rolled it back, or that it passed. */
+  reason: string
+  /** 'metrics' (minCalls reached), 'maxMs', or 'manual' (promote() / rollback()). */
+  decidedBy: 'metrics' | 'maxMs' | 'manual'
+  /** Both versions over the same window: from the canary's start to the decision. */
+  stable: CallMetrics
+  canary: CallMetrics
+  /** From minCalls reached (or maxMs, or the manual call) to the decision acted on. */
+  decisionMs: number
+}
 export interface RestartEvent { version: PluginVersion, reason: string, exitCode: 3 }
 export interface StuckEvent { version: PluginVersion, reason: string }
 
@@ -179,6 +207,20 @@ export interface PluginEvents {
   error: [DlhostError]
   /** A dlhost_emit of a version's plugin, with the version (seq) that sent it. */
   message: [Buffer, { seq: number }]
+  /** A canary passed: it serves every call now ('reload' follows). */
+  promote: [RolloutEvent]
+  /** A canary failed (or rollback() was called): it left; its bytes are not tried again until the file changes. */
+  rollback: [RolloutEvent]
+}
+
+/** One version's metrics (plugin.metrics()). */
+export interface VersionMetrics {
+  version: PluginVersion
+  role: 'serving' | 'stable' | 'canary' | 'draining'
+  /** Over the version's life. */
+  life: CallMetrics
+  /** Over about the last 10 s. */
+  window: CallMetrics
 }
 
 interface Version extends PluginVersion {
@@ -187,6 +229,9 @@ interface Version extends PluginVersion {
   abi: Abi
   /** Its state hand-over entries (rules.ts stateEntries). */
   hands: { exports: boolean, imports: boolean }
+  /** Its calls' outcomes, and snapshots of them (one a second, the last ~10 s). */
+  counts: Counts
+  snaps: Snapshot[]
   inFlight: number
   state: 'serving' | 'draining' | 'gone'
   idle: (() => void) | null
@@ -227,6 +272,14 @@ export class Plugin extends TypedEmitter<PluginEvents> {
   #change: ChangeEvent | null = null
   // Every version in its own child process (decided once, at start).
   #isolated = false
+  #rollout: Rollout | null
+  #canary: Canary | null = null
+  // Calls routed while a canary runs (deterministic routing by count).
+  #routed = 0
+  // The sha256 of builds rolled back: not tried again until the file changes.
+  #rolledBack = new Set<string>()
+  // One snapshot of every version's metrics a second (unref'd): windows.
+  #ticker: NodeJS.Timeout | null = null
 
   /** @internal use reloadable() */
   constructor (path: string, cfg: Buffer, opts: ReloadableOptions, store: CopyStore) {
@@ -235,6 +288,7 @@ export class Plugin extends TypedEmitter<PluginEvents> {
     this.#cfg = cfg
     this.#opts = opts
     this.strategy = opts.strategy ?? 'auto'
+    this.#rollout = rolloutOf(opts.rollout)
     this.#store = store
     this.#preparer = new Preparer({
       path,
@@ -291,8 +345,11 @@ export class Plugin extends TypedEmitter<PluginEvents> {
       await this.#removeCopy(copy.path).catch(() => {})
       throw cannotCoexist(this.path, fatal)
     }
+    if (this.#rollout !== null) this.#checkCanaryable(build.elf, stateEntries(build.elf, build.abi).exports)
     this.#current = await this.#loadVersion(build)
     this.#current.state = 'serving'
+    this.#ticker = setInterval(() => this.#tick(), 1000)
+    this.#ticker.unref()
     if (this.#opts.initialState !== undefined) {
       const v = this.#current
       const err = await this.#importInto(v, this.#opts.initialState)
@@ -381,15 +438,22 @@ export class Plugin extends TypedEmitter<PluginEvents> {
         this.#held?.push(h)
       })
     }
+    const c = this.#canary
+    if (c !== null && !c.deciding) return this.#route(c, req, opts)
     return this.#dispatch(this.#current, req, opts)
   }
 
   #dispatch (v: Version, req: string | Uint8Array, opts: CallOptions | undefined): Promise<{ response: Buffer, seq: number }> {
     v.inFlight++
-    const done = (): void => {
+    return v.runtime.call(req, opts).then(response => {
+      v.counts.ok++
       if (--v.inFlight === 0 && v.idle !== null) v.idle()
-    }
-    return v.runtime.call(req, opts).then(response => { done(); return { response, seq: v.seq } }, err => { done(); throw err })
+      return { response, seq: v.seq }
+    }, err => {
+      v.counts.settled(err)
+      if (--v.inFlight === 0 && v.idle !== null) v.idle()
+      throw err
+    })
   }
 
   /**
@@ -441,6 +505,11 @@ export class Plugin extends TypedEmitter<PluginEvents> {
         if (ready !== null) this.#preparer.discard(ready)
         this.#watcher?.markCurrent(src.sourceStat)
         return
+      }
+      if (this.#rolledBack.has(src.sha256)) {
+        if (ready !== null) this.#preparer.discard(ready)
+        this.#watcher?.markCurrent(src.sourceStat)
+        throw new DlhostError('ERR_ROLLED_BACK', `this build (sha256 ${src.sha256.slice(0, 12)}…) was rolled back as a canary; it is tried again only once the file changes: ${this.path}`, { path: this.path })
       }
       if (ready !== null) {
         // Same content, copied and parsed while the file settled.
@@ -500,6 +569,7 @@ export class Plugin extends TypedEmitter<PluginEvents> {
       const fatal = [...coexistFatal(old.elf), ...coexistFatal(next.elf)][0]
       if (fatal !== undefined) throw cannotCoexist(this.path, fatal)
     }
+    if (s === 'drain' && this.#rollout !== null) throw cannotCanary(this.path, 'the serving version cannot run beside a second copy of itself (one unloads first)')
     if (s !== 'restart') return s
     // Neither side by side nor one after the other: only a new process can
     // take this build.
@@ -526,13 +596,14 @@ export class Plugin extends TypedEmitter<PluginEvents> {
     let runtime: Runtime | IsolatedRuntime
     try {
       runtime = this.#isolated
-        ? await load(copy.path, this.#cfg, { isolate: 'process', limits: this.#opts.limits, global: this.#opts.global, maxQueue: this.#opts.maxQueue, entry: build.abi, unloadTimeoutMs: this.#opts.unloadTimeoutMs })
+        ? await load(copy.path, this.#cfg, { isolate: 'process', limits: this.#opts.limits, global: this.#opts.global, maxQueue: this.#opts.maxQueue, entry: build.abi, unloadTimeoutMs: this.#opts.unloadTimeoutMs, metrics: this.#opts.metrics })
         : await load(copy.path, this.#cfg, {
           pin: this.#opts.pin ?? false,
           global: this.#opts.global,
           maxQueue: this.#opts.maxQueue,
           entry: build.abi,
           unloadTimeoutMs: this.#opts.unloadTimeoutMs,
+          metrics: this.#opts.metrics,
           known: { sha256: copy.sha256, elf }
         })
       // The copy's fsync ran while it loaded; no version serves before it is done.
@@ -549,7 +620,7 @@ export class Plugin extends TypedEmitter<PluginEvents> {
     // Numbered only once it loaded: a bad build takes no seq.
     let seq = this.#seqs.get(copy.sha256)
     if (seq === undefined) this.#seqs.set(copy.sha256, seq = this.#seqs.size + 1)
-    const v: Version = { seq, sha256: copy.sha256, copy: copy.path, loadedAt: Date.now(), runtime, elf, abi: build.abi, hands: stateEntries(elf, build.abi), inFlight: 0, state: 'serving', idle: null, servingSince: 0, leaving: null }
+    const v: Version = { seq, sha256: copy.sha256, copy: copy.path, loadedAt: Date.now(), runtime, elf, abi: build.abi, hands: stateEntries(elf, build.abi), counts: new Counts(), snaps: [], inFlight: 0, state: 'serving', idle: null, servingSince: 0, leaving: null }
     this.#versions.push(v)
     this.#forwardMessages()
     return v
@@ -563,6 +634,7 @@ export class Plugin extends TypedEmitter<PluginEvents> {
       this.#fail(err) // rollback: old keeps serving
       throw err
     }
+    if (this.#rollout !== null) return await this.#runCanary(old, next, this.#rollout)
     if (old.hands.exports) {
       // The hand-over: hold new calls, let the old version answer its own,
       // export, import into the new one, then let the held calls flow.
@@ -841,11 +913,153 @@ export class Plugin extends TypedEmitter<PluginEvents> {
     if (this.listenerCount('error') > 0) emitSafely(this, 'error', err)
   }
 
+  // ---------------------------------------------------------------- rollout
+
+  /** A canary needs two versions side by side, each free to diverge. */
+  #checkCanaryable (elf: ElfInfo, handsState: boolean): void {
+    if (this.strategy === 'drain') throw cannotCanary(this.path, "strategy 'drain' runs one version at a time")
+    if (!this.#isolated) {
+      const fatal = coexistFatal(elf)[0]
+      if (fatal !== undefined) throw cannotCanary(this.path, `${fatal} cannot run beside a second copy of itself in one process; isolate: 'process' can`)
+      if (reloadStrategy(this.strategy, elf) !== 'shadow') throw cannotCanary(this.path, 'the library cannot run beside a second copy of itself in this process (it never unloads); isolate: \'process\' can')
+    }
+    if (handsState) {
+      throw new DlhostError('ERR_INVALID_ARG', `rollout with a plugin that hands its state over (dlhost_state_export): a canary and the stable version would each change their own copy of it, and one would be lost: ${this.path}`, { path: this.path })
+    }
+  }
+
+  /** Routes one call while a canary runs: sticky by key, else by count. */
+  #route (c: Canary, req: string | Uint8Array, opts: CallOptions | undefined): Promise<{ response: Buffer, seq: number }> {
+    const key = opts?.key
+    const toCanary = key !== undefined ? keyPoint(key) < c.rollout.canary : countGoesToCanary(this.#routed++, c.rollout.canary)
+    if (!toCanary) return this.#dispatch(c.stable, req, opts)
+    const p = this.#dispatch(c.v, req, opts)
+    const counted = (): void => {
+      const n = ++c.calls
+      if (n === c.warmup) {
+        // The window starts after the canary's cold start (lazy binding,
+        // first page faults, a poll thread getting a core).
+        c.canaryBase = snapshot(c.v.counts, c.v.runtime.histogram)
+        c.stableBase = snapshot(c.stable.counts, c.stable.runtime.histogram)
+      }
+      if (n === c.warmup + c.rollout.minCalls) void this.#decide(c, 'metrics', null)
+    }
+    if (!c.rollout.retry) return p.finally(counted)
+    // retry: a failed canary call goes once to the version serving then.
+    return p.then(r => { counted(); return r }, () => { counted(); return this.#dispatch(this.#canary?.stable ?? this.#current, req, opts) })
+  }
+
+  /** The new build becomes the canary; resolves with it once promoted, rejects (ERR_ROLLED_BACK) once rolled back. */
+  #runCanary (stable: Version, next: Version, rollout: Rollout): Promise<Version> {
+    return new Promise<Version>((resolve, reject) => {
+      const c: Canary = {
+        v: next,
+        stable,
+        rollout,
+        calls: 0,
+        warmup: Math.min(100, Math.ceil(rollout.minCalls / 10)),
+        deciding: false,
+        canaryBase: snapshot(next.counts, next.runtime.histogram),
+        stableBase: snapshot(stable.counts, stable.runtime.histogram),
+        timer: setTimeout(() => { void this.#decide(c, 'maxMs', null) }, rollout.maxMs),
+        resolve,
+        reject
+      }
+      next.servingSince = performance.now()
+      this.#routed = 0
+      this.#canary = c
+      debug('canary %s: v%d takes %s of the calls beside v%d', this.path, next.seq, rollout.canary, stable.seq)
+      if (rolloutChannel.hasSubscribers) rolloutChannel.publish({ path: this.path, kind: 'canary', from: publicVersion(stable), to: publicVersion(next) })
+    })
+  }
+
+  /** Judges the canary (or acts on promote() / rollback()), then promotes or rolls it back. */
+  async #decide (c: Canary, by: RolloutEvent['decidedBy'], forced: 'promote' | 'rollback' | null): Promise<void> {
+    if (c.deciding || this.#canary !== c) return
+    c.deciding = true
+    const t0 = performance.now()
+    clearTimeout(c.timer)
+    const canary = metricsBetween(snapshot(c.v.counts, c.v.runtime.histogram), c.canaryBase, c.v.inFlight)
+    const stable = metricsBetween(snapshot(c.stable.counts, c.stable.runtime.histogram), c.stableBase, c.stable.inFlight)
+    const failed = forced === null ? judge(c.rollout, canary, stable) : null
+    const rollback = forced === 'rollback' || failed !== null
+    const reason = forced !== null ? `${forced}() was called` : failed ?? `passed: error rate ${(canary.errorRate * 100).toFixed(2)}%, service-time p99 ${canary.service.p99Ms} ms (stable ${stable.service.p99Ms} ms) over ${canary.calls} calls`
+    this.#canary = null
+    const ev: RolloutEvent = { from: publicVersion(c.stable), to: publicVersion(c.v), reason, decidedBy: by, stable, canary, decisionMs: 0 }
+    if (rollback) {
+      this.#rolledBack.add(c.v.sha256)
+      c.v.state = 'draining'
+      ev.decisionMs = Math.round((performance.now() - t0) * 1000) / 1000
+      debug('rollback %s: v%d: %s', this.path, c.v.seq, reason)
+      if (rolloutChannel.hasSubscribers) rolloutChannel.publish({ path: this.path, kind: 'rollback', ...ev })
+      emitSafely(this, 'rollback', ev)
+      c.reject(new DlhostError('ERR_ROLLED_BACK', `the canary (version ${c.v.seq}) was rolled back: ${reason}: ${this.path}`, { path: this.path, reason }))
+      await this.#retire(c.v)
+      return
+    }
+    this.#current = c.v
+    c.stable.state = 'draining'
+    ev.decisionMs = Math.round((performance.now() - t0) * 1000) / 1000
+    debug('promote %s: v%d: %s', this.path, c.v.seq, reason)
+    if (rolloutChannel.hasSubscribers) rolloutChannel.publish({ path: this.path, kind: 'promote', ...ev })
+    emitSafely(this, 'promote', ev)
+    c.resolve(c.v)
+    void this.#retire(c.stable)
+  }
+
+  /** Ends the running canary now: it serves every call. Resolves once decided; ERR_NO_CANARY without one. */
+  async promote (): Promise<void> {
+    const c = this.#canary
+    if (c === null) throw new DlhostError('ERR_NO_CANARY', `no canary is running: ${this.path}`, { path: this.path })
+    await this.#decide(c, 'manual', 'promote')
+  }
+
+  /** Ends the running canary now: it leaves, and its bytes are not tried again until the file changes. */
+  async rollback (): Promise<void> {
+    const c = this.#canary
+    if (c === null) throw new DlhostError('ERR_NO_CANARY', `no canary is running: ${this.path}`, { path: this.path })
+    await this.#decide(c, 'manual', 'rollback')
+  }
+
+  /** The running canary, if any: its version and the calls it has had. */
+  get canary (): { version: PluginVersion, stable: PluginVersion, calls: number } | null {
+    const c = this.#canary
+    return c === null ? null : { version: publicVersion(c.v), stable: publicVersion(c.stable), calls: c.calls }
+  }
+
+  /** Every live version's metrics: over its life and over about the last 10 s. */
+  metrics (): VersionMetrics[] {
+    const c = this.#canary
+    return this.#versions.filter(v => v.state !== 'gone').map(v => {
+      const now = snapshot(v.counts, v.runtime.histogram)
+      const role = c !== null && v === c.v ? 'canary' : c !== null && v === c.stable ? 'stable' : v.state === 'serving' ? 'serving' : 'draining'
+      return { version: publicVersion(v), role, life: metricsBetween(now, null, v.inFlight), window: metricsBetween(now, v.snaps[0] ?? null, v.inFlight) }
+    })
+  }
+
+  /** A snapshot of every version, once a second; the oldest of ten is the window's start. */
+  #tick (): void {
+    for (const v of this.#versions) {
+      if (v.state === 'gone') continue
+      v.snaps.push(snapshot(v.counts, v.runtime.histogram))
+      if (v.snaps.length > 10) v.snaps.shift()
+    }
+  }
+
   /** Stops watching, lets every version answer its calls, unloads them, removes the copies. Idempotent. */
   close (): Promise<void> {
     if (this.#closing === null) {
       this.#closing = (async () => {
         this.#watcher?.close()
+        if (this.#ticker !== null) clearInterval(this.#ticker)
+        const c = this.#canary
+        if (c !== null) {
+          // Closing ends a canary undecided: every version goes anyway.
+          this.#canary = null
+          c.deciding = true
+          clearTimeout(c.timer)
+          c.reject(new DlhostError('ERR_CLOSED', 'the plugin was closed while a canary ran', { path: this.path }))
+        }
         await this.#chain
         await this.#preparer.close()
         await Promise.all(this.#versions.map(v => this.#unloadVersion(v, true).catch(err => this.#fail(err))))
@@ -861,6 +1075,28 @@ export class Plugin extends TypedEmitter<PluginEvents> {
 const round2 = (ms: number): number => Math.round(ms * 100) / 100
 
 const ABI_NUMBERS: Record<Abi, number> = { host: C.ABI_HOST, native: C.ABI_NATIVE, 'lua-resty-ffi': C.ABI_LUA }
+
+function cannotCanary (path: string, reason: string): DlhostError {
+  return new DlhostError('ERR_CANNOT_COEXIST', `a canary reload (rollout) needs two versions side by side, and ${reason}: ${path}`, { path, reason })
+}
+
+/** A running canary. */
+interface Canary {
+  v: Version
+  stable: Version
+  rollout: Rollout
+  /** Canary calls settled. */
+  calls: number
+  /** Canary calls before the window starts (its cold start is not judged). */
+  warmup: number
+  deciding: boolean
+  /** Both versions at the canary's start: the window they are compared over. */
+  canaryBase: Snapshot
+  stableBase: Snapshot
+  timer: NodeJS.Timeout
+  resolve: (v: Version) => void
+  reject: (e: unknown) => void
+}
 
 function cannotCoexist (path: string, reason: string): DlhostError {
   return new DlhostError('ERR_CANNOT_COEXIST',
