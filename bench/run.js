@@ -26,6 +26,7 @@ const { benchSpin, benchSpinPinned } = require('./cases/spin')
 const { benchReload } = require('./cases/reload')
 const { benchStorm } = require('./cases/storm')
 const { benchTwoWay } = require('./cases/twoway')
+const { benchRollout } = require('./cases/rollout')
 const { benchMemory } = require('./cases/memory')
 const { benchIsolate } = require('./cases/isolate')
 const { benchEfficiency } = require('./cases/efficiency')
@@ -124,6 +125,10 @@ async function main () {
   if (ONLY.has('isolate')) results.isolate = await timed('isolate', () => benchIsolate())
   if (ONLY.has('loader')) results.loader = await timed('loader', () => benchLoader())
   if (ONLY.has('twoway')) results.twoway = await timed('twoway', () => benchTwoWay())
+  if (ONLY.has('rollout')) {
+    const v = variants ?? buildVariants()
+    results.rollout = await timed('rollout', () => benchRollout(v))
+  }
   results.meta.loadavgEnd = os.loadavg().map(round3)
   results.meta.seconds = round3((now() - t0) / 1000)
   results.meta.sectionSeconds = sections

@@ -47,6 +47,11 @@ function targets (r) {
     const busy = tw.pause.find(x => x.inFlight > 0)
     add('reload pause with a 1 MiB state, beyond the drain (64 in flight)', busy.handoverMsMedian, 'ms', '≤ 1', busy.handoverMsMedian <= 1)
   }
+  const ro = r.rollout
+  if (ro) {
+    add('pipelined 1024 via Plugin, metrics on ÷ off', ro.recordingOnOverOff.plugin * 100, '%', '≥ 97', ro.recordingOnOverOff.plugin >= 0.97)
+    add('pipelined 1024 via Runtime, metrics on ÷ off', ro.recordingOnOverOff.runtime * 100, '%', '≥ 97', ro.recordingOnOverOff.runtime >= 0.97)
+  }
   if (r.spin) {
     const worst = Math.max(...r.spin.map(x => x.idleCpuPct))
     add('idle CPU after calls stop (worst setting)', worst, '% of a core', '~0 (≤ 1)', worst <= 1)
@@ -104,6 +109,14 @@ function render (r) {
     out.push(table('   reload with a state hand-over (1 MiB; calls held from the old version\'s drain to the new one\'s import)',
       ['calls in flight', 'pause ms', 'of it drain ms', 'hand-over ms', 'reload ms', 'swaps', 'failed calls'],
       tw.pause.map(x => [x.inFlight, fmt(x.pauseMsMedian, 3), fmt(x.drainMsMedian, 3), fmt(x.handoverMsMedian, 3), fmt(x.reloadMsMedian, 3), x.swaps, x.failedCalls])))
+  }
+  if (r.rollout) {
+    const ro = r.rollout
+    out.push(table('10. Safe rollout: pipelined 1024 in flight with latency recording on and off',
+      ['subject', 'calls/s', 'rounds'], ro.recording.map(x => [x.name, big(x.callsPerSec), x.roundCallsPerSec.map(big).join(' | ')])))
+    out.push(`   on ÷ off, per round: Runtime ${fmt(ro.recordingOnOverOff.runtime * 100, 1)}%, Plugin ${fmt(ro.recordingOnOverOff.plugin * 100, 1)}%`)
+    out.push(`   during a canary (${ro.canary.share * 100}% of calls to the new build, ${ro.canary.inFlight} in flight): ${big(ro.canary.canaryCallsPerSec)} calls/s, ${fmt(ro.canary.ratio * 100, 1)}% of the steady ${big(ro.canary.steadyCallsPerSec)}`)
+    out.push(`   minCalls (${ro.decision.minCalls}) reached -> promoted: median ${fmt(ro.decision.medianMs, 3)} ms, max ${fmt(ro.decision.maxMs, 3)} ms over ${ro.decision.rounds} canaries`)
   }
   if (r.issueNsPerCall) {
     out.push(`   issuing a call (call(): submit + promise, no completion): ${Object.entries(r.issueNsPerCall).map(([k, v]) => `${k} ${v} ns`).join(', ')} of JS-thread time per call`)
