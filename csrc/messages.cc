@@ -38,29 +38,23 @@ void RuntimeWrap::SettleMessages() {
     }
     msg_backlog_ = last->cq_next.load(std::memory_order_relaxed);
     last->cq_next.store(nullptr, std::memory_order_relaxed);
-    if (msg_meta_cap_ < count * 2) {
-      size_t cap = std::max<size_t>(kMessageChunk * 2, count * 2);
-      Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, cap * sizeof(int32_t));
-      msg_meta_ref_ = Napi::Persistent(Napi::Object(Napi::Int32Array::New(env, cap, ab, 0)));
-      msg_meta_ = static_cast<int32_t *>(ab.Data());
-      msg_meta_cap_ = cap;
-    }
+    int32_t *meta = msg_meta_.Reserve(env, count * 2, kMessageChunk * 2);
     size_t base = message_slab_.Reserve(env, bytes ? bytes : 1);
     char *dst = message_slab_.Data() + base;
     size_t i = 0, off = 0;
     for (Message *m = list; m; i++) {
       Message *next = m->cq_next.load(std::memory_order_relaxed);
       if (m->len) memcpy(dst + off, m->data(), m->len);
-      msg_meta_[2 * i] = int32_t(base + off);
-      msg_meta_[2 * i + 1] = int32_t(m->len);
+      meta[2 * i] = int32_t(base + off);
+      meta[2 * i + 1] = int32_t(m->len);
       off += m->len;
       Message::Free(m);
       m = next;
     }
     // Room again for the plugin before JS runs (a listener may take long).
     core_->messages.Consumed(count);
-    CallJs(on_messages_, {Napi::Number::New(env, double(count)), msg_meta_ref_.Value(),
-                          message_slab_.Buffer(env)});
+    CallJs(on_messages_,
+           {Napi::Number::New(env, double(count)), msg_meta_.Value(), message_slab_.Buffer(env)});
     if (env_gone_ || !core_) return;
   }
 }

@@ -386,9 +386,7 @@ void RuntimeWrap::DropJs() {
   hist_.Attach(nullptr);
   svc_.Attach(nullptr);
   hist_ref_.Reset();
-  chunk_meta_ref_.Reset();
-  chunk_meta_ = nullptr;
-  chunk_meta_cap_ = 0;
+  chunk_meta_.Reset();
   chunk_slab_.Reset();
   for (Message *m = msg_backlog_; m;) {  // the environment is gone
     Message *next = m->cq_next.load(std::memory_order_relaxed);
@@ -396,9 +394,7 @@ void RuntimeWrap::DropJs() {
     m = next;
   }
   msg_backlog_ = nullptr;
-  msg_meta_ref_.Reset();
-  msg_meta_ = nullptr;
-  msg_meta_cap_ = 0;
+  msg_meta_.Reset();
   message_slab_.Reset();
   meta_ref_.Reset();
   meta_ = nullptr;

@@ -126,16 +126,12 @@ class RuntimeWrap : public Napi::ObjectWrap<RuntimeWrap> {
   // refuses); JS keeps the loop alive for them (a listener or an iterator).
   Message *msg_backlog_ = nullptr;
   bool messages_paused_ = false, messages_ref_ = false;
-  Napi::ObjectReference msg_meta_ref_;
-  int32_t *msg_meta_ = nullptr;
-  size_t msg_meta_cap_ = 0;
+  MetaArray msg_meta_;
   Slab message_slab_;
   // Latencies of settled calls (off until JS asks for the histogram).
   LatencyHistogram hist_, svc_;
   Napi::ObjectReference hist_ref_;
-  Napi::ObjectReference chunk_meta_ref_;
-  int32_t *chunk_meta_ = nullptr;
-  size_t chunk_meta_cap_ = 0;
+  MetaArray chunk_meta_;
   Slab chunk_slab_;
   size_t max_body_ = 0;  // EnvState::max_body, read once
   napi_env env_;

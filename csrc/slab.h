@@ -52,4 +52,32 @@ class Slab {
   int32_t gen_ = 0;
 };
 
+// The Int32Array a batch's meta goes in ([id, offset, length]… per item),
+// grown when a batch needs more, reused otherwise. JS thread only.
+class MetaArray {
+ public:
+  // Room for n int32s (at least min when it grows).
+  int32_t *Reserve(Napi::Env env, size_t n, size_t min) {
+    if (cap_ < n) {
+      size_t cap = std::max(min, n);
+      Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, cap * sizeof(int32_t));
+      ref_ = Napi::Persistent(Napi::Object(Napi::Int32Array::New(env, cap, ab, 0)));
+      data_ = static_cast<int32_t *>(ab.Data());
+      cap_ = cap;
+    }
+    return data_;
+  }
+  Napi::Value Value() const { return ref_.Value(); }
+  void Reset() {
+    ref_.Reset();
+    data_ = nullptr;
+    cap_ = 0;
+  }
+
+ private:
+  Napi::ObjectReference ref_;
+  int32_t *data_ = nullptr;
+  size_t cap_ = 0;
+};
+
 }  // namespace dlhost

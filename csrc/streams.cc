@@ -28,19 +28,13 @@ void RuntimeWrap::SettleChunks() {
     }
     Message *rest = last->cq_next.load(std::memory_order_relaxed);
     last->cq_next.store(nullptr, std::memory_order_relaxed);
-    if (chunk_meta_cap_ < count * 3) {
-      size_t cap = std::max<size_t>(kSettleChunk * 3, count * 3);
-      Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, cap * sizeof(int32_t));
-      chunk_meta_ref_ = Napi::Persistent(Napi::Object(Napi::Int32Array::New(env, cap, ab, 0)));
-      chunk_meta_ = static_cast<int32_t *>(ab.Data());
-      chunk_meta_cap_ = cap;
-    }
+    int32_t *metas = chunk_meta_.Reserve(env, count * 3, kSettleChunk * 3);
     size_t base = chunk_slab_.Reserve(env, bytes ? bytes : 1);
     char *dst = chunk_slab_.Data() + base;
     size_t i = 0, off = 0;
     for (Message *m = list; m; i++) {
       Message *next = m->cq_next.load(std::memory_order_relaxed);
-      int32_t *meta = chunk_meta_ + 3 * i;
+      int32_t *meta = metas + 3 * i;
       memcpy(dst + off, m->data(), m->len);
       meta[0] = int32_t(m->id);
       meta[1] = int32_t(base + off);
@@ -50,8 +44,8 @@ void RuntimeWrap::SettleChunks() {
       m = next;
     }
     list = rest;
-    CallJs(on_chunks_, {Napi::Number::New(env, double(count)), chunk_meta_ref_.Value(),
-                        chunk_slab_.Buffer(env)});
+    CallJs(on_chunks_,
+           {Napi::Number::New(env, double(count)), chunk_meta_.Value(), chunk_slab_.Buffer(env)});
     if (env_gone_ || !core_) {
       for (Message *m = list; m;) {  // the environment went away meanwhile
         Message *next = m->cq_next.load(std::memory_order_relaxed);

@@ -13,7 +13,7 @@ import { requestLength } from './request'
 import { fail, pending, Resolve, takeResolve } from './settle'
 import { bufferView } from './view'
 import { MessageHub, MessagesOptions } from './messages'
-import { StreamOptions, streamOptions, StreamReader } from './stream'
+import { deliverChunks, openStream, StreamOptions, StreamReader } from './stream'
 import { latencyBetween, LatencySummary } from './metrics'
 import { TypedEmitter } from './events'
 import { checkKeys, checkPath } from './options'
@@ -393,16 +393,11 @@ export class Runtime extends TypedEmitter<RuntimeEvents> {
    * host-driven plugin's answer is a stream of one chunk.
    */
   stream (req: string | Uint8Array, options?: StreamOptions): AsyncIterableIterator<Buffer> {
-    const { call, hwm } = streamOptions(options)
-    const reader = new StreamReader(hwm)
-    this.#call(req, call, 0, reader).then(body => reader.finish(body), err => reader.fail(err))
-    return reader.iterator()
+    return openStream(req, options, (r, o, reader) => this.#call(r, o, 0, reader))
   }
 
   #chunks (count: number, meta: Int32Array, bodies: ArrayBuffer): void {
-    for (let i = 0, m = 0; i < count; i++, m += 3) {
-      this.#streams[meta[m] as number]?.push(bufferView(bodies, meta[m + 1] as number, meta[m + 2] as number))
-    }
+    deliverChunks(this.#streams, count, meta, bodies)
   }
 
   #call (req: string | Uint8Array, options?: CallOptions, kind = 0, stream?: StreamReader): Promise<Buffer> {

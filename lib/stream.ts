@@ -9,6 +9,7 @@
 import { rangeError, typeError } from './errors'
 import { checkKeys } from './options'
 import type { CallOptions } from './runtime'
+import { bufferView } from './view'
 
 export interface StreamOptions extends CallOptions {
   /** Chunks the plugin may have sent and this reader not yet read (default 16). */
@@ -27,6 +28,25 @@ export function streamOptions (options: StreamOptions | undefined): { call: Call
   if (options.signal !== undefined) call.signal = options.signal
   if (options.timeoutMs !== undefined) call.timeoutMs = options.timeoutMs
   return { call, hwm }
+}
+
+/**
+ * @internal stream() of both runtimes: `call` makes the call whose answer
+ * is streamed, with the reader bound to its slot.
+ */
+export function openStream (req: string | Uint8Array, options: StreamOptions | undefined,
+  call: (req: string | Uint8Array, options: CallOptions | undefined, reader: StreamReader) => Promise<Buffer>): AsyncIterableIterator<Buffer> {
+  const { call: callOptions, hwm } = streamOptions(options)
+  const reader = new StreamReader(hwm)
+  call(req, callOptions, reader).then(body => reader.finish(body), err => reader.fail(err))
+  return reader.iterator()
+}
+
+/** @internal A batch of chunks ([id, offset, length] triples into `bodies`) to their readers. */
+export function deliverChunks (streams: Array<StreamReader | undefined>, count: number, meta: Int32Array, bodies: ArrayBuffer): void {
+  for (let i = 0, m = 0; i < count; i++, m += 3) {
+    streams[meta[m] as number]?.push(bufferView(bodies, meta[m + 1] as number, meta[m + 2] as number))
+  }
 }
 
 /** @internal The native hooks of one stream's slot, while it is the stream's. */
