@@ -6,7 +6,7 @@
 import { createHash } from 'crypto'
 import { constants as bufferConstants } from 'buffer'
 import { binding, C, InitFailure, NativeIdentity, NativeRuntime, NativeStats, NativeUnloadInfo } from './binding'
-import { callSites, DlhostError, fromNative, pluginError, rangeError, typeError, withCallSite } from './errors'
+import { asDlhostError, callSites, DlhostError, fromNative, pluginError, rangeError, typeError, withCallSite } from './errors'
 import { forgetIdentity, KnownContent, Library, LibraryRow, LibraryVersion, open, rowOf } from './library'
 import { onAbort } from './events'
 import { requestLength } from './request'
@@ -165,6 +165,24 @@ export function callSignal (options: CallOptions | undefined): AbortSignal | und
   return signal
 }
 
+/** One callBatch(): its results in order, settled once the last item is. */
+class Batch {
+  results: Array<Buffer | DlhostError>
+  pending: number
+  promise: Promise<Array<Buffer | DlhostError>>
+  #resolve!: (r: Array<Buffer | DlhostError>) => void
+  constructor (n: number) {
+    this.results = new Array(n)
+    this.pending = n
+    this.promise = new Promise(resolve => { this.#resolve = resolve })
+  }
+
+  put (i: number, v: Buffer | DlhostError): void {
+    this.results[i] = v
+    if (--this.pending === 0) this.#resolve(this.results)
+  }
+}
+
 /** Runtime's events: 'message' for each dlhost_emit of the plugin (Level 5). */
 export interface RuntimeEvents {
   message: [Buffer]
@@ -218,6 +236,9 @@ export class Runtime extends TypedEmitter<RuntimeEvents> {
   #hist: Float64Array | null = null
   // Streams by slot, while the slot is theirs.
   #streams: Array<StreamReader | undefined> = []
+  // callBatch() items by slot: their batch and their place in it.
+  #batchOf: Array<Batch | undefined> = []
+  #batchIdx: number[] = []
 
   /** @internal use load() */
   constructor (lib: Library, abi: Abi, cfg: Buffer, key: string, maxQueue: number, unloadTimeoutMs: number, metrics = true) {
@@ -287,24 +308,22 @@ export class Runtime extends TypedEmitter<RuntimeEvents> {
       if (this.#streams[id] !== undefined) { this.#streams[id]?.bind(null); this.#streams[id] = undefined }
       this.#freeSlot(id)
       if (this.#abandoned.size > 0 && this.#abandoned.delete(id)) this.#late++
-      if (len === ABORTED_LEN) {
-        this.#failed++
-        fail(res, new DlhostError('ERR_ABORTED', 'the plugin never answered this call before its threads exited', { path: this.path }))
-        continue
+      let err: DlhostError | undefined
+      let body: Buffer = EMPTY
+      if (len === ABORTED_LEN) err = new DlhostError('ERR_ABORTED', 'the plugin never answered this call before its threads exited', { path: this.path })
+      else if (off === TOO_LARGE_OFFSET) err = new DlhostError('ERR_RESPONSE_TOO_LARGE', `the plugin's answer is longer than a Buffer can be (${bufferConstants.MAX_LENGTH} bytes)`, { path: this.path, rc })
+      else {
+        body = off === BIG_OFFSET ? (bigs?.[i] ?? EMPTY) : len === 0 ? EMPTY : bufferView(bodies as ArrayBuffer, off, len)
+        if (rc !== 0) err = pluginError(this.path, rc, body)
       }
-      if (off === TOO_LARGE_OFFSET) {
-        this.#failed++
-        fail(res, new DlhostError('ERR_RESPONSE_TOO_LARGE', `the plugin's answer is longer than a Buffer can be (${bufferConstants.MAX_LENGTH} bytes)`, { path: this.path, rc }))
-        continue
-      }
-      const body = off === BIG_OFFSET ? (bigs?.[i] ?? EMPTY) : len === 0 ? EMPTY : bufferView(bodies as ArrayBuffer, off, len)
-      if (rc === 0) {
-        this.#completed++
-        res?.(body)
-      } else {
-        this.#failed++
-        fail(res, pluginError(this.path, rc, body))
-      }
+      if (err === undefined) this.#completed++
+      else this.#failed++
+      const b = this.#batchOf[id]
+      if (b !== undefined) {
+        this.#batchOf[id] = undefined
+        b.put(this.#batchIdx[id] as number, err ?? body)
+      } else if (err === undefined) res?.(body)
+      else fail(res, err)
     }
   }
 
@@ -357,7 +376,11 @@ export class Runtime extends TypedEmitter<RuntimeEvents> {
       this.#res[id] = undefined
       if (this.#streams[id] !== undefined) { this.#streams[id]?.bind(null); this.#streams[id] = undefined }
       this.#freeSlot(id)
-      fail(res, err) // never answered: not counted as failed
+      const b = this.#batchOf[id]
+      if (b !== undefined) {
+        this.#batchOf[id] = undefined
+        b.put(this.#batchIdx[id] as number, asDlhostError(err, this.path))
+      } else fail(res, err) // never answered: not counted as failed
     }
   }
 
@@ -385,6 +408,113 @@ export class Runtime extends TypedEmitter<RuntimeEvents> {
    */
   stateStep (kind: number, bytes: Uint8Array = EMPTY): Promise<Buffer> {
     return this.#call(bytes, undefined, kind)
+  }
+
+  /**
+   * Sends many requests as one batch (docs/batch.md): they go to the plugin
+   * as ordinary calls, in order, submitted together; one promise settles
+   * with every result in order, each a Buffer or the DlhostError of that
+   * item (one failing item does not fail the batch). A batch larger than
+   * the free room under maxQueue is refused whole (ERR_QUEUE_FULL), never
+   * sent in part. `signal` / `timeoutMs` give up on the whole batch (its
+   * items' answers are then dropped and counted, as for call()).
+   */
+  callBatch (reqs: ReadonlyArray<string | Uint8Array>, options?: CallOptions): Promise<Array<Buffer | DlhostError>> {
+    return callSites ? withCallSite(this.#callBatch(reqs, options), this.callBatch) : this.#callBatch(reqs, options)
+  }
+
+  #callBatch (reqs: ReadonlyArray<string | Uint8Array>, options?: CallOptions): Promise<Array<Buffer | DlhostError>> {
+    let signal: AbortSignal | undefined
+    let timeoutMs: number | undefined
+    let lens: number[]
+    try {
+      if (!Array.isArray(reqs)) throw typeError('callBatch(requests): requests must be an array of strings and/or Uint8Arrays')
+      lens = reqs.map(r => requestLength(r))
+      signal = callSignal(options)
+      timeoutMs = callTimeout(options)
+    } catch (err) { return Promise.reject(err) }
+    if (this.#state !== 'running') return Promise.reject(new DlhostError('ERR_RUNTIME_UNLOADED', 'the runtime is unloaded', { path: this.path }))
+    if (signal?.aborted === true) return Promise.reject(new DlhostError('ERR_ABORTED', 'the call was aborted', { path: this.path, cause: signal.reason }))
+    const n = reqs.length
+    if (n === 0) return Promise.resolve([])
+    const counters = this.#counters
+    if (counters[0] + n > this.#maxQueue) {
+      return Promise.reject(new DlhostError('ERR_QUEUE_FULL', `a batch of ${n} does not fit under maxQueue (${this.#maxQueue - counters[0]} free): split it`, { path: this.path }))
+    }
+    const b = new Batch(n)
+    const ids: number[] = new Array(n)
+    for (let i = 0; i < n; i++) {
+      if (this.#freeCount === 0) {
+        try { this.#grow() } catch (err) { b.put(i, asDlhostError(fromNative(err, this.path), this.path)); continue }
+      }
+      const id = this.#free[this.#freeHead]
+      if (++this.#freeHead === this.#free.length) this.#freeHead = 0
+      this.#freeCount--
+      counters[0]++
+      let len: number
+      try {
+        len = this.#write(id, reqs[i] as string | Uint8Array, lens[i] as number)
+      } catch (err) {
+        this.#freeSlot(id)
+        b.put(i, asDlhostError(fromNative(err, this.path), this.path))
+        continue
+      }
+      this.#batchOf[id] = b
+      this.#batchIdx[id] = i
+      ids[i] = id
+      const k = this.#stagedCount++
+      this.#staged[2 * k] = id
+      this.#staged[2 * k + 1] = len
+      if (k + 1 === FLUSH_AT) this.#submitStaged()
+    }
+    this.#submitStaged() // the whole batch is here: no reason to wait for the end of the turn
+    if (signal === undefined && timeoutMs === undefined) return b.promise
+    return this.#guardBatch(b, ids, signal, timeoutMs)
+  }
+
+  /** callBatch()'s signal and timeout: the whole batch is given up on. */
+  #guardBatch (b: Batch, ids: number[], signal: AbortSignal | undefined, timeoutMs: number | undefined): Promise<Array<Buffer | DlhostError>> {
+    return new Promise((resolve, reject) => {
+      let timer: NodeJS.Timeout | undefined
+      let stop: (() => void) | undefined
+      const done = (): void => {
+        if (timer !== undefined) clearTimeout(timer)
+        stop?.()
+      }
+      const giveUp = (err: DlhostError): void => {
+        done()
+        for (const id of ids) {
+          if (id === undefined || this.#batchOf[id] !== b) continue
+          this.#abandoned.add(id)
+          this.#native.cancel(id)
+        }
+        reject(err)
+      }
+      if (timeoutMs !== undefined) timer = setTimeout(() => { this.#timeouts++; giveUp(new DlhostError('ERR_TIMEOUT', `no answer within ${timeoutMs} ms`, { path: this.path })) }, timeoutMs)
+      if (signal !== undefined) stop = onAbort(signal, () => giveUp(new DlhostError('ERR_ABORTED', 'the call was aborted', { path: this.path, cause: signal.reason })))
+      b.promise.then(v => { done(); resolve(v) }, e => { done(); reject(e) })
+    })
+  }
+
+  /**
+   * The one copy of a request into its slot, now (the caller may reuse its
+   * buffer as soon as call() returns): small ones into the slot's inline
+   * bytes (NUL after them), others to setBig(). The staged length, -1 for a
+   * big one. Throws what setBig() throws.
+   */
+  #write (id: number, req: string | Uint8Array, n: number): number {
+    let len = -1
+    const area = this.#areas[id >>> CHUNK_BITS] as Buffer
+    const off = (id & (CHUNK - 1)) * STRIDE
+    if (n < 0) {
+      if ((req as string).length <= INLINE / 3) len = area.write(req as string, off, 'utf8')
+    } else if (n <= INLINE) {
+      area.set(req as Uint8Array, off) // copies the intrinsic length, n
+      len = n
+    }
+    if (len >= 0) area[off + len] = 0
+    else this.#native.setBig(id, req)
+    return len
   }
 
   /**
@@ -425,20 +555,9 @@ export class Runtime extends TypedEmitter<RuntimeEvents> {
     if (++this.#freeHead === this.#free.length) this.#freeHead = 0
     this.#freeCount--
     counters[0]++
-    // The one copy of the request, now (the caller may reuse its buffer as
-    // soon as call() returns): small ones into the slot's inline bytes.
-    let len = -1
+    let len: number
     try {
-      const area = this.#areas[id >>> CHUNK_BITS]
-      const off = (id & (CHUNK - 1)) * STRIDE
-      if (n < 0) {
-        if ((req as string).length <= INLINE / 3) len = area.write(req as string, off, 'utf8')
-      } else if (n <= INLINE) {
-        area.set(req as Uint8Array, off) // copies the intrinsic length, n
-        len = n
-      }
-      if (len >= 0) area[off + len] = 0
-      else this.#native.setBig(id, req)
+      len = this.#write(id, req, n)
       if (kind !== 0) this.#native.setKind(id, kind)
       if (stream !== undefined) {
         this.#native.setStream(id, stream.hwm)

@@ -27,14 +27,14 @@ const opt = (name, dflt) => {
   return a === undefined ? dflt : a.slice(name.length + 3)
 }
 if (flag('help') || flag('h')) {
-  process.stdout.write('usage: node bench/run.js [--json] [--quick] [--only=seq,pipe,sync,eff,spin,spin1,reload,storm,memory,isolate,loader,twoway,rollout] [--rounds=N]\n')
+  process.stdout.write('usage: node bench/run.js [--json] [--quick] [--only=seq,pipe,sync,eff,spin,spin1,reload,storm,memory,isolate,loader,twoway,rollout,batch] [--rounds=N]\n')
   process.exit(0)
 }
 const JSON_OUT = flag('json')
 const QUICK = flag('quick')
 const ROUNDS = Number(opt('rounds', QUICK ? 3 : 5))
 // --quick leaves out spin1 (the one-CPU spin study), so that it stays under a minute.
-const ONLY = new Set(String(opt('only', QUICK ? 'seq,pipe,sync,eff,spin,reload,storm,memory,isolate,loader,twoway,rollout' : 'seq,pipe,sync,eff,spin,spin1,reload,storm,memory,isolate,loader,twoway,rollout')).split(','))
+const ONLY = new Set(String(opt('only', QUICK ? 'seq,pipe,sync,eff,spin,reload,storm,memory,isolate,loader,twoway,rollout,batch' : 'seq,pipe,sync,eff,spin,spin1,reload,storm,memory,isolate,loader,twoway,rollout,batch')).split(','))
 const NO_IDLE = flag('no-idle')
 const ROUND_MS = QUICK ? 150 : 300 // one round of one subject
 const SWAPS = QUICK ? 10 : 20 // reloads per strategy

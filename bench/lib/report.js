@@ -47,6 +47,8 @@ function targets (r) {
     const busy = tw.pause.find(x => x.inFlight > 0)
     add('reload pause with a 1 MiB state, beyond the drain (64 in flight)', busy.handoverMsMedian, 'ms', '≤ 1', busy.handoverMsMedian <= 1)
   }
+  const bt = r.batch?.find(x => x.name.startsWith('callBatch'))
+  if (bt) add('callBatch(256) items/s, × pipelined call() at 1024', bt.vsCall, '×', '≥ 3', bt.vsCall >= 3)
   const ro = r.rollout
   if (ro) {
     add('pipelined 1024 via Plugin, metrics on ÷ off', ro.recordingOnOverOff.plugin * 100, '%', '≥ 97', ro.recordingOnOverOff.plugin >= 0.97)
@@ -109,6 +111,11 @@ function render (r) {
     out.push(table('   reload with a state hand-over (1 MiB; calls held from the old version\'s drain to the new one\'s import)',
       ['calls in flight', 'pause ms', 'of it drain ms', 'hand-over ms', 'reload ms', 'swaps', 'failed calls'],
       tw.pause.map(x => [x.inFlight, fmt(x.pauseMsMedian, 3), fmt(x.drainMsMedian, 3), fmt(x.handoverMsMedian, 3), fmt(x.reloadMsMedian, 3), x.swaps, x.failedCalls])))
+  }
+  if (r.batch) {
+    out.push(table('11. callBatch: items per second (64 B echo, host-driven)',
+      ['subject', 'items/s', '× call()', '× Promise.resolve', 'rounds'],
+      r.batch.map(x => [x.name, big(x.itemsPerSec), fmt(x.vsCall), fmt(x.vsCeiling), x.roundItemsPerSec.map(big).join(' | ')])))
   }
   if (r.rollout) {
     const ro = r.rollout

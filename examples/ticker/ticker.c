@@ -26,25 +26,29 @@
 
 #include "dlhost.h"
 
-static dlhost_queue *queue;
-static long period_ms;
-static atomic_long sent, refused;
-static atomic_int stopping;
-static pthread_t tick_thread;
-static int ticking;
+/* One per runtime (a library may run as several runtimes, which share its
+ * globals): made by dlhost_init, freed by the poll thread once it is done. */
+struct ticker {
+    dlhost_queue *q;
+    long period_ms;
+    atomic_long sent, refused;
+    atomic_int stopping;
+    pthread_t tick_thread;
+    int ticking;
+};
 
 static void *tick(void *arg)
 {
-    (void)arg;
+    struct ticker *tk = arg;
     char msg[64];
-    for (long n = 1; !atomic_load(&stopping); n++) {
-        struct timespec ts = { period_ms / 1000, (period_ms % 1000) * 1000000L };
+    for (long n = 1; !atomic_load(&tk->stopping); n++) {
+        struct timespec ts = { tk->period_ms / 1000, (tk->period_ms % 1000) * 1000000L };
         nanosleep(&ts, NULL);
         int len = snprintf(msg, sizeof msg, "tick %ld", n);
-        int rc = dlhost_emit(queue, msg, (size_t)len);
-        if (rc == DLHOST_OK) atomic_fetch_add(&sent, 1);
+        int rc = dlhost_emit(tk->q, msg, (size_t)len);
+        if (rc == DLHOST_OK) atomic_fetch_add(&tk->sent, 1);
         else if (rc == DLHOST_ECLOSED) break;
-        else atomic_fetch_add(&refused, 1); /* JS is behind: drop this tick */
+        else atomic_fetch_add(&tk->refused, 1); /* JS is behind: drop this tick */
     }
     return NULL;
 }
@@ -72,10 +76,10 @@ static void stream_file(dlhost_task *t, const char *path)
 
 static void *poll_loop(void *arg)
 {
-    (void)arg;
+    struct ticker *tk = arg;
     dlhost_task *t;
     char path[4096];
-    while ((t = dlhost_task_poll(queue)) != NULL) {
+    while ((t = dlhost_task_poll(tk->q)) != NULL) {
         size_t len;
         const char *req = dlhost_task_request(t, &len);
         if (len > 5 && len - 5 < sizeof path && memcmp(req, "file:", 5) == 0) {
@@ -84,15 +88,16 @@ static void *poll_loop(void *arg)
             stream_file(t, path);
         } else if (len == 5 && memcmp(req, "ticks", 5) == 0) {
             char out[64];
-            int n = snprintf(out, sizeof out, "%ld %ld", atomic_load(&sent), atomic_load(&refused));
+            int n = snprintf(out, sizeof out, "%ld %ld", atomic_load(&tk->sent), atomic_load(&tk->refused));
             dlhost_task_respond(t, 0, strdup(out), (size_t)n);
         } else {
             dlhost_task_respond(t, 1, NULL, 0);
         }
     }
     /* The end: stop the ticker before the library goes. */
-    atomic_store(&stopping, 1);
-    if (ticking) pthread_join(tick_thread, NULL);
+    atomic_store(&tk->stopping, 1);
+    if (tk->ticking) pthread_join(tk->tick_thread, NULL);
+    free(tk);
     return NULL;
 }
 
@@ -100,12 +105,20 @@ int dlhost_init(const char *cfg, size_t cfg_len, dlhost_queue *q)
 {
     if (dlhost_abi_version() < DLHOST_ABI_VERSION) return 2; /* needs dlhost_emit */
     (void)cfg_len;
-    queue = q;
-    period_ms = atol(cfg);
-    atomic_store(&stopping, 0);
+    struct ticker *tk = calloc(1, sizeof *tk);
+    if (!tk) return 12;
+    tk->q = q;
+    tk->period_ms = atol(cfg);
+    /* The ticker first: the poll thread, which frees tk at the end, must
+     * find it complete. */
+    if (tk->period_ms > 0) tk->ticking = pthread_create(&tk->tick_thread, NULL, tick, tk) == 0;
     pthread_t poller;
-    if (pthread_create(&poller, NULL, poll_loop, NULL) != 0) return 11;
+    if (pthread_create(&poller, NULL, poll_loop, tk) != 0) {
+        atomic_store(&tk->stopping, 1);
+        if (tk->ticking) pthread_join(tk->tick_thread, NULL);
+        free(tk);
+        return 11;
+    }
     pthread_detach(poller);
-    if (period_ms > 0) ticking = pthread_create(&tick_thread, NULL, tick, NULL) == 0;
     return 0;
 }

@@ -12,7 +12,7 @@ import { ChildProcess } from 'child_process'
 import fs from 'fs'
 import { binding, C, NativeUnloadInfo } from '../binding'
 import { parseElf } from '../elf'
-import { callSites, DlhostError, errnoError, pluginError, withCallSite } from '../errors'
+import { asDlhostError, callSites, DlhostError, errnoError, pluginError, typeError, withCallSite } from '../errors'
 import { emitSafely, onAbort, TypedEmitter } from '../events'
 import { MessageHub, MessagesOptions } from '../messages'
 import { deliverChunks, openStream, StreamOptions, StreamReader } from '../stream'
@@ -385,6 +385,22 @@ export class IsolatedRuntime extends TypedEmitter<IsolatedRuntimeEvents> {
     if (ch === null || !(kind === 0 && hwm === 0 ? ch.send(id, req) : ch.send(id, req, kind, hwm))) {
       fail(this.#release(id), new DlhostError('ERR_QUEUE_FULL', 'the channel to the isolated plugin is full', { path: this.path }))
     }
+  }
+
+  /**
+   * Many requests in one promise (see Runtime.callBatch): each item is an
+   * ordinary call over the channel, published together; its result is a
+   * Buffer or that item's DlhostError. Refused whole (ERR_QUEUE_FULL) when
+   * it does not fit under maxQueue.
+   */
+  async callBatch (reqs: ReadonlyArray<string | Uint8Array>, options?: CallOptions): Promise<Array<Buffer | DlhostError>> {
+    if (!Array.isArray(reqs)) throw typeError('callBatch(requests): requests must be an array of strings and/or Uint8Arrays')
+    for (const r of reqs) requestLength(r)
+    if (this.#state === 'crash-loop') throw new DlhostError('ERR_CRASH_LOOP', `the isolated plugin is in a crash loop: ${this.path}`, { path: this.path })
+    if (this.#state === 'unloading' || this.#state === 'unloaded') throw new DlhostError('ERR_RUNTIME_UNLOADED', 'the runtime is unloaded', { path: this.path })
+    if (this.#inFlight + reqs.length > this.#o.maxQueue) throw new DlhostError('ERR_QUEUE_FULL', `a batch of ${reqs.length} does not fit under maxQueue (${this.#o.maxQueue - this.#inFlight} free): split it`, { path: this.path })
+    const settle = (p: Promise<Buffer>): Promise<Buffer | DlhostError> => p.catch((err: unknown) => asDlhostError(err, this.path))
+    return await Promise.all(reqs.map(r => settle(this.#call(r, options))))
   }
 
   /** Sends one request to the child; resolves with the plugin's response. */

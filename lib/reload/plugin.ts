@@ -712,6 +712,28 @@ export class Plugin extends TypedEmitter<PluginEvents> {
     }
   }
 
+  /**
+   * Runtime.callBatch() on the version serving when it starts (held like a
+   * call during a hand-over). While a canary runs, batches go to the stable
+   * version: canary analysis weighs single calls.
+   */
+  async callBatch (reqs: ReadonlyArray<string | Uint8Array>, options?: CallOptions): Promise<Array<Buffer | DlhostError>> {
+    if (this.#closing !== null) throw new DlhostError('ERR_CLOSED', 'the plugin is closed', { path: this.path })
+    if (this.#held !== null) await new Promise<void>(resolve => this.#streamWaiters.push(resolve))
+    const v = this.#canary?.stable ?? this.#current
+    v.inFlight++
+    try {
+      const out = await v.runtime.callBatch(reqs, options)
+      for (const r of out) {
+        if (r instanceof DlhostError) v.counts.settled(r)
+        else v.counts.ok++
+      }
+      return out
+    } finally {
+      if (--v.inFlight === 0 && v.idle !== null) v.idle()
+    }
+  }
+
   // Streams asked for while calls are held: they start once the calls flow.
   #streamWaiters: Array<() => void> = []
 

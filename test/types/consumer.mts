@@ -17,6 +17,8 @@ export async function use (so: string): Promise<void> {
   rt.on('message', (m: Buffer) => { console.log(m.length) })
   for await (const m of rt.messages({ highWaterMark: 64 })) { console.log(m.byteLength); break }
   for await (const chunk of rt.stream('big', { highWaterMark: 8, timeoutMs: 1000 })) console.log(chunk.length)
+  const batch: Array<Buffer | DlhostError> = await rt.callBatch(['a', new Uint8Array(2)], { timeoutMs: 100 })
+  for (const r of batch) if (r instanceof DlhostError) console.log(r.code)
   const refused: number = rt.stats.messagesRefused
   console.log(refused)
   // @ts-expect-error a message is a Buffer
@@ -36,6 +38,11 @@ export async function use (so: string): Promise<void> {
   p.on('message', (m, { seq }) => { const n: number = seq; console.log(m.length, n) })
   p.on('reload', (ev) => { const pause: number | undefined = ev.state?.pauseMs; console.log(pause) })
   const state: Buffer = await p.exportState()
+  p.on('rollback', ev => { const rate: number = ev.canary.errorRate; console.log(rate, ev.reason) })
+  const m = p.metrics()[0]
+  console.log(m?.window.latency.p99Ms, m?.life.service.p50Ms)
+  await reloadable(so, null, { rollout: { canary: 0.1, minCalls: 500, retry: true } })
+  await p.call('x', { key: 'user-1' })
   await reloadable(so, null, { initialState: state, stateRejected: 'fresh' })
   // @ts-expect-error stateRejected takes 'rollback' or 'fresh'
   await reloadable(so, null, { stateRejected: 'keep' })
