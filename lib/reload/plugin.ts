@@ -956,15 +956,20 @@ export class Plugin extends TypedEmitter<PluginEvents> {
     const toCanary = key !== undefined ? keyPoint(key) < c.rollout.canary : countGoesToCanary(this.#routed++, c.rollout.canary)
     if (!toCanary) return this.#dispatch(c.stable, req, opts)
     const p = this.#dispatch(c.v, req, opts)
+    // Counted from the version's own counts (settled before this runs), so
+    // the window holds exactly the calls the decision weighs.
     const counted = (): void => {
-      const n = ++c.calls
-      if (n === c.warmup) {
+      const n = settledCount(c.v.counts) - c.startCount
+      c.calls = n
+      if (c.windowAt < 0) {
+        if (n < c.warmup) return
         // The window starts after the canary's cold start (lazy binding,
         // first page faults, a poll thread getting a core).
         c.canaryBase = snapshot(c.v.counts, c.v.runtime.histogram)
         c.stableBase = snapshot(c.stable.counts, c.stable.runtime.histogram)
+        c.windowAt = n
       }
-      if (n === c.warmup + c.rollout.minCalls) void this.#decide(c, 'metrics', null)
+      if (n - c.windowAt >= c.rollout.minCalls) void this.#decide(c, 'metrics', null)
     }
     if (!c.rollout.retry) return p.finally(counted)
     // retry: a failed canary call goes once to the version serving then.
@@ -979,6 +984,8 @@ export class Plugin extends TypedEmitter<PluginEvents> {
         stable,
         rollout,
         calls: 0,
+        startCount: settledCount(next.counts),
+        windowAt: -1,
         warmup: Math.min(100, Math.ceil(rollout.minCalls / 10)),
         deciding: false,
         canaryBase: snapshot(next.counts, next.runtime.histogram),
@@ -1098,6 +1105,10 @@ const round2 = (ms: number): number => Math.round(ms * 100) / 100
 
 const ABI_NUMBERS: Record<Abi, number> = { host: C.ABI_HOST, native: C.ABI_NATIVE, 'lua-resty-ffi': C.ABI_LUA }
 
+function settledCount (c: Counts): number {
+  return c.ok + c.plugin + c.crash + c.timeout + c.other
+}
+
 function cannotCanary (path: string, reason: string): DlhostError {
   return new DlhostError('ERR_CANNOT_COEXIST', `a canary reload (rollout) needs two versions side by side, and ${reason}: ${path}`, { path, reason })
 }
@@ -1109,6 +1120,9 @@ interface Canary {
   rollout: Rollout
   /** Canary calls settled. */
   calls: number
+  /** The canary's settled count when it began, and (after the warm-up) when the window began (-1 before). */
+  startCount: number
+  windowAt: number
   /** Canary calls before the window starts (its cold start is not judged). */
   warmup: number
   deciding: boolean
