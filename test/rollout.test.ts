@@ -147,8 +147,8 @@ for (const isolate of [false, 'process'] as Isolate[]) {
   // (a sleeping thread woken late: up to a few ms when tap runs files side
   // by side), so the bar is 1.5x here: the rule is what is tested, not
   // this VM's scheduler.
-    const { plugin, put } = await open(t, 'base', { isolate, rollout: { canary: 0.5, minCalls: 100, maxLatencyRatio: 1.5 } })
-    const l = load(plugin, 2)
+    const { plugin, put } = await open(t, 'base', { isolate, rollout: { canary: 0.5, minCalls: 300, maxLatencyRatio: 1.5 } })
+    const l = load(plugin, 4)
     for (let i = 0; i < 10; i++) await plugin.call('warm')
     put('slow')
     const ev = new Promise<RolloutEvent | string>(resolve => { plugin.once('rollback', resolve); plugin.once('promote', e => resolve(`promoted: ${e.reason}`)) })
