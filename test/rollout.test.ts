@@ -143,10 +143,11 @@ for (const isolate of [false, 'process'] as Isolate[]) {
 
 for (const isolate of [false, 'process'] as Isolate[]) {
   t.test(`a build three times slower is rolled back for latency${isolate !== false ? ' (isolated: service times from the child)' : ''}`, async t => {
-  // 5 ms against 15 ms a call. The p99 is the tail of a busy machine too
-  // (a sleeping thread woken late: up to a few ms when tap runs files side
-  // by side), so the bar is 1.5x here: the rule is what is tested, not
-  // this VM's scheduler.
+  // 5,000 against 15,000 units of CPU work a call (about 1.3 against 3.6
+  // ms here): time-slicing on a busy machine slows both alike, where a
+  // sleep is woken late by the same few ms in both. The p99 is a tail all
+  // the same, so the bar is 1.5x and the p99 is the 3rd-worst of 300: the
+  // rule is what is tested, not this VM's scheduler.
     const { plugin, put } = await open(t, 'base', { isolate, rollout: { canary: 0.5, minCalls: 300, maxLatencyRatio: 1.5 } })
     const l = load(plugin, 4)
     for (let i = 0; i < 10; i++) await plugin.call('warm')
@@ -166,7 +167,7 @@ t.test('maxMs decides with the calls there are; rollout events reach diagnostics
   const sub = (m: unknown): void => { events.push(m as { kind: string }) }
   diagnostics.subscribe('dlhost:rollout', sub)
   t.teardown(() => diagnostics.unsubscribe('dlhost:rollout', sub))
-  const { plugin, put } = await open(t, 'v1', { rollout: { canary: 0.5, minCalls: 1e9, maxMs: 100 } })
+  const { plugin, put } = await open(t, 'v1', { rollout: { canary: 0.5, minCalls: 1e9, maxMs: 1500 } })
   for (let i = 0; i < 50; i++) await plugin.call('x')
   put('v2')
   const ev = once<RolloutEvent>(plugin, 'promote')
