@@ -345,6 +345,7 @@ class TaskQueue {
       return Push::Closed;
     }
     bool ok = (max_ == ring_.capacity() || ring_.size_approx() < max_) && ring_.try_push(t);
+    if (ok) arrived(1);
     if (!leave() && ok) parker_.notify_one();
     return ok ? Push::Ok : Push::Full;
   }
@@ -368,6 +369,7 @@ class TaskQueue {
     }
     size_t k = 0;
     while (k < n && k < room && ring_.try_push(items[k])) ++k;
+    if (k) arrived(k);
     if (!leave() && k) parker_.notify_one();
     return k;
   }
@@ -385,7 +387,10 @@ class TaskQueue {
   T *pop() noexcept {
     T *v;
     if (poll(v)) return v;
-    if (spin(v)) return v;
+    if (park_at_once())
+      parked_at_once_.fetch_add(1, std::memory_order_relaxed);
+    else if (spin(v))
+      return v;
     for (;;) {
       uint32_t key = parker_.prepare_wait();
       if (poll(v)) {
@@ -427,8 +432,18 @@ class TaskQueue {
   bool closed() const noexcept { return closed_.load(std::memory_order_acquire); }
   size_t max_queue() const noexcept { return max_; }
 
-  // Any thread; consumers read it at the start of each spin.
-  void set_spin_ns(uint64_t ns) noexcept { spin_ns_.store(ns, std::memory_order_relaxed); }
+  // Any thread; consumers read it at the start of each spin. Setting it
+  // turns the adaptive rule off: the budget is spent on every wait.
+  void set_spin_ns(uint64_t ns) noexcept {
+    spin_ns_.store(ns, std::memory_order_relaxed);
+    adaptive_.store(false, std::memory_order_relaxed);
+  }
+  // The estimate of recent gaps between arrivals (ns): the adaptive rule's input.
+  uint64_t gap_ns() const noexcept { return gap_ns_.load(std::memory_order_relaxed); }
+  // Waits that skipped the spin (the adaptive rule said park at once).
+  uint64_t parked_at_once() const noexcept {
+    return parked_at_once_.load(std::memory_order_relaxed);
+  }
   uint64_t spin_ns() const noexcept { return spin_ns_.load(std::memory_order_relaxed); }
 
  private:
@@ -471,6 +486,30 @@ class TaskQueue {
     return true;
   }
 
+  // Adaptive spinning (the idea of glibc's adaptive mutexes and of Go's
+  // scheduler): producers keep an EWMA of the gaps between their pushes
+  // (one clock read per push or batch). When tasks have been arriving
+  // further apart than the spin budget, a waiting consumer would only burn
+  // the budget: it parks at once. Measured at the producer, the estimate
+  // never includes a parked consumer's own wake-ups. A gap counts at most
+  // 4 budgets, so a burst after a quiet spell spins again within a few
+  // pushes. Relaxed and racy across producers on purpose: a hint only.
+  // n tasks arrived now: the gap since the last arrival is shared by them.
+  void arrived(size_t n) noexcept {
+    uint64_t now = monotonic_ns();
+    uint64_t last = last_push_.exchange(now, std::memory_order_relaxed);
+    if (!last || now < last) return;
+    uint64_t cap = 4 * spin_ns_.load(std::memory_order_relaxed);
+    uint64_t per = (now - last) / n;
+    uint64_t gap = per < cap ? per : cap;
+    uint64_t e = gap_ns_.load(std::memory_order_relaxed);
+    gap_ns_.store(e - e / 4 + gap / 4, std::memory_order_relaxed);
+  }
+  bool park_at_once() const noexcept {
+    return adaptive_.load(std::memory_order_relaxed) &&
+           gap_ns_.load(std::memory_order_relaxed) > spin_ns_.load(std::memory_order_relaxed);
+  }
+
   // Spin up to spin_ns; the clock (vDSO, ~25 ns) is read every 16 pauses
   // (under 1 us), so the budget is kept to within a microsecond.
   bool spin(T *&v) noexcept {
@@ -506,6 +545,11 @@ class TaskQueue {
   alignas(kCacheLine) std::atomic<bool> closed_{false};
   std::atomic<bool> drained_{false};
   std::atomic<uint64_t> spin_ns_;
+  std::atomic<bool> adaptive_{true};
+  // Written by producers at each push: their own line.
+  alignas(kCacheLine) std::atomic<uint64_t> last_push_{0};
+  std::atomic<uint64_t> gap_ns_{0};
+  alignas(kCacheLine) std::atomic<uint64_t> parked_at_once_{0};
 };
 
 // ----------------------------------------------------------- CompletionQueue

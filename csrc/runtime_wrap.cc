@@ -282,6 +282,8 @@ Napi::Value RuntimeWrap::Stats(const Napi::CallbackInfo &info) {
   o.Set("misuse", core_ ? double(core_->misuse.load()) : double(final_misuse_));
   o.Set("aborted", core_ ? double(core_->aborted.load()) : double(final_aborted_));
   o.Set("pollers", core_ ? double(core_->Pollers()) : 0.0);
+  o.Set("callGapNs", core_ ? double(core_->requests.gap_ns()) : 0.0);
+  o.Set("parksAtOnce", core_ ? double(core_->requests.parked_at_once()) : 0.0);
   o.Set("messagesRefused", core_ ? double(core_->messages.Refused()) : double(final_refused_));
   return o;
 }

@@ -120,6 +120,10 @@ export interface NativeStats {
   pollers: number
   /** dlhost_emit calls refused (the queue was full, or the runtime had ended). */
   messagesRefused: number
+  /** The estimate of recent gaps between submitted batches (adaptive spinning). */
+  callGapNs: number
+  /** Poll-thread waits that parked at once, skipping the spin. */
+  parksAtOnce: number
 }
 
 /** One runtime: request queue, poll thread(s), completion doorbell. */

@@ -101,6 +101,15 @@ export interface RuntimeStats {
   timeouts: number
   /** Submit-to-settle latencies over the runtime's life (all zero with metrics: false). */
   latency: LatencySummary
+  /**
+   * The estimate (an EWMA, ns) of recent gaps between calls reaching the
+   * plugin's queue. Above the poller spin budget (50 us) a waiting poll
+   * thread parks at once instead of spinning (adaptive spinning;
+   * setSpin() turns it off).
+   */
+  callGapNs: number
+  /** Poll-thread waits that parked at once, skipping the spin (the adaptive rule at work). */
+  parksAtOnce: number
   /** dlhost_emit calls refused: the message queue was full (JS not keeping up), or the runtime had ended. */
   messagesRefused: number
   version: LibraryVersion
@@ -663,7 +672,7 @@ export class Runtime extends TypedEmitter<RuntimeEvents> {
 
   get stats (): RuntimeStats {
     const s: NativeStats = this.#native.stats()
-    return { queued: s.queued + this.#stagedCount, inFlight: this.#counters[0], completed: this.#completed, failed: this.#failed, misuse: s.misuse, late: this.#late, messages: this.#messageCount, messagesRefused: s.messagesRefused, timeouts: this.#timeouts, latency: latencyBetween(this.#hist, null), version: this.#version }
+    return { queued: s.queued + this.#stagedCount, inFlight: this.#counters[0], completed: this.#completed, failed: this.#failed, misuse: s.misuse, late: this.#late, messages: this.#messageCount, messagesRefused: s.messagesRefused, timeouts: this.#timeouts, latency: latencyBetween(this.#hist, null), callGapNs: s.callGapNs, parksAtOnce: s.parksAtOnce, version: this.#version }
   }
 
   /** @internal The live latency histogram (csrc/histogram.h), or null with metrics: false. */

@@ -1,0 +1,63 @@
+// Adaptive spinning (csrc/queue.h): when calls have been arriving further
+// apart than the poller spin budget, a waiting poll thread parks at once
+// instead of spinning the budget out; calls back to back bring the spinning
+// back. Behaviour, not timing: the poll thread's own CPU (schedstat) and the
+// arrival-gap estimate (stats.callGapNs).
+import t from 'tap'
+import fs from 'fs'
+import path from 'path'
+import { load, type Runtime } from '../lib/index'
+import { examples } from './lib/helpers'
+
+const BUDGET = 50000 // the default poller spin, ns
+const tids = (): Set<string> => new Set(fs.readdirSync('/proc/self/task'))
+const cpuOf = (ids: string[]): number => ids.reduce((n, id) => {
+  try { return n + Number(fs.readFileSync(`/proc/self/task/${id}/schedstat`, 'utf8').split(' ')[0]) } catch { return n }
+}, 0)
+const sleep = (ms: number): Promise<void> => new Promise(resolve => setTimeout(resolve, ms))
+
+/** A runtime and the threads it started (its owner and poll threads). */
+async function withThreads (cfg: string): Promise<{ rt: Runtime, threads: string[] }> {
+  const before = tids()
+  const rt = await load(path.join(examples, 'libecho_host.so'), cfg) as Runtime
+  await rt.call('warm')
+  return { rt, threads: [...tids()].filter(id => !before.has(id)) }
+}
+
+/** CPU ns of `threads` while 100 calls come 2 ms apart. */
+async function sparse (rt: Runtime, threads: string[]): Promise<number> {
+  for (let i = 0; i < 10; i++) { await rt.call('x'); await sleep(2) } // the estimate settles
+  const c0 = cpuOf(threads)
+  for (let i = 0; i < 100; i++) { await rt.call('x'); await sleep(2) }
+  return cpuOf(threads) - c0
+}
+
+t.test('sparse calls: the poll thread parks at once instead of spinning out its budget; setSpin() is the override', async t => {
+  const a = await withThreads('adaptive')
+  t.teardown(() => a.rt.unload())
+  const parks0 = a.rt.stats.parksAtOnce
+  const cpu = await sparse(a.rt, a.threads)
+  t.ok(a.rt.stats.callGapNs > BUDGET, `the gap estimate is above the budget (${Math.round(a.rt.stats.callGapNs / 1000)} us)`)
+  t.ok(a.rt.stats.parksAtOnce - parks0 >= 100, `the waits parked at once (${a.rt.stats.parksAtOnce - parks0} for 110 sparse calls)`)
+  // A poll thread that spun its 50 us out after each call would have burnt
+  // at least that; a parked one pays its wake-ups only.
+  t.ok(cpu < 100 * BUDGET, `${Math.round(cpu / 100 / 1000)} us of poll-thread CPU a call, under the 50 us budget`)
+  const f = await withThreads('forced')
+  t.teardown(() => f.rt.unload())
+  f.rt.setSpin(undefined, BUDGET) // the override: spin the budget out on every wait
+  const before = f.rt.stats.parksAtOnce
+  await sparse(f.rt, f.threads)
+  t.equal(f.rt.stats.parksAtOnce, before, 'with setSpin() every wait spins first')
+})
+
+t.test('calls coming close together bring the spinning back', async t => {
+  const { rt } = await withThreads('burst')
+  t.teardown(() => rt.unload())
+  for (let i = 0; i < 20; i++) { await rt.call('x'); await sleep(2) }
+  t.ok(rt.stats.callGapNs > BUDGET, 'parking while sparse')
+  // A burst (64 in flight): the gap per call is a fraction of a microsecond.
+  await Promise.all(Array.from({ length: 64 }, async () => { for (let i = 0; i < 50; i++) await rt.call('y') }))
+  const parks = rt.stats.parksAtOnce
+  await Promise.all(Array.from({ length: 64 }, async () => { for (let i = 0; i < 50; i++) await rt.call('z') }))
+  t.ok(rt.stats.parksAtOnce - parks < 320, `waits spin again: ${rt.stats.parksAtOnce - parks} of 3200 calls parked at once (gap estimate ${Math.round(rt.stats.callGapNs / 1000)} us)`)
+})
