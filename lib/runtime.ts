@@ -478,31 +478,8 @@ export class Runtime extends TypedEmitter<RuntimeEvents> {
     }
     this.#submitStaged() // the whole batch is here: no reason to wait for the end of the turn
     if (signal === undefined && timeoutMs === undefined) return b.promise
-    return this.#guardBatch(b, ids, signal, timeoutMs)
-  }
-
-  /** callBatch()'s signal and timeout: the whole batch is given up on. */
-  #guardBatch (b: Batch, ids: number[], signal: AbortSignal | undefined, timeoutMs: number | undefined): Promise<Array<Buffer | DlhostError>> {
-    return new Promise((resolve, reject) => {
-      let timer: NodeJS.Timeout | undefined
-      let stop: (() => void) | undefined
-      const done = (): void => {
-        if (timer !== undefined) clearTimeout(timer)
-        stop?.()
-      }
-      const giveUp = (err: DlhostError): void => {
-        done()
-        for (const id of ids) {
-          if (id === undefined || this.#batchOf[id] !== b) continue
-          this.#abandoned.add(id)
-          this.#native.cancel(id)
-        }
-        reject(err)
-      }
-      if (timeoutMs !== undefined) timer = setTimeout(() => { this.#timeouts++; giveUp(new DlhostError('ERR_TIMEOUT', `no answer within ${timeoutMs} ms`, { path: this.path })) }, timeoutMs)
-      if (signal !== undefined) stop = onAbort(signal, () => giveUp(new DlhostError('ERR_ABORTED', 'the call was aborted', { path: this.path, cause: signal.reason })))
-      b.promise.then(v => { done(); resolve(v) }, e => { done(); reject(e) })
-    })
+    // Given up on, the whole batch: each item still in flight is cancelled.
+    return this.#guard(b.promise, ids, id => id !== undefined && this.#batchOf[id] === b, signal, timeoutMs)
   }
 
   /**
@@ -587,7 +564,7 @@ export class Runtime extends TypedEmitter<RuntimeEvents> {
     if (k === 0) queueMicrotask(this.#flush)
     else if (k + 1 === FLUSH_AT) this.#submitStaged()
     if (signal === undefined && timeoutMs === undefined) return p
-    return this.#guard(p, id, signal, timeoutMs)
+    return this.#guard(p, [id], x => this.#res[x] !== undefined, signal, timeoutMs)
   }
 
   /**
@@ -595,8 +572,8 @@ export class Runtime extends TypedEmitter<RuntimeEvents> {
    * plugin answers; the slot stays the plugin's until it does, and that
    * answer is then dropped and counted.
    */
-  #guard (p: Promise<Buffer>, id: number, signal: AbortSignal | undefined, timeoutMs: number | undefined): Promise<Buffer> {
-    return new Promise<Buffer>((resolve, reject) => {
+  #guard<T> (p: Promise<T>, ids: number[], pending: (id: number) => boolean, signal: AbortSignal | undefined, timeoutMs: number | undefined): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
       let timer: NodeJS.Timeout | undefined
       let stop: (() => void) | undefined
       const done = (): void => {
@@ -605,10 +582,13 @@ export class Runtime extends TypedEmitter<RuntimeEvents> {
       }
       const giveUp = (err: DlhostError): void => {
         done()
-        this.#abandoned.add(id)
         // Staged calls reach the plugin first, then learn they were given up on.
         this.#submitStaged()
-        this.#native.cancel(id)
+        for (const id of ids) {
+          if (!pending(id)) continue
+          this.#abandoned.add(id)
+          this.#native.cancel(id)
+        }
         reject(err)
       }
       if (timeoutMs !== undefined) {
