@@ -336,6 +336,16 @@ export class Runtime extends TypedEmitter<RuntimeEvents> {
     }
   }
 
+  /** The next free slot, counted in flight (FIFO; grows by a chunk when none is free, which may throw). */
+  #takeSlot (): number {
+    if (this.#freeCount === 0) this.#grow()
+    const id = this.#free[this.#freeHead] as number
+    if (++this.#freeHead === this.#free.length) this.#freeHead = 0
+    this.#freeCount--
+    this.#counters[0]++
+    return id
+  }
+
   /** A slot back on the free list (its native half was freed already). */
   #freeSlot (id: number): void {
     const cap = this.#free.length
@@ -453,13 +463,8 @@ export class Runtime extends TypedEmitter<RuntimeEvents> {
     const b = new Batch(n)
     const ids: number[] = new Array(n)
     for (let i = 0; i < n; i++) {
-      if (this.#freeCount === 0) {
-        try { this.#grow() } catch (err) { b.put(i, asDlhostError(fromNative(err, this.path), this.path)); continue }
-      }
-      const id = this.#free[this.#freeHead]
-      if (++this.#freeHead === this.#free.length) this.#freeHead = 0
-      this.#freeCount--
-      counters[0]++
+      let id: number
+      try { id = this.#takeSlot() } catch (err) { b.put(i, asDlhostError(fromNative(err, this.path), this.path)); continue }
       let len: number
       try {
         len = this.#write(id, reqs[i] as string | Uint8Array, lens[i] as number)
@@ -534,13 +539,8 @@ export class Runtime extends TypedEmitter<RuntimeEvents> {
     if (counters[0] >= this.#maxQueue) {
       return Promise.reject(new DlhostError('ERR_QUEUE_FULL', 'the runtime queue is full', { path: this.path }))
     }
-    if (this.#freeCount === 0) {
-      try { this.#grow() } catch (err) { return Promise.reject(fromNative(err, this.path)) }
-    }
-    const id = this.#free[this.#freeHead]
-    if (++this.#freeHead === this.#free.length) this.#freeHead = 0
-    this.#freeCount--
-    counters[0]++
+    let id: number
+    try { id = this.#takeSlot() } catch (err) { return Promise.reject(fromNative(err, this.path)) }
     let len: number
     try {
       len = this.#write(id, req, n)
