@@ -126,8 +126,7 @@ void RuntimeWrap::SettleJs() {
         m[3] = int32_t(t->rsp_len);
         off += t->rsp_len;
       }
-      free(t->rsp);
-      t->rsp = nullptr;
+      t->DropRsp();
       t->cq_next.store(nullptr, std::memory_order_relaxed);
       t->Reset();
       t = next;

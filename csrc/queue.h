@@ -114,6 +114,39 @@ class MpmcRing {
     return true;
   }
 
+  // Any thread. Pushes up to n items with one CAS: the run of free cells
+  // from tail_ is claimed whole, then published in order. Returns how many
+  // (0 when full); the caller keeps the rest. A cell seen free stays free
+  // until tail_ passes it, and only the CAS below moves tail_ past it.
+  size_t try_push_n(T *const *items, size_t n) noexcept {
+    if (n == 0) return 0;
+    size_t pos = tail_.load(std::memory_order_relaxed);
+    size_t k;
+    for (;;) {
+      k = 0;
+      while (k < n) {
+        const size_t p = pos + k;
+        size_t seq = cells_.get()[p & mask_].seq.load(std::memory_order_acquire) + (p & mask_);
+        if (seq != p) break;  // not consumed yet (full there), or taken by another producer
+        ++k;
+      }
+      if (k == 0) {
+        size_t now = tail_.load(std::memory_order_relaxed);
+        if (now == pos) return 0;  // the cell at tail_ is still full
+        pos = now;                 // lost a race: look again
+        continue;
+      }
+      if (tail_.compare_exchange_weak(pos, pos + k, std::memory_order_relaxed)) break;
+    }
+    for (size_t i = 0; i < k; i++) {
+      const size_t p = pos + i;
+      Cell &c = cells_.get()[p & mask_];
+      c.data = items[i];
+      c.seq.store(p + 1 - (p & mask_), std::memory_order_release);  // publish
+    }
+    return k;
+  }
+
   // Any thread. False when empty (or when the next slot is claimed by a
   // producer that has not published yet). On true, out is the caller's.
   bool try_pop(T *&out) noexcept {
@@ -367,8 +400,13 @@ class TaskQueue {
       size_t used = ring_.size_approx();
       room = used < max_ ? max_ - used : 0;
     }
-    size_t k = 0;
-    while (k < n && k < room && ring_.try_push(items[k])) ++k;
+    size_t want = n < room ? n : room, k = 0;
+    // A run claimed at once; another producer may split it into several.
+    while (k < want) {
+      size_t got = ring_.try_push_n(items + k, want - k);
+      if (got == 0) break;
+      k += got;
+    }
     if (k) arrived(k);
     if (!leave() && k) parker_.notify_one();
     return k;

@@ -195,7 +195,7 @@ RuntimeCore::~RuntimeCore() {
     for (uint32_t i = 0; i < kChunkSlots; i++) {
       Task &t = chunk[i];
       if (t.req && t.req != t.inline_buf) free(t.req);
-      if (t.state.load() == Task::kDone) free(t.rsp);
+      if (t.state.load() == Task::kDone) t.DropRsp();
     }
 }
 
@@ -265,6 +265,13 @@ void RuntimeCore::Respond(Task *t, int rc, void *rsp, size_t len) {
     return;
   }
   t->rc = rc;
+  if (rsp && len <= kSlotInline && t->inline_buf) {
+    // The request is done with (valid only until the answer): its bytes
+    // take the response.
+    if (len) memcpy(t->inline_buf, rsp, len);
+    free(rsp);
+    rsp = t->inline_buf;
+  }
   t->rsp = rsp;
   t->rsp_len = rsp ? len : 0;
   if (t->taken_ns) t->service_ns = monotonic_ns() - t->taken_ns;

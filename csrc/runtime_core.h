@@ -5,6 +5,7 @@
 #pragma once
 
 #include <atomic>
+#include <cstdlib>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -51,7 +52,11 @@ struct Task {
   // (big, set before submit by the wrapper's setBig).
   char *req = nullptr;
   size_t req_len = 0;
-  // Response: malloc'd by the plugin, owned by the host after respond.
+  // Response: malloc'd by the plugin, owned by the host after respond. A
+  // small one is moved into inline_buf by the answering thread (Respond), so
+  // the plugin's malloc is freed on the thread that made it: glibc's
+  // per-thread cache then serves its next malloc, where a free on the JS
+  // thread cost both threads a trip through the arena.
   int rc = 0;
   void *rsp = nullptr;
   size_t rsp_len = 0;
@@ -60,6 +65,11 @@ struct Task {
   // Back to kFree, dropping what the task owns (a big request). The response
   // was handed over or freed by whoever settled the call.
   void Reset();
+  // Frees the response unless it sits in inline_buf.
+  void DropRsp() {
+    if (rsp != inline_buf) free(rsp);
+    rsp = nullptr;
+  }
 };
 
 }  // namespace dlhost

@@ -186,9 +186,12 @@ class Batch {
     this.promise = new Promise(resolve => { this.#resolve = resolve })
   }
 
-  put (i: number, v: Buffer | DlhostError): void {
+  /** Item i's result; true once it was the last. */
+  put (i: number, v: Buffer | DlhostError): boolean {
     this.results[i] = v
-    if (--this.pending === 0) this.#resolve(this.results)
+    if (--this.pending !== 0) return false
+    this.#resolve(this.results)
+    return true
   }
 }
 
@@ -245,9 +248,13 @@ export class Runtime extends TypedEmitter<RuntimeEvents> {
   #hist: Float64Array | null = null
   // Streams by slot, while the slot is theirs.
   #streams: Array<StreamReader | undefined> = []
-  // callBatch() items by slot: their batch and their place in it.
-  #batchOf: Array<Batch | undefined> = []
-  #batchIdx: number[] = []
+  // callBatch() items by slot: their batch's handle (an index into
+  // #batches; 0 for none) and their place in it. Typed arrays: storing a
+  // number there costs no write barrier, which storing the Batch did.
+  #slotBatch = new Int32Array(0)
+  #slotItem = new Int32Array(0)
+  #batches: Array<Batch | undefined> = [undefined]
+  #freeBatches: number[] = []
 
   /** @internal use load() */
   constructor (lib: Library, abi: Abi, cfg: Buffer, key: string, maxQueue: number, unloadTimeoutMs: number, metrics = true) {
@@ -327,13 +334,20 @@ export class Runtime extends TypedEmitter<RuntimeEvents> {
       }
       if (err === undefined) this.#completed++
       else this.#failed++
-      const b = this.#batchOf[id]
-      if (b !== undefined) {
-        this.#batchOf[id] = undefined
-        b.put(this.#batchIdx[id] as number, err ?? body)
+      const h = this.#slotBatch[id] as number
+      if (h !== 0) {
+        this.#slotBatch[id] = 0
+        this.#put(h, this.#slotItem[id] as number, err ?? body)
       } else if (err === undefined) res?.(body)
       else fail(res, err)
     }
+  }
+
+  /** Item i of batch h is in; the batch's handle is free again after its last. */
+  #put (h: number, i: number, v: Buffer | DlhostError): void {
+    if (!(this.#batches[h] as Batch).put(i, v)) return
+    this.#batches[h] = undefined
+    this.#freeBatches.push(h)
   }
 
   /** The next free slot, counted in flight (FIFO; grows by a chunk when none is free, which may throw). */
@@ -365,6 +379,12 @@ export class Runtime extends TypedEmitter<RuntimeEvents> {
     for (let i = 0; i < this.#freeCount; i++) free[i] = this.#free[(this.#freeHead + i) % this.#free.length]
     for (let i = 0; i < CHUNK; i++) free[this.#freeCount + i] = base + i
     this.#free = free
+    const slotBatch = new Int32Array(base + CHUNK)
+    slotBatch.set(this.#slotBatch)
+    this.#slotBatch = slotBatch
+    const slotItem = new Int32Array(base + CHUNK)
+    slotItem.set(this.#slotItem)
+    this.#slotItem = slotItem
     this.#freeHead = 0
     this.#freeCount += CHUNK
   }
@@ -395,10 +415,10 @@ export class Runtime extends TypedEmitter<RuntimeEvents> {
       this.#res[id] = undefined
       if (this.#streams[id] !== undefined) { this.#streams[id]?.bind(null); this.#streams[id] = undefined }
       this.#freeSlot(id)
-      const b = this.#batchOf[id]
-      if (b !== undefined) {
-        this.#batchOf[id] = undefined
-        b.put(this.#batchIdx[id] as number, asDlhostError(err, this.path))
+      const h = this.#slotBatch[id] as number
+      if (h !== 0) {
+        this.#slotBatch[id] = 0
+        this.#put(h, this.#slotItem[id] as number, asDlhostError(err, this.path))
       } else fail(res, err) // never answered: not counted as failed
     }
   }
@@ -461,30 +481,34 @@ export class Runtime extends TypedEmitter<RuntimeEvents> {
       return Promise.reject(new DlhostError('ERR_QUEUE_FULL', `a batch of ${n} does not fit under maxQueue (${this.#maxQueue - counters[0]} free): split it`, { path: this.path }))
     }
     const b = new Batch(n)
-    const ids: number[] = new Array(n)
+    const h = this.#freeBatches.pop() ?? this.#batches.length
+    this.#batches[h] = b
+    // Only a batch that can be given up on needs its slots listed.
+    const ids: number[] | undefined = signal === undefined && timeoutMs === undefined ? undefined : new Array(n)
     for (let i = 0; i < n; i++) {
       let id: number
-      try { id = this.#takeSlot() } catch (err) { b.put(i, asDlhostError(fromNative(err, this.path), this.path)); continue }
+      try { id = this.#takeSlot() } catch (err) { this.#put(h, i, asDlhostError(fromNative(err, this.path), this.path)); continue }
       let len: number
       try {
         len = this.#write(id, reqs[i] as string | Uint8Array, lens[i] as number)
       } catch (err) {
         this.#freeSlot(id)
-        b.put(i, asDlhostError(fromNative(err, this.path), this.path))
+        this.#put(h, i, asDlhostError(fromNative(err, this.path), this.path))
         continue
       }
-      this.#batchOf[id] = b
-      this.#batchIdx[id] = i
-      ids[i] = id
+      this.#slotBatch[id] = h
+      this.#slotItem[id] = i
+      if (ids !== undefined) ids[i] = id
       const k = this.#stagedCount++
       this.#staged[2 * k] = id
       this.#staged[2 * k + 1] = len
       if (k + 1 === FLUSH_AT) this.#submitStaged()
     }
     this.#submitStaged() // the whole batch is here: no reason to wait for the end of the turn
-    if (signal === undefined && timeoutMs === undefined) return b.promise
+    if (ids === undefined) return b.promise
     // Given up on, the whole batch: each item still in flight is cancelled.
-    return this.#guard(b.promise, ids, id => id !== undefined && this.#batchOf[id] === b, signal, timeoutMs)
+    // (While b waits for an item, h is b's: a slot marked h is b's item.)
+    return this.#guard(b.promise, ids, id => id !== undefined && b.pending > 0 && this.#slotBatch[id] === h, signal, timeoutMs)
   }
 
   /**

@@ -333,8 +333,7 @@ bool WriteCompletions(Channel &ch) {
     else
       WriteAnswer(t->call, t->rc, static_cast<const char *>(t->rsp), t->rsp_len);
     if (t->service_ns && t->kind == kTaskCall) service.Record(t->service_ns);
-    free(t->rsp);
-    t->rsp = nullptr;
+    t->DropRsp();
     freed.push_back(t->id);
     t->Reset();
     t = next;

@@ -121,6 +121,17 @@ void test_basics() {
     CHECK(MpmcRing<Task>(1).capacity() == 2, "MpmcRing(1) must have capacity 2");
     CHECK(MpmcRing<Task>(64).capacity() == 64, "MpmcRing(64) must stay 64");
     Task t[9];
+    {
+      // A run claimed at once, cut short where the ring is full.
+      Task *items[9] = {&t[0], &t[1], &t[2], &t[3], &t[4], &t[5], &t[6], &t[7], &t[8]};
+      CHECK(r.try_push_n(items, 3) == 3, "try_push_n(3) into an empty ring");
+      CHECK(r.try_push_n(items + 3, 6) == 5, "try_push_n(6) with room for 5");
+      CHECK(r.try_push_n(items + 8, 1) == 0, "try_push_n into a full ring");
+      for (int i = 0; i < 8; ++i) {
+        Task *p = nullptr;
+        CHECK(r.try_pop(p) && p == &t[i], "try_push_n is not FIFO at %d", i);
+      }
+    }
     for (int lap = 0; lap < 3; ++lap) {
       for (int i = 0; i < 8; ++i) CHECK(r.try_push(&t[i]), "ring push %d failed", i);
       CHECK(!r.try_push(&t[8]), "ring accepted a 9th item at capacity 8");
@@ -212,7 +223,39 @@ TqResult test_task_queue(const char *name, size_t cap, uint64_t spin_ns, int pro
   for (int p = 0; p < producers; ++p) {
     th.emplace_back([&, p] {
       bool closer = p == 0;
-      for (;;) {
+      // Odd producers push runs of ids with push_batch (one CAS claims a
+      // run of cells; other producers may split it).
+      const uint32_t run = p % 2 == 1 ? 1 + uint32_t(p) % 7 : 0;
+      while (run) {
+        uint32_t first = next_id.fetch_add(run, std::memory_order_relaxed);
+        if (first >= max_ids) break;
+        size_t cnt = std::min<size_t>(run, max_ids - first), done = 0;
+        Task *items[8];
+        for (size_t i = 0; i < cnt; ++i) items[i] = &tasks[first + i];
+        unsigned spins = 0;
+        bool ended = false;
+        while (done < cnt) {
+          size_t r = q.push_batch(items + done, cnt - done);
+          if (r == Q::kClosedBatch) {
+            closed.fetch_add(1, std::memory_order_relaxed);
+            ended = true;
+            break;
+          }
+          CHECK(r <= cnt - done, "%s: push_batch pushed %zu of %zu", name, r, cnt - done);
+          for (size_t i = done; i < done + r; ++i) pushed_ok[first + i].store(1);
+          ok.fetch_add(r, std::memory_order_relaxed);
+          done += r;
+          if (r == 0) {
+            full.fetch_add(1, std::memory_order_relaxed);
+            if (++spins % 4 == 0)
+              sched_yield();
+            else
+              cpu_relax();
+          }
+        }
+        if (ended) break;
+      }
+      for (; !run;) {
         uint32_t id = next_id.fetch_add(1, std::memory_order_relaxed);
         if (id >= max_ids) break;
         unsigned spins = 0;
