@@ -436,8 +436,15 @@ class TaskQueue {
         return v;
       }
       parker_.commit_wait(key);
-      // Woken (or spurious): spin again, since wake-ups come in bursts.
-      if (poll(v) || spin(v)) return v;
+      if (poll(v)) return v;
+      // Woken for nothing: a notify wakes every waiter, and one of them got
+      // the task. Spin again, since wake-ups come in bursts, unless tasks
+      // are sparse: then the others would each burn the whole budget per
+      // task (a pool of pollers paid it once per thread per call).
+      if (park_at_once())
+        parked_at_once_.fetch_add(1, std::memory_order_relaxed);
+      else if (spin(v))
+        return v;
     }
   }
 
@@ -476,8 +483,16 @@ class TaskQueue {
     spin_ns_.store(ns, std::memory_order_relaxed);
     adaptive_.store(false, std::memory_order_relaxed);
   }
+  // Back to the default budget with the adaptive rule on.
+  void reset_spin() noexcept {
+    spin_ns_.store(kDefaultSpinNs, std::memory_order_relaxed);
+    adaptive_.store(true, std::memory_order_relaxed);
+  }
   // The estimate of recent gaps between arrivals (ns): the adaptive rule's input.
   uint64_t gap_ns() const noexcept { return gap_ns_.load(std::memory_order_relaxed); }
+  // Are tasks arriving further apart than the spin budget (the adaptive
+  // rule, on)? Waiting consumers then park at once; so does the JS side.
+  bool sparse() const noexcept { return park_at_once(); }
   // Waits that skipped the spin (the adaptive rule said park at once).
   uint64_t parked_at_once() const noexcept {
     return parked_at_once_.load(std::memory_order_relaxed);

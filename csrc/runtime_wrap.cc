@@ -284,15 +284,26 @@ Napi::Value RuntimeWrap::Stats(const Napi::CallbackInfo &info) {
   o.Set("pollers", core_ ? double(core_->Pollers()) : 0.0);
   o.Set("callGapNs", core_ ? double(core_->requests.gap_ns()) : 0.0);
   o.Set("parksAtOnce", core_ ? double(core_->requests.parked_at_once()) : 0.0);
+  o.Set("jsParksAtOnce", double(js_parks_at_once_));
   o.Set("messagesRefused", core_ ? double(core_->messages.Refused()) : double(final_refused_));
   return o;
 }
 
-// setSpin(jsSpinNs, pollerSpinNs): the spin-then-park budgets.
+// setSpin(jsSpinNs, pollerSpinNs): the spin-then-park budgets, spent on
+// every wait; a negative one is the default: 50 us and the adaptive rule.
 Napi::Value RuntimeWrap::SetSpin(const Napi::CallbackInfo &info) {
-  if (info[0].IsNumber()) spin_ns_ = info[0].As<Napi::Number>().Int64Value();
-  if (info[1].IsNumber() && core_)
-    core_->requests.set_spin_ns(info[1].As<Napi::Number>().Int64Value());
+  if (info[0].IsNumber()) {
+    int64_t ns = info[0].As<Napi::Number>().Int64Value();
+    spin_ns_ = ns < 0 ? kDefaultSpinNs : uint64_t(ns);
+    spin_adaptive_ = ns < 0;
+  }
+  if (info[1].IsNumber() && core_) {
+    int64_t ns = info[1].As<Napi::Number>().Int64Value();
+    if (ns < 0)
+      core_->requests.reset_spin();
+    else
+      core_->requests.set_spin_ns(uint64_t(ns));
+  }
   return info.Env().Undefined();
 }
 
@@ -300,6 +311,14 @@ void RuntimeWrap::StartSpin() {
   // While the idle spin runs, completions refresh last_activity_: no clock
   // read per submit.
   if (idle_active_ || spin_ns_ == 0 || !idle_) return;
+  // Sparse calls (the pollers' rule: gaps between calls beyond their spin
+  // budget): a poller parks at once, so the answer takes a wake-up (25-50 us
+  // here) that spinning here would burn whole. The bell wakes the loop
+  // instead. A quick init is still spun for (nothing is known yet).
+  if (spin_adaptive_ && init_reported_ && core_->requests.sparse()) {
+    js_parks_at_once_++;
+    return;
+  }
   last_activity_ = uv_hrtime();
   core_->js_spinning.store(true, std::memory_order_seq_cst);
   uv_idle_start(idle_, &RuntimeWrap::OnIdle);

@@ -116,6 +116,9 @@ class RuntimeWrap : public Napi::ObjectWrap<RuntimeWrap> {
   bool referenced_ = false;
   uint64_t last_activity_ = 0;
   uint64_t spin_ns_ = kDefaultSpinNs;
+  // The JS side follows the pollers' adaptive rule until setSpin sets its budget.
+  bool spin_adaptive_ = true;
+  uint64_t js_parks_at_once_ = 0;  // submits not followed by a spin (the rule said sparse)
   bool init_reported_ = false, unload_reported_ = false, unloading_ = false;
   bool env_gone_ = false;
   uint64_t final_misuse_ = 0, final_aborted_ = 0;  // kept once the core is gone

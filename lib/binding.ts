@@ -124,6 +124,7 @@ export interface NativeStats {
   callGapNs: number
   /** Poll-thread waits that parked at once, skipping the spin. */
   parksAtOnce: number
+  jsParksAtOnce: number
 }
 
 /** One runtime: request queue, poll thread(s), completion doorbell. */

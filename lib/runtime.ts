@@ -110,6 +110,11 @@ export interface RuntimeStats {
   callGapNs: number
   /** Poll-thread waits that parked at once, skipping the spin (the adaptive rule at work). */
   parksAtOnce: number
+  /**
+   * Submits after which the JS side did not spin for the answer (the same
+   * rule: calls are sparse); the event loop sleeps until the answer rings.
+   */
+  jsParksAtOnce: number
   /** dlhost_emit calls refused: the message queue was full (JS not keeping up), or the runtime had ended. */
   messagesRefused: number
   version: LibraryVersion
@@ -676,7 +681,7 @@ export class Runtime extends TypedEmitter<RuntimeEvents> {
 
   get stats (): RuntimeStats {
     const s: NativeStats = this.#native.stats()
-    return { queued: s.queued + this.#stagedCount, inFlight: this.#counters[0], completed: this.#completed, failed: this.#failed, misuse: s.misuse, late: this.#late, messages: this.#messageCount, messagesRefused: s.messagesRefused, timeouts: this.#timeouts, latency: latencyBetween(this.#hist, null), callGapNs: s.callGapNs, parksAtOnce: s.parksAtOnce, version: this.#version }
+    return { queued: s.queued + this.#stagedCount, inFlight: this.#counters[0], completed: this.#completed, failed: this.#failed, misuse: s.misuse, late: this.#late, messages: this.#messageCount, messagesRefused: s.messagesRefused, timeouts: this.#timeouts, latency: latencyBetween(this.#hist, null), callGapNs: s.callGapNs, parksAtOnce: s.parksAtOnce, jsParksAtOnce: s.jsParksAtOnce, version: this.#version }
   }
 
   /** @internal The live latency histogram (csrc/histogram.h), or null with metrics: false. */
@@ -694,7 +699,11 @@ export class Runtime extends TypedEmitter<RuntimeEvents> {
   /** After unload: whether the library was dlclosed and whether it is still mapped. */
   get unloadInfo (): NativeUnloadInfo | null { return this.#unloadInfo }
 
-  /** @internal tuning for benchmarks: JS-side and poller spin budgets in ns. */
+  /**
+   * @internal tuning for benchmarks: JS-side and poller spin budgets in ns.
+   * Setting a side's budget turns its adaptive rule off: it spins on every
+   * wait. A negative budget restores the default (50 us, adaptive).
+   */
   setSpin (jsSpinNs?: number, pollerSpinNs?: number): void { this.#native.setSpin(jsSpinNs, pollerSpinNs) }
 }
 

@@ -48,6 +48,9 @@ t.test('sparse calls: the poll thread parks at once instead of spinning out its 
   const before = f.rt.stats.parksAtOnce
   await sparse(f.rt, f.threads)
   t.equal(f.rt.stats.parksAtOnce, before, 'with setSpin() every wait spins first')
+  f.rt.setSpin(undefined, -1) // the default again
+  await sparse(f.rt, f.threads)
+  t.ok(f.rt.stats.parksAtOnce - before >= 100, 'setSpin(, -1) brings the adaptive rule back')
 })
 
 t.test('calls coming close together bring the spinning back', async t => {
@@ -60,4 +63,44 @@ t.test('calls coming close together bring the spinning back', async t => {
   const parks = rt.stats.parksAtOnce
   await Promise.all(Array.from({ length: 64 }, async () => { for (let i = 0; i < 50; i++) await rt.call('z') }))
   t.ok(rt.stats.parksAtOnce - parks < 320, `waits spin again: ${rt.stats.parksAtOnce - parks} of 3200 calls parked at once (gap estimate ${Math.round(rt.stats.callGapNs / 1000)} us)`)
+})
+
+t.test('a pool of poll threads: the ones woken for nothing park again instead of spinning', async t => {
+  // echo-native runs two threads on dlhost_task_poll_batch; a notify wakes
+  // every parked poller, and only one gets the call.
+  const before = tids()
+  const rt = await load(path.join(examples, 'libecho_native.so'), 'threads=2') as Runtime
+  t.teardown(() => rt.unload())
+  await rt.call('warm')
+  const pool = [...tids()].filter(id => !before.has(id))
+  for (let i = 0; i < 10; i++) { await rt.call('x'); await sleep(2) }
+  const c0 = pool.map(id => cpuOf([id]))
+  for (let i = 0; i < 100; i++) { await rt.call('x'); await sleep(2) }
+  const each = pool.map((id, i) => cpuOf([id]) - (c0[i] as number))
+  // Spinning its budget out after each wake-up, one thread would burn at
+  // least 50 us a call; parked again, each pays its wake-ups only.
+  t.ok(each.every(ns => ns < 100 * BUDGET), `poll-thread CPU a call: ${each.map(ns => Math.round(ns / 100 / 1000)).join(', ')} us`)
+})
+
+t.test('the JS side: no spin for an answer to sparse calls, spinning back to back; setSpin() is the override', async t => {
+  const { rt } = await withThreads('js-side')
+  t.teardown(() => rt.unload())
+  for (let i = 0; i < 10; i++) { await rt.call('x'); await sleep(2) }
+  const p0 = rt.stats.jsParksAtOnce
+  for (let i = 0; i < 100; i++) { await rt.call('x'); await sleep(2) }
+  t.ok(rt.stats.jsParksAtOnce - p0 >= 95, `sparse: ${rt.stats.jsParksAtOnce - p0} of 100 calls waited without a spin`)
+  // Back to back: one call in flight, the next made as soon as it answers.
+  for (let i = 0; i < 2000; i++) await rt.call('y')
+  const p1 = rt.stats.jsParksAtOnce
+  for (let i = 0; i < 2000; i++) await rt.call('y')
+  t.ok(rt.stats.jsParksAtOnce - p1 < 200, `back to back: ${rt.stats.jsParksAtOnce - p1} of 2000 calls waited without a spin`)
+  const f = await withThreads('js-forced')
+  t.teardown(() => f.rt.unload())
+  f.rt.setSpin(BUDGET) // the JS side's budget, spent on every wait
+  const p2 = f.rt.stats.jsParksAtOnce
+  for (let i = 0; i < 30; i++) { await f.rt.call('x'); await sleep(2) }
+  t.equal(f.rt.stats.jsParksAtOnce, p2, 'with setSpin(jsSpinNs) the JS side spins on every wait')
+  f.rt.setSpin(-1)
+  for (let i = 0; i < 30; i++) { await f.rt.call('x'); await sleep(2) }
+  t.ok(f.rt.stats.jsParksAtOnce - p2 >= 25, 'setSpin(-1) brings the adaptive rule back')
 })

@@ -2,32 +2,40 @@
 // Efficiency: CPU per call (every thread, from schedstat: the process's,
 // and a child's for the peers that have one) when calls arrive at a fixed
 // 1,000/s and 10,000/s, an open loop as a mostly idle server sees them.
-// Spinning pollers buy latency with CPU; this is what they cost.
-const { log, now, sleep, median, round3, cpuNs } = require('../lib/harness')
+// Spinning pollers buy latency with CPU; this is what they cost, and the
+// latency each subject's calls see at that rate (issue to settle).
+const { log, now, sleep, median, quantile, round3, cpuNs } = require('../lib/harness')
 const { QUICK, ROUNDS, REQ } = require('../lib/config')
 
 /**
  * Calls `fn` at `rate` per second for `ms` (an open loop: calls are issued
  * on time whether or not earlier ones answered), waits for the last answer,
- * and returns CPU ns per call over the pids and the calls made.
+ * and returns CPU ns per call over the pids, the calls made and their
+ * latencies (µs).
  */
 async function fixedRate (fn, rate, ms, pids) {
   let issued = 0
   let done = 0
   let failed = 0
+  const lat = []
   const c0 = cpuNs(pids)
   const t0 = now()
   for (;;) {
     const t = now() - t0
     if (t >= ms) break
     const due = Math.floor((t * rate) / 1000)
-    while (issued < due) { issued++; fn().then(() => { done++ }, () => { done++; failed++ }) }
+    while (issued < due) {
+      issued++
+      const c0 = now()
+      fn().then(() => { done++; lat.push((now() - c0) * 1000) }, () => { done++; failed++ })
+    }
     await sleep(1) // a timer tick, as a server's event loop would be between requests
   }
   while (done < issued) await sleep(1)
   const wallMs = now() - t0
   const cpu = cpuNs(pids) - c0
-  return { nsPerCall: cpu / issued, cpuPct: (cpu / 1e6 / wallMs) * 100, calls: issued, failed }
+  lat.sort((a, b) => a - b)
+  return { nsPerCall: cpu / issued, cpuPct: (cpu / 1e6 / wallMs) * 100, calls: issued, failed, p50Us: quantile(lat, 0.5), p99Us: quantile(lat, 0.99) }
 }
 
 async function benchEfficiency (rts, peer, peers) {
@@ -51,6 +59,10 @@ async function benchEfficiency (rts, peer, peers) {
     for (let r = 0; r < rounds; r++) {
       for (const [name, fn, pids] of subjects) per.get(name).push(await fixedRate(fn, rate, ms, pids))
     }
+    // Ratios per round, to koffi .async measured in the same round; and the
+    // same over the floor (what each adds to the timer loop's own CPU).
+    const koffi = per.get('koffi .async (peer)')
+    const floor = per.get('timer loop only (floor)')
     for (const [name] of subjects) {
       const rs = per.get(name)
       out.push({
@@ -58,6 +70,10 @@ async function benchEfficiency (rts, peer, peers) {
         rate,
         cpuNsPerCall: Math.round(median(rs.map(x => x.nsPerCall))),
         cpuPctOfCore: round3(median(rs.map(x => x.cpuPct))),
+        vsKoffi: koffi ? round3(median(rs.map((x, i) => x.nsPerCall / koffi[i].nsPerCall))) : null,
+        overFloorVsKoffi: koffi ? round3(median(rs.map((x, i) => (x.nsPerCall - floor[i].nsPerCall) / (koffi[i].nsPerCall - floor[i].nsPerCall)))) : null,
+        p50Us: round3(median(rs.map(x => x.p50Us))),
+        p99Us: round3(median(rs.map(x => x.p99Us))),
         roundNsPerCall: rs.map(x => Math.round(x.nsPerCall)),
         failed: rs.reduce((a, x) => a + x.failed, 0)
       })

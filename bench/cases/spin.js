@@ -8,7 +8,8 @@ const { ROUNDS, ROUND_MS, IDLE_MS, NO_IDLE, REQ } = require('../lib/config')
 async function benchSpin (rts) {
   log('spin knobs (setSpin(jsNs, pollerNs)) …')
   const settings = [
-    { label: 'default (50 µs / 50 µs)', js: 50000, poller: 50000 },
+    { label: 'default (adaptive, 50 µs / 50 µs)', js: -1, poller: -1 },
+    { label: 'fixed 50 µs / 50 µs (not adaptive)', js: 50000, poller: 50000 },
     { label: '0 / 0', js: 0, poller: 0 },
     { label: '20 µs / 50 µs', js: 20000, poller: 50000 },
     { label: '50 µs / 100 µs', js: 50000, poller: 100000 },
@@ -48,7 +49,7 @@ async function benchSpin (rts) {
     }
     rows.push(row)
   }
-  for (const abi of abis) rts[abi].setSpin(50000, 50000)
+  for (const abi of abis) rts[abi].setSpin(-1, -1) // the default again
   return rows
 }
 

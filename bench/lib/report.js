@@ -1,5 +1,6 @@
 'use strict'
 // Renders a run's results as tables, and checks the targets.
+const round3 = (x) => Math.round(x * 1000) / 1000
 const fmt = (x, d = 2) => x === null || x === undefined || Number.isNaN(x) ? '-' : typeof x === 'number' ? x.toFixed(d) : String(x)
 const big = (x) => x >= 1e6 ? `${(x / 1e6).toFixed(2)} M` : x >= 1e3 ? `${(x / 1e3).toFixed(1)} k` : String(x)
 function table (title, head, rows) {
@@ -47,6 +48,20 @@ function targets (r) {
     const busy = tw.pause.find(x => x.inFlight > 0)
     add('reload pause with a 1 MiB state, beyond the drain (64 in flight)', busy.handoverMsMedian, 'ms', '≤ 1', busy.handoverMsMedian <= 1)
   }
+  // Efficiency (adaptive spinning): CPU per call beside koffi .async in the
+  // same round, and what the spinning buys back to back, against the
+  // figures of the last full run before it (4509eae: sequential host
+  // 1.744 × setImmediate; pipelined host 1024 0.311 × Promise.resolve).
+  for (const rate of [1000, 10000]) {
+    const e = r.efficiency?.find(x => x.name === 'host' && x.rate === rate)
+    if (e?.vsKoffi != null) add(`CPU per call at ${rate.toLocaleString('en')}/s, host, × koffi .async`, e.vsKoffi, '×', '≤ 0.2', e.vsKoffi <= 0.2)
+  }
+  if (host?.vsSetImmediate) add('sequential host × setImmediate, ÷ before adaptive spinning (1.744)', round3(host.vsSetImmediate / 1.744), '×', '≤ 1.2', host.vsSetImmediate / 1.744 <= 1.2)
+  const ceil = r.pipelined?.find(x => x.name === 'Promise.resolve (ceiling)')
+  if (p && ceil) {
+    const v = round3(p.callsPerSec / ceil.callsPerSec / 0.311)
+    add('pipelined host 1024 × Promise.resolve, ÷ before adaptive spinning (0.311)', v, '×', '≥ 0.9 (noise)', v >= 0.9)
+  }
   const bt = r.batch?.find(x => x.name.startsWith('callBatch'))
   if (bt) add('callBatch(256) items/s, × pipelined call() at 1024', bt.vsCall, '×', '≥ 3', bt.vsCall >= 3)
   const ro = r.rollout
@@ -82,8 +97,9 @@ function render (r) {
   }
   if (r.efficiency) {
     out.push(table('2b. Efficiency: CPU per call (all threads, and the child\'s for peers that have one) at a fixed rate, an open loop',
-      ['subject', 'calls/s', 'CPU ns/call', '% of a core', 'failed', 'rounds ns/call'],
-      r.efficiency.map(x => [x.name, x.rate, x.cpuNsPerCall, fmt(x.cpuPctOfCore, 1), x.failed, x.roundNsPerCall.join(' ')])))
+      ['subject', 'calls/s', 'CPU ns/call', '% of a core', '× koffi', 'over floor, × koffi', 'latency p50 µs', 'p99 µs', 'failed', 'rounds ns/call'],
+      r.efficiency.map(x => [x.name, x.rate, x.cpuNsPerCall, fmt(x.cpuPctOfCore, 1), fmt(x.vsKoffi), fmt(x.overFloorVsKoffi), fmt(x.p50Us, 1), fmt(x.p99Us, 1), x.failed, x.roundNsPerCall.join(' ')])))
+    out.push('   "over floor": CPU per call minus the timer loop\'s own (the floor row), over koffi\'s likewise; latency: issue to settle, at that rate')
   }
   if (r.reloadPeers) {
     const x = r.reloadPeers
