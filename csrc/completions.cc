@@ -61,14 +61,30 @@ void RuntimeWrap::SettleJs() {
   if (env_gone_ || !core_) return;
   while (backlog_) {
     Task *list = backlog_;
-    Task *last = list;
     size_t count = 1;
-    while (count < kSettleChunk && last->cq_next.load(std::memory_order_relaxed)) {
-      last = last->cq_next.load(std::memory_order_relaxed);
-      count++;
+    BatchCore *bc = list->batch;
+    if (bc) {
+      // A batch's last answer stands for the whole batch: its items, in
+      // order, are settled in one callback.
+      backlog_ = list->cq_next.load(std::memory_order_relaxed);
+      std::vector<Task *> &v = bc->tasks;
+      count = v.size();
+      for (size_t i = 0; i + 1 < count; i++)
+        v[i]->cq_next.store(v[i + 1], std::memory_order_relaxed);
+      v[count - 1]->cq_next.store(nullptr, std::memory_order_relaxed);
+      list = v[0];
+      v.clear();  // the handle may be reused once JS has the answers
+    } else {
+      // Calls up to the next batch, kSettleChunk at most.
+      Task *last = list;
+      for (Task *n; count < kSettleChunk && (n = last->cq_next.load(std::memory_order_relaxed)) &&
+                    !n->batch;) {
+        last = n;
+        count++;
+      }
+      backlog_ = last->cq_next.load(std::memory_order_relaxed);
+      last->cq_next.store(nullptr, std::memory_order_relaxed);
     }
-    backlog_ = last->cq_next.load(std::memory_order_relaxed);
-    last->cq_next.store(nullptr, std::memory_order_relaxed);
     Napi::HandleScope scope(env);
     size_t small_total = 0;
     bool any_big = false;
@@ -134,7 +150,8 @@ void RuntimeWrap::SettleJs() {
     }
     last_activity_ = uv_hrtime();
     CallJs(on_complete_, {Napi::Number::New(env, double(count)), meta_ref_.Value(), bodies,
-                          any_big ? Napi::Value(bigs) : env.Undefined()});
+                          any_big ? Napi::Value(bigs) : env.Undefined(),
+                          bc ? Napi::Number::New(env, double(bc->handle)) : env.Undefined()});
   }
   SettleMessages();
   if (env_gone_ || !core_) return;

@@ -73,6 +73,7 @@ void Task::Reset() {
   rsp = nullptr;
   rsp_len = 0;
   kind = kTaskCall;
+  batch = nullptr;
   submit_ns = taken_ns = service_ns = 0;
   cancelled.store(0, std::memory_order_relaxed);
   stream_hwm = 0;
@@ -245,6 +246,22 @@ void RuntimeCore::Ring() {
   if (bell) bell(bell_arg);
 }
 
+BatchCore *RuntimeCore::Batch(uint32_t h) {
+  if (h >= batches.size()) batches.resize(h + 1);
+  if (!batches[h]) {
+    batches[h] = std::make_unique<BatchCore>();
+    batches[h]->handle = h;
+  }
+  return batches[h].get();
+}
+
+void RuntimeCore::Finish(Task *t) {
+  BatchCore *b = t->batch;
+  // acq_rel: whoever counts the batch down to 0 sees every item's answer,
+  // and hands them all to the JS thread with the one it queues.
+  if (!b || b->remaining.fetch_sub(1, std::memory_order_acq_rel) == 1) Complete(t);
+}
+
 void RuntimeCore::Complete(Task *t) {
   // The JS thread re-checks the queue after it stops spinning (seq_cst on
   // both sides), so skipping the syscall while it spins loses no wake-up.
@@ -275,7 +292,7 @@ void RuntimeCore::Respond(Task *t, int rc, void *rsp, size_t len) {
   t->rsp = rsp;
   t->rsp_len = rsp ? len : 0;
   if (t->taken_ns) t->service_ns = monotonic_ns() - t->taken_ns;
-  t->core->Complete(t);
+  t->core->Finish(t);
 }
 
 void RuntimeCore::RecordPoller() {
@@ -371,7 +388,7 @@ void AbortLeftovers(RuntimeCore &core) {
         x.rsp = nullptr;
         x.rsp_len = Task::kAbortedRsp;
         core.aborted.fetch_add(1);
-        core.Complete(&x);
+        core.Finish(&x);
       }
     }
 }

@@ -26,6 +26,8 @@ class RuntimeCore;
 // a plugin answering twice touches valid memory and is caught by `state`.
 // The JS side owns the choice of slot (its free list), and writes small
 // requests straight into the slot's inline bytes: the one copy.
+struct BatchCore;
+
 struct Task {
   enum State : uint32_t { kFree = 0, kQueued, kTaken, kDone };
   static constexpr uint32_t kMagic = 0xd1a05c0d;
@@ -61,6 +63,9 @@ struct Task {
   void *rsp = nullptr;
   size_t rsp_len = 0;
   char *inline_buf = nullptr;  // kSlotStride bytes in the chunk's area
+  // An item of a callBatch(): answered, it counts down its batch instead of
+  // being queued for the JS thread (set before submit).
+  BatchCore *batch = nullptr;
 
   // Back to kFree, dropping what the task owns (a big request). The response
   // was handed over or freed by whoever settled the call.
@@ -70,6 +75,19 @@ struct Task {
     if (rsp != inline_buf) free(rsp);
     rsp = nullptr;
   }
+};
+
+// One callBatch() in flight: its items are answered one by one, and the
+// last answer (or the submitting JS thread, if every item was answered
+// before it finished submitting) queues one item for the JS thread, which
+// settles the whole batch in one go. Pooled per core by the TypeScript
+// side's batch handle; freed with the core, never while a thread may still
+// count one down.
+struct BatchCore {
+  // Items queued and not answered, + 1 while the JS thread submits.
+  std::atomic<uint32_t> remaining{0};
+  std::vector<Task *> tasks;  // the queued items in order (JS thread only)
+  uint32_t handle = 0;
 };
 
 }  // namespace dlhost
@@ -115,8 +133,14 @@ class RuntimeCore : public std::enable_shared_from_this<RuntimeCore> {
   // JS thread: a failed init found no thread for its reaper; reap here.
   static void ReapNow(const std::shared_ptr<RuntimeCore> &core);
 
+  // The batch state of TypeScript's batch handle h (created on first use).
+  BatchCore *Batch(uint32_t h);
+
   // ---- any thread
   void Complete(Task *t);  // into the completion queue, ring if needed
+  // An answered task: Complete(), or its batch counted down (and the batch
+  // completed by the last one).
+  void Finish(Task *t);
   // dlhost_emit: DLHOST_OK or the documented refusal.
   static int Emit(dlhost_queue *q, const void *data, size_t len);
   // dlhost_task_send / dlhost_task_writable (any plugin thread).
@@ -203,6 +227,7 @@ class RuntimeCore : public std::enable_shared_from_this<RuntimeCore> {
   std::vector<std::unique_ptr<Task[]>> chunks;
   std::vector<std::unique_ptr<char[]>> areas;  // kChunkSlots * kSlotStride bytes each
   uint32_t slots = 0;
+  std::vector<std::unique_ptr<BatchCore>> batches;  // by handle (JS thread only)
 
  private:
   void RecordPoller();

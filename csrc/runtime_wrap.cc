@@ -127,21 +127,28 @@ Napi::Value RuntimeWrap::Start(const Napi::CallbackInfo &info) {
   return env.Null();
 }
 
-// submit(staged: Int32Array [slot, len] * count, count) -> how many were
-// queued (a prefix), or kSubmitClosed. The JS side stages the calls of one
-// turn: it wrote each small request (and its NUL) into the slot's inline
+// submit(staged: Int32Array [slot, len] * count, count, batch?) -> how many
+// were queued (a prefix), or kSubmitClosed. The JS side stages the calls of
+// one turn: it wrote each small request (and its NUL) into the slot's inline
 // bytes, or handed a big one to setBig() (len -1). One N-API call, one queue
-// enter/leave and at most one wake-up per batch.
+// enter/leave and at most one wake-up per batch. With `batch` (a handle),
+// they are the items of one callBatch(), settled together.
 Napi::Value RuntimeWrap::Submit(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
-  if (!info[0].IsTypedArray() || !info[1].IsNumber())
-    throw Napi::TypeError::New(env, "submit(staged, count)");
+  if (!info[0].IsTypedArray() || !info[1].IsNumber() ||
+      !(info[2].IsUndefined() || info[2].IsNumber()))
+    throw Napi::TypeError::New(env, "submit(staged, count, batch?)");
   auto staged = info[0].As<Napi::Int32Array>();
   size_t count =
       std::min<size_t>(info[1].As<Napi::Number>().Uint32Value(), staged.ElementLength() / 2);
   const int32_t *m = staged.Data();
   batch_.clear();
   if (!core_) return Napi::Number::New(env, double(kSubmitClosed));
+  BatchCore *bc = nullptr;
+  if (info[2].IsNumber()) {
+    bc = core_->Batch(info[2].As<Napi::Number>().Uint32Value());
+    if (!bc->tasks.empty()) throw Napi::Error::New(env, "submit: that batch is in flight");
+  }
   const uint64_t now = hist_.on() ? monotonic_ns() : 0;  // one clock read per batch
   for (size_t i = 0; i < count; i++) {
     uint32_t id = uint32_t(m[2 * i]);
@@ -162,10 +169,21 @@ Napi::Value RuntimeWrap::Submit(const Napi::CallbackInfo &info) {
     // Also catches a slot repeated in the batch.
     t->state.store(Task::kQueued, std::memory_order_relaxed);
     t->submit_ns = now;
+    t->batch = bc;
     batch_.push_back(t);
   }
+  // + 1: no answer completes the batch before we know what was queued.
+  if (bc) bc->remaining.store(uint32_t(batch_.size() + 1), std::memory_order_relaxed);
   long k = unloading_ ? -1 : batch_.empty() ? 0 : core_->SubmitBatch(batch_.data(), batch_.size());
   size_t queued = k < 0 ? 0 : size_t(k);
+  if (bc) {
+    bc->tasks.assign(batch_.begin(), batch_.begin() + long(queued));
+    // The refused ones and our + 1; if every queued item is answered
+    // already, the batch is complete now (else its last answer does it).
+    uint32_t drop = uint32_t(batch_.size() - queued + 1);
+    if (bc->remaining.fetch_sub(drop, std::memory_order_acq_rel) == drop && queued)
+      core_->Complete(batch_[0]);
+  }
   for (size_t i = queued; i < batch_.size(); i++) batch_[i]->Reset();
   batch_.clear();
   if (queued) {

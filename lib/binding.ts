@@ -98,8 +98,12 @@ export interface NativeConstants {
   ABI_VERSION: number
 }
 
-/** Completed calls of one batch: meta holds [id, rc, offset, length] per call. */
-export type CompleteCallback = (count: number, meta: Int32Array, bodies: ArrayBuffer | undefined, bigs: Array<Buffer | undefined> | undefined) => void
+/**
+ * Completed calls: meta holds [id, rc, offset, length] per call. With
+ * `batch` (a handle given to submit()), they are all of that callBatch()'s
+ * queued items, in order.
+ */
+export type CompleteCallback = (count: number, meta: Int32Array, bodies: ArrayBuffer | undefined, bigs: Array<Buffer | undefined> | undefined, batch: number | undefined) => void
 
 export interface NativeUnloadInfo {
   dlclosed: boolean
@@ -135,9 +139,11 @@ export interface NativeRuntime {
    * Queues staged calls: `staged` holds [slot, len] pairs, len being the
    * bytes the JS side wrote into the slot's inline area (NUL after them) or
    * -1 for a request handed to setBig(). Returns how many were queued (a
-   * prefix) or SUBMIT_CLOSED if the runtime is closed.
+   * prefix) or SUBMIT_CLOSED if the runtime is closed. With `batch` (a
+   * handle, not in flight), they are one callBatch()'s items: answered,
+   * they come back together, in one CompleteCallback.
    */
-  submit (staged: Int32Array, count: number): number
+  submit (staged: Int32Array, count: number, batch?: number): number
   /** CHUNK_SLOTS more slots; returns their inline request area (SLOT_STRIDE bytes per slot, owned by the native core). */
   grow (): ArrayBuffer
   /**

@@ -191,10 +191,10 @@ class Batch {
     this.promise = new Promise(resolve => { this.#resolve = resolve })
   }
 
-  /** Item i's result; true once it was the last. */
-  put (i: number, v: Buffer | DlhostError): boolean {
-    this.results[i] = v
-    if (--this.pending !== 0) return false
+  /** n more results are in; true once they all are (the promise is then resolved). */
+  settled (n: number): boolean {
+    this.pending -= n
+    if (this.pending !== 0) return false
     this.#resolve(this.results)
     return true
   }
@@ -276,7 +276,7 @@ export class Runtime extends TypedEmitter<RuntimeEvents> {
     this.#init = new Promise((resolve, reject) => { this.#resolveInit = resolve; this.#rejectInit = reject })
     try {
       this.#native = new binding.Runtime(lib.native, ABI_CODES[abi], maxQueue,
-        (count, meta, bodies, bigs) => this.#complete(count, meta, bodies, bigs),
+        (count, meta, bodies, bigs, batch) => { if (batch === undefined) this.#complete(count, meta, bodies, bigs); else this.#completeBatch(batch, count, meta, bodies, bigs) },
         (kind, info, failure) => this.#event(kind, info, failure), unloadTimeoutMs,
         (count, meta, bodies) => { this.#messageCount += count; this.#messages.deliver(count, meta, bodies) },
         (count, meta, bodies) => this.#chunks(count, meta, bodies))
@@ -331,28 +331,67 @@ export class Runtime extends TypedEmitter<RuntimeEvents> {
       if (this.#abandoned.size > 0 && this.#abandoned.delete(id)) this.#late++
       let err: DlhostError | undefined
       let body: Buffer = EMPTY
-      if (len === ABORTED_LEN) err = new DlhostError('ERR_ABORTED', 'the plugin never answered this call before its threads exited', { path: this.path })
-      else if (off === TOO_LARGE_OFFSET) err = new DlhostError('ERR_RESPONSE_TOO_LARGE', `the plugin's answer is longer than a Buffer can be (${bufferConstants.MAX_LENGTH} bytes)`, { path: this.path, rc })
+      if (rc === 0 && off >= 0 && len > 0) body = bufferView(bodies as ArrayBuffer, off, len)
       else {
-        body = off === BIG_OFFSET ? (bigs?.[i] ?? EMPTY) : len === 0 ? EMPTY : bufferView(bodies as ArrayBuffer, off, len)
-        if (rc !== 0) err = pluginError(this.path, rc, body)
+        const r = this.#answer(rc, off, len, i, bodies, bigs)
+        if (r instanceof DlhostError) err = r
+        else body = r
       }
       if (err === undefined) this.#completed++
       else this.#failed++
-      const h = this.#slotBatch[id] as number
-      if (h !== 0) {
-        this.#slotBatch[id] = 0
-        this.#put(h, this.#slotItem[id] as number, err ?? body)
-      } else if (err === undefined) res?.(body)
+      if (err === undefined) res?.(body)
       else fail(res, err)
     }
   }
 
-  /** Item i of batch h is in; the batch's handle is free again after its last. */
-  #put (h: number, i: number, v: Buffer | DlhostError): void {
-    if (!(this.#batches[h] as Batch).put(i, v)) return
+  /** One answer that is not a small body with rc 0: a big body, or the call's error. */
+  #answer (rc: number, off: number, len: number, i: number, bodies: ArrayBuffer | undefined, bigs: Array<Buffer | undefined> | undefined): Buffer | DlhostError {
+    if (len === ABORTED_LEN) return new DlhostError('ERR_ABORTED', 'the plugin never answered this call before its threads exited', { path: this.path })
+    if (off === TOO_LARGE_OFFSET) return new DlhostError('ERR_RESPONSE_TOO_LARGE', `the plugin's answer is longer than a Buffer can be (${bufferConstants.MAX_LENGTH} bytes)`, { path: this.path, rc })
+    const body = off === BIG_OFFSET ? (bigs?.[i] ?? EMPTY) : len === 0 ? EMPTY : bufferView(bodies as ArrayBuffer, off, len)
+    return rc === 0 ? body : pluginError(this.path, rc, body)
+  }
+
+  /** Every queued item of batch h, answered: into its results, one pass. */
+  #completeBatch (h: number, count: number, meta: Int32Array, bodies: ArrayBuffer | undefined, bigs: Array<Buffer | undefined> | undefined): void {
+    const b = this.#batches[h] as Batch
+    const results = b.results
+    const slotBatch = this.#slotBatch
+    const slotItem = this.#slotItem
+    const late = this.#abandoned.size > 0
+    let failed = 0
+    for (let i = 0, m = 0; i < count; i++, m += 4) {
+      const id = meta[m] as number
+      const rc = meta[m + 1] as number
+      const off = meta[m + 2] as number
+      const len = meta[m + 3] as number
+      slotBatch[id] = 0
+      this.#freeSlot(id)
+      if (late && this.#abandoned.delete(id)) this.#late++
+      if (rc === 0 && off >= 0 && len > 0) results[slotItem[id] as number] = bufferView(bodies as ArrayBuffer, off, len)
+      else {
+        const r = this.#answer(rc, off, len, i, bodies, bigs)
+        if (r instanceof DlhostError) failed++
+        results[slotItem[id] as number] = r
+      }
+    }
+    this.#completed += count - failed
+    this.#failed += failed
+    this.#settled(h, b, count)
+  }
+
+  /** n more items of batch h are in; the handle is free again after its last. */
+  #settled (h: number, b: Batch, n: number): void {
+    if (!b.settled(n)) return
     this.#batches[h] = undefined
     this.#freeBatches.push(h)
+  }
+
+  /** Item i of batch h is in (settled here, not by the plugin). */
+  #put (h: number, i: number, v: Buffer | DlhostError): void {
+    const b = this.#batches[h] as Batch
+    b.results[i] = v
+    this.#settled(h, b, 1)
   }
 
   /** The next free slot, counted in flight (FIFO; grows by a chunk when none is free, which may throw). */
@@ -420,11 +459,29 @@ export class Runtime extends TypedEmitter<RuntimeEvents> {
       this.#res[id] = undefined
       if (this.#streams[id] !== undefined) { this.#streams[id]?.bind(null); this.#streams[id] = undefined }
       this.#freeSlot(id)
-      const h = this.#slotBatch[id] as number
-      if (h !== 0) {
-        this.#slotBatch[id] = 0
-        this.#put(h, this.#slotItem[id] as number, asDlhostError(err, this.path))
-      } else fail(res, err) // never answered: not counted as failed
+      fail(res, err) // never answered: not counted as failed
+    }
+  }
+
+  /** A batch's staged items to the native queue, in one submit; refused ones are settled here. */
+  #submitBatch (h: number, staged: Int32Array, n: number): void {
+    let queued: number
+    let err: unknown
+    try {
+      queued = this.#native.submit(staged, n, h)
+    } catch (e) {
+      queued = 0
+      err = fromNative(e, this.path)
+    }
+    if (queued === n) return
+    err ??= queued === C.SUBMIT_CLOSED
+      ? new DlhostError('ERR_RUNTIME_UNLOADED', 'the runtime is unloaded', { path: this.path })
+      : new DlhostError('ERR_QUEUE_FULL', 'the runtime queue is full', { path: this.path })
+    for (let i = Math.max(queued, 0); i < n; i++) {
+      const id = staged[2 * i] as number
+      this.#slotBatch[id] = 0
+      this.#freeSlot(id)
+      this.#put(h, this.#slotItem[id] as number, asDlhostError(err, this.path))
     }
   }
 
@@ -470,10 +527,8 @@ export class Runtime extends TypedEmitter<RuntimeEvents> {
   #callBatch (reqs: ReadonlyArray<string | Uint8Array>, options?: CallOptions): Promise<Array<Buffer | DlhostError>> {
     let signal: AbortSignal | undefined
     let timeoutMs: number | undefined
-    let lens: number[]
     try {
       if (!Array.isArray(reqs)) throw typeError('callBatch(requests): requests must be an array of strings and/or Uint8Arrays')
-      lens = reqs.map(r => requestLength(r))
       signal = callSignal(options)
       timeoutMs = callTimeout(options)
     } catch (err) { return Promise.reject(err) }
@@ -485,17 +540,35 @@ export class Runtime extends TypedEmitter<RuntimeEvents> {
     if (counters[0] + n > this.#maxQueue) {
       return Promise.reject(new DlhostError('ERR_QUEUE_FULL', `a batch of ${n} does not fit under maxQueue (${this.#maxQueue - counters[0]} free): split it`, { path: this.path }))
     }
+    this.#submitStaged() // calls made before the batch go first
     const b = new Batch(n)
     const h = this.#freeBatches.pop() ?? this.#batches.length
     this.#batches[h] = b
     // Only a batch that can be given up on needs its slots listed.
     const ids: number[] | undefined = signal === undefined && timeoutMs === undefined ? undefined : new Array(n)
+    // Its own: reading reqs[i] may run a getter that makes another batch.
+    const staged = new Int32Array(2 * n)
+    let k = 0
     for (let i = 0; i < n; i++) {
+      // Each request is read once, checked, then copied into its slot.
+      const req = reqs[i]
+      let bytes: number
+      try { bytes = requestLength(req) } catch (err) {
+        // A bad request fails the whole batch before any of it is sent.
+        for (let j = 0; j < k; j++) {
+          const id = staged[2 * j] as number
+          this.#slotBatch[id] = 0
+          this.#freeSlot(id)
+        }
+        this.#batches[h] = undefined
+        this.#freeBatches.push(h)
+        return Promise.reject(err)
+      }
       let id: number
       try { id = this.#takeSlot() } catch (err) { this.#put(h, i, asDlhostError(fromNative(err, this.path), this.path)); continue }
       let len: number
       try {
-        len = this.#write(id, reqs[i] as string | Uint8Array, lens[i] as number)
+        len = this.#write(id, req as string | Uint8Array, bytes)
       } catch (err) {
         this.#freeSlot(id)
         this.#put(h, i, asDlhostError(fromNative(err, this.path), this.path))
@@ -504,12 +577,12 @@ export class Runtime extends TypedEmitter<RuntimeEvents> {
       this.#slotBatch[id] = h
       this.#slotItem[id] = i
       if (ids !== undefined) ids[i] = id
-      const k = this.#stagedCount++
-      this.#staged[2 * k] = id
-      this.#staged[2 * k + 1] = len
-      if (k + 1 === FLUSH_AT) this.#submitStaged()
+      staged[2 * k] = id
+      staged[2 * k + 1] = len
+      k++
     }
-    this.#submitStaged() // the whole batch is here: no reason to wait for the end of the turn
+    // One submit: the whole batch is here, no reason to wait for the end of the turn.
+    if (k > 0) this.#submitBatch(h, staged, k)
     if (ids === undefined) return b.promise
     // Given up on, the whole batch: each item still in flight is cancelled.
     // (While b waits for an item, h is b's: a slot marked h is b's item.)

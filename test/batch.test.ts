@@ -97,3 +97,59 @@ t.test('plugin.callBatch() follows reloads and counts per item', async t => {
   t.same((await plugin.callBatch(['c'])).map(b => (b as Buffer).toString()), ['v2:c'])
   t.equal(plugin.metrics().find(m => m.role === 'serving')?.life.calls, 1, 'the serving version counted its item')
 })
+
+t.test('a batch keeps its place among calls made before and after it', async t => {
+  const rt = await open(t, fixture('counter_host_v1.so'), undefined)
+  const before = [rt.call('inc'), rt.call('inc'), rt.call('inc')] // staged, not yet sent
+  const batch = rt.callBatch(Array.from({ length: 5 }, () => 'inc'))
+  const after = rt.call('inc')
+  t.same((await Promise.all(before)).map(Number), [1, 2, 3])
+  t.same((await batch).map(Number), [4, 5, 6, 7, 8])
+  t.equal(Number(await after), 9)
+})
+
+t.test('many batches in flight at once, of every size; their handles are reused', async t => {
+  const rt = await open(t, fixture('hard_host.so'), undefined)
+  let items = 0
+  for (let round = 0; round < 3; round++) {
+    const sizes = Array.from({ length: 60 }, (_, i) => 1 + ((i * 37 + round) % 97))
+    items += sizes.reduce((a, n) => a + n, 0)
+    const outs = await Promise.all(sizes.map((n, b) => rt.callBatch(Array.from({ length: n }, (_, i) => `${round}.${b}.${i}`))))
+    outs.forEach((out, b) => {
+      if (!out.every((r, i) => r instanceof Buffer && r.toString() === `${round}.${b}.${i}`)) t.fail(`batch ${b} of round ${round}: wrong results`)
+    })
+  }
+  t.equal(rt.stats.inFlight, 0, 'no slot left')
+  t.equal(rt.stats.completed, items, 'every item counted once')
+})
+
+t.test('a request getter that makes another batch meanwhile: each gets its own results', async t => {
+  const rt = await open(t, fixture('hard_host.so'), undefined)
+  let inner: Promise<Array<Buffer | DlhostError>> | undefined
+  const reqs = ['a', 'b', 'c']
+  Object.defineProperty(reqs, 1, { get: () => { inner ??= rt.callBatch(['x', 'y']); return 'b' } })
+  const out = await rt.callBatch(reqs)
+  t.same(out.map(String), ['a', 'b', 'c'])
+  t.same((await inner)?.map(String), ['x', 'y'])
+  // A bad item after good ones: nothing is sent, nothing is kept.
+  await t.rejects(rt.callBatch(['a', 'b', {} as unknown as string]), { code: 'ERR_INVALID_ARG_TYPE' })
+  t.equal(rt.stats.inFlight, 0)
+})
+
+t.test('a batch item its plugin never answers is aborted when its threads exit; the rest are answered', async t => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'dlhost-batch-'))
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
+  const so = path.join(dir, 'noanswer.so')
+  fs.copyFileSync(fixture('noanswer.so'), so)
+  const rt = await load(so, 'batch', { pin: false }) as Runtime
+  const p = rt.callBatch(['one', 'drop', 'three'])
+  t.equal((await rt.call('after')).toString(), 'after')
+  // Answered items wait for their batch: its slots go back together.
+  t.equal(rt.stats.inFlight, 3, 'the batch is in flight, whole')
+  await rt.unload()
+  const out = await p
+  t.equal(String(out[0]), 'one')
+  t.ok(out[1] instanceof DlhostError && out[1].code === 'ERR_ABORTED', 'the dropped item: ERR_ABORTED')
+  t.equal(String(out[2]), 'three')
+  t.match(rt.stats, { inFlight: 0, failed: 1 })
+})
