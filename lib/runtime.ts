@@ -259,6 +259,8 @@ export class Runtime extends TypedEmitter<RuntimeEvents> {
   #slotBatch = new Int32Array(0)
   #slotItem = new Int32Array(0)
   #batches: Array<Batch | undefined> = [undefined]
+  // A batch's [slot, len] pairs for its one submit (undefined while in use).
+  #batchStaged: Int32Array | undefined
   #freeBatches: number[] = []
 
   /** @internal use load() */
@@ -546,8 +548,11 @@ export class Runtime extends TypedEmitter<RuntimeEvents> {
     this.#batches[h] = b
     // Only a batch that can be given up on needs its slots listed.
     const ids: number[] | undefined = signal === undefined && timeoutMs === undefined ? undefined : new Array(n)
-    // Its own: reading reqs[i] may run a getter that makes another batch.
-    const staged = new Int32Array(2 * n)
+    // Taken while in use: reading reqs[i] may run a getter that makes
+    // another batch, which then stages into one of its own.
+    let staged = this.#batchStaged
+    this.#batchStaged = undefined
+    if (staged === undefined || staged.length < 2 * n) staged = new Int32Array(Math.max(2 * n, 2 * FLUSH_AT))
     let k = 0
     for (let i = 0; i < n; i++) {
       // Each request is read once, checked, then copied into its slot.
@@ -562,6 +567,7 @@ export class Runtime extends TypedEmitter<RuntimeEvents> {
         }
         this.#batches[h] = undefined
         this.#freeBatches.push(h)
+        this.#batchStaged = staged
         return Promise.reject(err)
       }
       let id: number
@@ -583,6 +589,7 @@ export class Runtime extends TypedEmitter<RuntimeEvents> {
     }
     // One submit: the whole batch is here, no reason to wait for the end of the turn.
     if (k > 0) this.#submitBatch(h, staged, k)
+    this.#batchStaged = staged
     if (ids === undefined) return b.promise
     // Given up on, the whole batch: each item still in flight is cancelled.
     // (While b waits for an item, h is b's: a slot marked h is b's item.)
