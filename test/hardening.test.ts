@@ -322,3 +322,78 @@ t.test('a file renamed over the path while it is opened: the version reported is
   await stopped
   t.equal(mismatches, 0, `the reported version is the one that answers (${300 - stale} loads, ${stale} refused while changing)`)
 })
+
+t.test('throwing promote and rollback listeners: the canary still ends the way it was decided', async t => {
+  const dir = t.testdir()
+  const lib = path.join(dir, 'p.so')
+  const builds = ['v1', 'v2', 'v3'].map(v => fixture(`rollout_${v}.so`))
+  fs.copyFileSync(builds[0] as string, lib)
+  const r = runNode(`
+    const d = require(${JSON.stringify(dist)})
+    const fs = require('fs')
+    const builds = ${JSON.stringify(builds)}
+    const lib = ${JSON.stringify(lib)}
+    const install = (from) => { fs.copyFileSync(from, lib + '.tmp'); fs.renameSync(lib + '.tmp', lib) }
+    const thrown = []
+    process.on('uncaughtException', e => thrown.push(e.message))
+    const canary = async (p) => { while (p.canary === null) await new Promise(r => setImmediate(r)) }
+    ;(async () => {
+      const out = {}
+      const p = await d.reloadable(lib, null, { watch: false, rollout: { canary: 0.5, minCalls: 1e9 } })
+      p.on('promote', () => { throw new Error('promote-listener') })
+      p.on('rollback', () => { throw new Error('rollback-listener') })
+      install(builds[1])
+      const first = p.reload()
+      await canary(p)
+      await p.rollback()
+      out.first = await first.then(() => 'resolved', e => e.code)
+      out.afterRollback = (await p.call('x')).toString()
+      out.canaryAfterRollback = p.canary
+      install(builds[2])
+      const second = p.reload()
+      await canary(p)
+      await p.promote()
+      out.second = await second.then(() => 'resolved', e => e.code)
+      out.afterPromote = (await p.call('x')).toString()
+      out.canaryAfterPromote = p.canary
+      await p.close()
+      await new Promise(r => setImmediate(r))
+      out.thrown = [...new Set(thrown)].sort()
+      console.log(JSON.stringify(out))
+    })()`)
+  t.equal(r.status, 0, r.stderr)
+  const out = JSON.parse(r.stdout)
+  t.equal(out.first, 'ERR_ROLLED_BACK', 'rolled back, though its listener threw')
+  t.equal(out.afterRollback, 'v1:x', 'the stable version serves')
+  t.equal(out.second, 'resolved', 'promoted, though its listener threw')
+  t.equal(out.afterPromote, 'v3:x', 'the promoted version serves')
+  t.same([out.canaryAfterRollback, out.canaryAfterPromote], [null, null], 'no canary left behind')
+  t.same(out.thrown, ['promote-listener', 'rollback-listener'], 'listener errors surface as uncaught exceptions')
+})
+
+t.test('an unloaded runtime with message listeners, an open iterator and a settled batch is collected (WeakRef + gc)', async t => {
+  const lib = copyOf(echo, t.testdir())
+  const r = runNode(`
+    const d = require(${JSON.stringify(dist)})
+    ;(async () => {
+      const cycle = async (i) => {
+        const rt = await d.load(${JSON.stringify(lib)}, 'gc' + i, { pin: false })
+        rt.on('message', () => {})
+        const it = rt.messages()
+        const next = it.next() // waiting when the runtime ends
+        rt.messages() // never read at all
+        await rt.callBatch(['a', 'b', 'c'])
+        const late = rt.callBatch(['d', 'e']) // in flight at unload
+        await rt.unload()
+        await late
+        if (!(await next).done) throw new Error('the iterator did not end')
+        return new WeakRef(rt)
+      }
+      const refs = []
+      for (let i = 0; i < 100; i++) refs.push(await cycle(i))
+      for (let i = 0; i < 10; i++) { await new Promise(r => setImmediate(r)); gc() }
+      console.log(JSON.stringify({ alive: refs.filter(r => r.deref() !== undefined).length }))
+    })()`, { args: ['--expose-gc'] })
+  t.equal(r.status, 0, r.stderr)
+  t.equal(JSON.parse(r.stdout).alive, 0, 'every one was collected')
+})
