@@ -4,10 +4,9 @@
 // counts, anything unknown answers rc 1) and hard's echo.
 import t from 'tap'
 import fs from 'fs'
-import os from 'os'
 import path from 'path'
 import { load, reloadable, DlhostError, type Runtime } from '../lib/index'
-import { fixture } from './lib/helpers'
+import { copyOf, fixture } from './lib/helpers'
 
 type Isolate = 'process' | undefined
 const open = async (t: Tap, lib: string, isolate: Isolate, extra: Record<string, unknown> = {}): Promise<Runtime> => {
@@ -83,9 +82,7 @@ t.test('abort and timeout give up on the whole batch; the plugin sees it; the ru
 })
 
 t.test('plugin.callBatch() follows reloads and counts per item', async t => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'dlhost-batch-'))
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
-  const target = path.join(dir, 'p.so')
+  const target = path.join(t.testdir(), 'p.so')
   fs.copyFileSync(fixture('rollout_v1.so'), target)
   const plugin = await reloadable(target, null, { watch: false })
   t.teardown(() => plugin.close())
@@ -137,11 +134,7 @@ t.test('a request getter that makes another batch meanwhile: each gets its own r
 })
 
 t.test('a batch item its plugin never answers is aborted when its threads exit; the rest are answered', async t => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'dlhost-batch-'))
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
-  const so = path.join(dir, 'noanswer.so')
-  fs.copyFileSync(fixture('noanswer.so'), so)
-  const rt = await load(so, 'batch', { pin: false }) as Runtime
+  const rt = await load(copyOf(fixture('noanswer.so'), t.testdir()), 'batch', { pin: false }) as Runtime
   const p = rt.callBatch(['one', 'drop', 'three'])
   t.equal((await rt.call('after')).toString(), 'after')
   // Answered items wait for their batch: its slots go back together.

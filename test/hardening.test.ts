@@ -9,6 +9,32 @@ import { copyOf, dist, examples, fixture, root, runNode } from './lib/helpers'
 
 const echo = path.join(examples, 'libecho_host.so')
 
+/**
+ * Runs `body` in a child, inside an async function with dist as `d`,
+ * `install(build)` renaming a build in over `lib` and `out` to fill; listener
+ * errors (uncaught exceptions) land in out.thrown. Returns `out`.
+ */
+function swapScript (t: Tap, builds: string[], lib: string, body: string): Record<string, unknown> {
+  const r = runNode(`
+    const d = require(${JSON.stringify(dist)})
+    const fs = require('fs')
+    const builds = ${JSON.stringify(builds)}
+    const lib = ${JSON.stringify(lib)}
+    const install = (from) => { fs.copyFileSync(from, lib + '.tmp'); fs.renameSync(lib + '.tmp', lib) }
+    const thrown = []
+    process.on('uncaughtException', e => thrown.push(e.message))
+    ;(async () => {
+      const out = {}
+      ${body}
+      await new Promise(r => setImmediate(r))
+      out.thrown = [...new Set(thrown)].sort()
+      console.log(JSON.stringify(out))
+    })()`)
+  t.equal(r.status, 0, r.stderr)
+  return JSON.parse(r.stdout) as Record<string, unknown>
+}
+type Tap = Parameters<Parameters<typeof t.test>[0]>[0]
+
 t.test('unloaded runtimes and closed plugins are collected (WeakRef + gc)', async t => {
   const dir = t.testdir()
   const lib = copyOf(echo, dir)
@@ -49,16 +75,7 @@ t.test('a throwing listener never leaves a plugin half-swapped', async t => {
   })
   const lib = path.join(dir, 'libplugin.so')
   fs.copyFileSync(builds[0], lib)
-  const r = runNode(`
-    const d = require(${JSON.stringify(dist)})
-    const fs = require('fs')
-    const builds = ${JSON.stringify(builds)}
-    const lib = ${JSON.stringify(lib)}
-    const install = (from) => { fs.copyFileSync(from, lib + '.tmp'); fs.renameSync(lib + '.tmp', lib) }
-    const thrown = []
-    process.on('uncaughtException', e => thrown.push(e.message))
-    ;(async () => {
-      const out = {}
+  const out = swapScript(t, builds, lib, `
       let cur = 0
       for (const [strategy, event] of [['drain', 'drained'], ['shadow', 'drained'], ['shadow', 'reload'], ['drain', 'reload']]) {
         install(builds[cur = 0])
@@ -83,13 +100,7 @@ t.test('a throwing listener never leaves a plugin half-swapped', async t => {
       install(builds[1])
       await p.reload()
       out.next = (await p.call('version')).toString()
-      await p.close()
-      await new Promise(r => setImmediate(r))
-      out.thrown = [...new Set(thrown)].sort()
-      console.log(JSON.stringify(out))
-    })()`)
-  t.equal(r.status, 0, r.stderr)
-  const out = JSON.parse(r.stdout)
+      await p.close()`)
   for (const k of ['drain:drained', 'shadow:drained', 'shadow:reload', 'drain:reload']) t.equal(out[k], '212', `${k}: every swap happened and served`)
   t.equal(out.bad, 'ERR_NOT_ELF', "reload() rejects with the build's own code, not the listener's error")
   t.equal(out.afterBad, '1', 'the old version serves')
@@ -328,46 +339,28 @@ t.test('throwing promote and rollback listeners: the canary still ends the way i
   const lib = path.join(dir, 'p.so')
   const builds = ['v1', 'v2', 'v3'].map(v => fixture(`rollout_${v}.so`))
   fs.copyFileSync(builds[0] as string, lib)
-  const r = runNode(`
-    const d = require(${JSON.stringify(dist)})
-    const fs = require('fs')
-    const builds = ${JSON.stringify(builds)}
-    const lib = ${JSON.stringify(lib)}
-    const install = (from) => { fs.copyFileSync(from, lib + '.tmp'); fs.renameSync(lib + '.tmp', lib) }
-    const thrown = []
-    process.on('uncaughtException', e => thrown.push(e.message))
-    const canary = async (p) => { while (p.canary === null) await new Promise(r => setImmediate(r)) }
-    ;(async () => {
-      const out = {}
+  const out = swapScript(t, builds, lib, `
       const p = await d.reloadable(lib, null, { watch: false, rollout: { canary: 0.5, minCalls: 1e9 } })
       p.on('promote', () => { throw new Error('promote-listener') })
       p.on('rollback', () => { throw new Error('rollback-listener') })
-      install(builds[1])
-      const first = p.reload()
-      await canary(p)
-      await p.rollback()
-      out.first = await first.then(() => 'resolved', e => e.code)
-      out.afterRollback = (await p.call('x')).toString()
-      out.canaryAfterRollback = p.canary
-      install(builds[2])
-      const second = p.reload()
-      await canary(p)
-      await p.promote()
-      out.second = await second.then(() => 'resolved', e => e.code)
-      out.afterPromote = (await p.call('x')).toString()
-      out.canaryAfterPromote = p.canary
-      await p.close()
-      await new Promise(r => setImmediate(r))
-      out.thrown = [...new Set(thrown)].sort()
-      console.log(JSON.stringify(out))
-    })()`)
-  t.equal(r.status, 0, r.stderr)
-  const out = JSON.parse(r.stdout)
-  t.equal(out.first, 'ERR_ROLLED_BACK', 'rolled back, though its listener threw')
-  t.equal(out.afterRollback, 'v1:x', 'the stable version serves')
-  t.equal(out.second, 'resolved', 'promoted, though its listener threw')
-  t.equal(out.afterPromote, 'v3:x', 'the promoted version serves')
-  t.same([out.canaryAfterRollback, out.canaryAfterPromote], [null, null], 'no canary left behind')
+      // A canary of build b, ended by hand with end ('rollback' or 'promote').
+      const decide = async (b, end) => {
+        install(builds[b])
+        const reload = p.reload()
+        while (p.canary === null) await new Promise(r => setImmediate(r))
+        await p[end]()
+        out[end] = await reload.then(() => 'resolved', e => e.code)
+        out[end + 'Serving'] = (await p.call('x')).toString()
+        out[end + 'Canary'] = p.canary
+      }
+      await decide(1, 'rollback')
+      await decide(2, 'promote')
+      await p.close()`)
+  t.equal(out.rollback, 'ERR_ROLLED_BACK', 'rolled back, though its listener threw')
+  t.equal(out.rollbackServing, 'v1:x', 'the stable version serves')
+  t.equal(out.promote, 'resolved', 'promoted, though its listener threw')
+  t.equal(out.promoteServing, 'v3:x', 'the promoted version serves')
+  t.same([out.rollbackCanary, out.promoteCanary], [null, null], 'no canary left behind')
   t.same(out.thrown, ['promote-listener', 'rollback-listener'], 'listener errors surface as uncaught exceptions')
 })
 
