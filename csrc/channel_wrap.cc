@@ -274,14 +274,7 @@ void ChannelWrap::DeliverChunks() {
 Napi::Value ChannelWrap::StreamRead(const Napi::CallbackInfo &info) {
   uint32_t args[2] = {info[0].As<Napi::Number>().Uint32Value(),
                       info[1].As<Napi::Number>().Uint32Value()};
-  if (!closed_ && staging_) {
-    staging_ = false;
-    RingPublish(chan_->req, staged_tail_);
-  }
-  if (!closed_) {
-    FrameHeader h{0, kControlId, sizeof args, kFrameStreamRead};
-    RingWrite(chan_->req, ReqData(chan_), chan_->ring_bytes, h, args, sizeof args);
-  }
+  WriteControl(kFrameStreamRead, args, sizeof args);
   return info.Env().Undefined();
 }
 
@@ -289,14 +282,7 @@ Napi::Value ChannelWrap::StreamRead(const Napi::CallbackInfo &info) {
 // the child holds messages meanwhile (backpressure to dlhost_emit).
 Napi::Value ChannelWrap::MessageFlow(const Napi::CallbackInfo &info) {
   uint32_t on = info[0].ToBoolean() ? 1 : 0;
-  if (!closed_ && staging_) {
-    staging_ = false;
-    RingPublish(chan_->req, staged_tail_);
-  }
-  if (!closed_) {
-    FrameHeader h{0, kControlId, sizeof on, kFrameMessageFlow};
-    RingWrite(chan_->req, ReqData(chan_), chan_->ring_bytes, h, &on, sizeof on);
-  }
+  WriteControl(kFrameMessageFlow, &on, sizeof on);
   return info.Env().Undefined();
 }
 
@@ -332,27 +318,25 @@ Napi::Value ChannelWrap::MessagesRefused(const Napi::CallbackInfo &info) {
 // a full ring drops it; the answer is dropped here either way).
 Napi::Value ChannelWrap::Cancel(const Napi::CallbackInfo &info) {
   uint32_t id = info[0].As<Napi::Number>().Uint32Value();
-  if (!closed_ && staging_) {
-    staging_ = false;
-    RingPublish(chan_->req, staged_tail_);
-  }
-  if (!closed_) {
-    FrameHeader h{0, kControlId, sizeof id, kFrameCancel};
-    RingWrite(chan_->req, ReqData(chan_), chan_->ring_bytes, h, &id, sizeof id);
-  }
+  WriteControl(kFrameCancel, &id, sizeof id);
   return info.Env().Undefined();
 }
 
 Napi::Value ChannelWrap::Unload(const Napi::CallbackInfo &info) {
-  if (!closed_ && staging_) {
+  WriteControl(kFrameUnload, nullptr, 0);
+  return info.Env().Undefined();
+}
+
+// One control frame to the child, after the requests staged before it (so
+// it reaches the child behind every call made before it). JS thread.
+void ChannelWrap::WriteControl(uint32_t flags, const void *payload, uint32_t len) {
+  if (closed_) return;
+  if (staging_) {
     staging_ = false;
     RingPublish(chan_->req, staged_tail_);
   }
-  if (!closed_) {
-    FrameHeader h{0, kControlId, 0, kFrameUnload};
-    RingWrite(chan_->req, ReqData(chan_), chan_->ring_bytes, h, nullptr, 0);
-  }
-  return info.Env().Undefined();
+  FrameHeader h{0, kControlId, len, flags};
+  RingWrite(chan_->req, ReqData(chan_), chan_->ring_bytes, h, payload, len);
 }
 
 Napi::Value ChannelWrap::Counters(const Napi::CallbackInfo &info) {

@@ -41,6 +41,7 @@ class ChannelWrap : public Napi::ObjectWrap<ChannelWrap> {
   Napi::Value Limit(const Napi::CallbackInfo &info);
   Napi::Value Close(const Napi::CallbackInfo &info);
   bool WriteFrames(uint32_t id, uint32_t flags, const char *p, size_t len);
+  void WriteControl(uint32_t flags, const void *payload, uint32_t len);
   void Settle();
   void SettleJs();
   void CallJs(Napi::FunctionReference &fn, std::initializer_list<napi_value> args);
