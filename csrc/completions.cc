@@ -59,37 +59,37 @@ void RuntimeWrap::SettleJs() {
   // Taken after the answers: every chunk sent before one of them is here.
   SettleChunks();
   if (env_gone_ || !core_) return;
+  // The tasks of one callback, in an array: the passes below then load
+  // several tasks at once, where a list walk waits for each in turn.
+  std::vector<Task *> &tasks = settling_;
   while (backlog_) {
-    Task *list = backlog_;
-    size_t count = 1;
-    BatchCore *bc = list->batch;
+    Task *head = backlog_;
+    BatchCore *bc = head->batch;
+    tasks.clear();
     if (bc) {
       // A batch's last answer stands for the whole batch: its items, in
-      // order, are settled in one callback.
-      backlog_ = list->cq_next.load(std::memory_order_relaxed);
-      std::vector<Task *> &v = bc->tasks;
-      count = v.size();
-      for (size_t i = 0; i + 1 < count; i++)
-        v[i]->cq_next.store(v[i + 1], std::memory_order_relaxed);
-      v[count - 1]->cq_next.store(nullptr, std::memory_order_relaxed);
-      list = v[0];
-      v.clear();  // the handle may be reused once JS has the answers
+      // order, are settled in one callback. (Swapped out: the handle may
+      // be reused once JS has the answers.)
+      backlog_ = head->cq_next.load(std::memory_order_relaxed);
+      head->cq_next.store(nullptr, std::memory_order_relaxed);
+      tasks.swap(bc->tasks);
     } else {
-      // Calls up to the next batch, kSettleChunk at most.
-      Task *last = list;
-      for (Task *n; count < kSettleChunk && (n = last->cq_next.load(std::memory_order_relaxed)) &&
-                    !n->batch;) {
-        last = n;
-        count++;
-      }
-      backlog_ = last->cq_next.load(std::memory_order_relaxed);
-      last->cq_next.store(nullptr, std::memory_order_relaxed);
+      // Calls up to the next batch, kSettleChunk at most (room reserved).
+      Task *t = head;
+      do {
+        tasks.push_back(t);
+        Task *n = t->cq_next.load(std::memory_order_relaxed);
+        t->cq_next.store(nullptr, std::memory_order_relaxed);
+        t = n;
+      } while (t && !t->batch && tasks.size() < kSettleChunk);
+      backlog_ = t;
     }
+    const size_t count = tasks.size();
     Napi::HandleScope scope(env);
     size_t small_total = 0;
     bool any_big = false;
     const size_t max_body = max_body_;
-    for (Task *t = list; t; t = t->cq_next.load(std::memory_order_relaxed)) {
+    for (Task *t : tasks) {
       if (t->rsp_len == Task::kAbortedRsp || t->rsp_len > max_body) continue;
       if (t->rsp_len >= kBigResponse)
         any_big = true;
@@ -115,8 +115,7 @@ void RuntimeWrap::SettleJs() {
     if (any_big) bigs = Napi::Array::New(env);
     size_t i = 0, off = 0;
     const uint64_t now = hist_.on() ? monotonic_ns() : 0;  // one clock read per batch
-    for (Task *t = list; t;) {
-      Task *next = t->cq_next.load(std::memory_order_relaxed);
+    for (Task *t : tasks) {
       if (now && t->submit_ns && t->kind == kTaskCall && t->rsp_len != Task::kAbortedRsp) {
         hist_.Record(now - t->submit_ns);
         if (t->service_ns) svc_.Record(t->service_ns);
@@ -143,10 +142,14 @@ void RuntimeWrap::SettleJs() {
         off += t->rsp_len;
       }
       t->DropRsp();
-      t->cq_next.store(nullptr, std::memory_order_relaxed);
       t->Reset();
-      t = next;
       i++;
+    }
+    if (bc) {
+      // Each gets its own buffer back, empty: JS may make a batch with this
+      // handle as soon as it has the answers.
+      tasks.clear();
+      tasks.swap(bc->tasks);
     }
     last_activity_ = uv_hrtime();
     CallJs(on_complete_, {Napi::Number::New(env, double(count)), meta_ref_.Value(), bodies,

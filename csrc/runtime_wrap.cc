@@ -84,6 +84,7 @@ RuntimeWrap::RuntimeWrap(const Napi::CallbackInfo &info)
     core_->bell = [](void *h) { uv_async_send(static_cast<uv_async_t *>(h)); };
     core_->bell_arg = bell_;
   }
+  settling_.reserve(kSettleChunk);
   hook_.Arm(env, &RuntimeWrap::OnEnvCleanup, this);
 }
 

@@ -90,6 +90,8 @@ class RuntimeWrap : public Napi::ObjectWrap<RuntimeWrap> {
 
   // Submit's scratch.
   std::vector<Task *> batch_;
+  // SettleJs's: the tasks of one callback (kSettleChunk reserved up front).
+  std::vector<Task *> settling_;
   // [pending] written by TypeScript (see Pending()).
   Napi::ObjectReference counters_ref_;
   int32_t *counters_ = nullptr;
