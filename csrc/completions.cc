@@ -115,9 +115,16 @@ void RuntimeWrap::SettleJs() {
     if (any_big) bigs = Napi::Array::New(env);
     size_t i = 0, off = 0;
     const uint64_t now = hist_.on() ? monotonic_ns() : 0;  // one clock read per batch
+    // A batch's items were submitted together: one latency, counted once
+    // for each answered item.
+    const uint64_t batch_submit = bc && now ? tasks[0]->submit_ns : 0;
+    size_t batch_answered = 0;
     for (Task *t : tasks) {
       if (now && t->submit_ns && t->kind == kTaskCall && t->rsp_len != Task::kAbortedRsp) {
-        hist_.Record(now - t->submit_ns);
+        if (batch_submit)
+          batch_answered++;
+        else
+          hist_.Record(now - t->submit_ns);
         if (t->service_ns) svc_.Record(t->service_ns);
       }
       int32_t *m = meta_ + i * 4;
@@ -145,6 +152,7 @@ void RuntimeWrap::SettleJs() {
       t->Reset();
       i++;
     }
+    if (batch_submit) hist_.RecordN(now - batch_submit, batch_answered);
     if (bc) {
       // Each gets its own buffer back, empty: JS may make a batch with this
       // handle as soon as it has the answers.

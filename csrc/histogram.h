@@ -31,12 +31,14 @@ class LatencyHistogram {
   void Attach(double *v) { v_ = v; }
   bool on() const { return v_ != nullptr; }
 
-  void Record(uint64_t ns) {
-    if (!v_) return;
-    v_[0] += 1;
-    v_[1] += double(ns);
+  void Record(uint64_t ns) { RecordN(ns, 1); }
+  // n values of ns (a batch's items: submitted and settled together).
+  void RecordN(uint64_t ns, size_t n) {
+    if (!v_ || n == 0) return;
+    v_[0] += double(n);
+    v_[1] += double(ns) * double(n);
     if (double(ns) > v_[2]) v_[2] = double(ns);
-    v_[kHeader + Bucket(ns)] += 1;
+    v_[kHeader + Bucket(ns)] += double(n);
   }
 
   static size_t Bucket(uint64_t ns) {

@@ -362,13 +362,19 @@ export class Runtime extends TypedEmitter<RuntimeEvents> {
     const slotItem = this.#slotItem
     const late = this.#abandoned.size > 0
     let failed = 0
+    // #freeSlot() for all of them: onto the free list's tail, counted once.
+    const free = this.#free
+    const cap = free.length
+    let tail = this.#freeHead + this.#freeCount
+    if (tail >= cap) tail -= cap
     for (let i = 0, m = 0; i < count; i++, m += 4) {
       const id = meta[m] as number
       const rc = meta[m + 1] as number
       const off = meta[m + 2] as number
       const len = meta[m + 3] as number
       slotBatch[id] = 0
-      this.#freeSlot(id)
+      free[tail] = id
+      if (++tail === cap) tail = 0
       if (late && this.#abandoned.delete(id)) this.#late++
       if (rc === 0 && off >= 0 && len > 0) results[slotItem[id] as number] = bufferView(bodies as ArrayBuffer, off, len)
       else {
@@ -377,6 +383,8 @@ export class Runtime extends TypedEmitter<RuntimeEvents> {
         results[slotItem[id] as number] = r
       }
     }
+    this.#freeCount += count
+    this.#counters[0] -= count
     this.#completed += count - failed
     this.#failed += failed
     this.#settled(h, b, count)
