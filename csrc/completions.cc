@@ -59,6 +59,7 @@ void RuntimeWrap::SettleJs() {
   // Taken after the answers: every chunk sent before one of them is here.
   SettleChunks();
   if (env_gone_ || !core_) return;
+  if (backlog_) core_->requests.settled_at(monotonic_ns());
   // The tasks of one callback, in an array: the passes below then load
   // several tasks at once, where a list walk waits for each in turn.
   std::vector<Task *> &tasks = settling_;

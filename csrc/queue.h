@@ -490,6 +490,13 @@ class TaskQueue {
   }
   // The estimate of recent gaps between arrivals (ns): the adaptive rule's input.
   uint64_t gap_ns() const noexcept { return gap_ns_.load(std::memory_order_relaxed); }
+  // Answers were handed on to their callers at ns (the JS thread's settle,
+  // a child's writer). The next gap counts from there: a caller that waits
+  // for each answer before its next call is not sparse, however long the
+  // round trip took. (Counted from the last arrival, a round trip longer
+  // than the budget, as a parked poller's wake-ups make it, looked sparse
+  // and kept the poller parked: a sequential caller stuck at ~60 us.)
+  void settled_at(uint64_t ns) noexcept { last_settle_.store(ns, std::memory_order_relaxed); }
   // Are tasks arriving further apart than the spin budget (the adaptive
   // rule, on)? Waiting consumers then park at once; so does the JS side.
   bool sparse() const noexcept { return park_at_once(); }
@@ -547,10 +554,13 @@ class TaskQueue {
   // never includes a parked consumer's own wake-ups. A gap counts at most
   // 4 budgets, so a burst after a quiet spell spins again within a few
   // pushes. Relaxed and racy across producers on purpose: a hint only.
-  // n tasks arrived now: the gap since the last arrival is shared by them.
+  // n tasks arrived now: the gap since the last arrival, or since answers
+  // were last handed on if that came later, is shared by them.
   void arrived(size_t n) noexcept {
     uint64_t now = monotonic_ns();
     uint64_t last = last_push_.exchange(now, std::memory_order_relaxed);
+    uint64_t settled = last_settle_.load(std::memory_order_relaxed);
+    if (settled > last) last = settled;
     if (!last || now < last) return;
     uint64_t cap = 4 * spin_ns_.load(std::memory_order_relaxed);
     uint64_t per = (now - last) / n;
@@ -601,6 +611,7 @@ class TaskQueue {
   std::atomic<bool> adaptive_{true};
   // Written by producers at each push: their own line.
   alignas(kCacheLine) std::atomic<uint64_t> last_push_{0};
+  std::atomic<uint64_t> last_settle_{0};
   std::atomic<uint64_t> gap_ns_{0};
   alignas(kCacheLine) std::atomic<uint64_t> parked_at_once_{0};
 };

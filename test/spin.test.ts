@@ -104,3 +104,22 @@ t.test('the JS side: no spin for an answer to sparse calls, spinning back to bac
   for (let i = 0; i < 30; i++) { await f.rt.call('x'); await sleep(2) }
   t.ok(f.rt.stats.jsParksAtOnce - p2 >= 25, 'setSpin(-1) brings the adaptive rule back')
 })
+
+t.test('a caller that waits for each answer is not sparse, however long each round trip takes', async t => {
+  // Each call takes 1 ms in the plugin: calls reach the queue 1 ms apart,
+  // but the caller sends the next one as soon as it has the answer. Counted
+  // from the last arrival, such a caller looked sparse; so did any
+  // sequential caller once a parked poller's wake-ups made its round trips
+  // longer than the budget, and it stayed slow.
+  const { rt } = await withThreads('sequential')
+  t.teardown(() => rt.unload())
+  for (let i = 0; i < 20; i++) { await rt.call('x'); await sleep(2) }
+  t.ok(rt.stats.callGapNs > BUDGET, 'sparse first')
+  for (let i = 0; i < 20; i++) await rt.call('sleep:1')
+  const parks = rt.stats.parksAtOnce
+  const js = rt.stats.jsParksAtOnce
+  for (let i = 0; i < 100; i++) await rt.call('sleep:1')
+  t.ok(rt.stats.callGapNs < BUDGET, `the gap estimate is the caller's own (${Math.round(rt.stats.callGapNs / 1000)} us)`)
+  t.ok(rt.stats.parksAtOnce - parks < 10, `the poll thread spins again: ${rt.stats.parksAtOnce - parks} of 100 waits parked at once`)
+  t.ok(rt.stats.jsParksAtOnce - js < 10, `so does the JS side: ${rt.stats.jsParksAtOnce - js} of 100 calls`)
+})

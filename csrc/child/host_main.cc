@@ -324,6 +324,7 @@ bool WriteCompletions(Channel &ch) {
   Task *list = ch.core->TakeCompletions();
   bool chunks = WriteChunks(ch);  // taken after the answers: every chunk before one is here
   if (!list) return chunks;
+  ch.core->requests.settled_at(monotonic_ns());
   std::vector<uint32_t> freed;
   for (Task *t = list; t;) {
     Task *next = t->cq_next.load(std::memory_order_relaxed);
