@@ -53,11 +53,18 @@ t.test('sparse calls: the poll thread parks at once instead of spinning out its 
   t.ok(f.rt.stats.parksAtOnce - before >= 100, 'setSpin(, -1) brings the adaptive rule back')
 })
 
-t.test('calls coming close together bring the spinning back', async t => {
-  const { rt } = await withThreads('burst')
+type Tap = Parameters<Parameters<typeof t.test>[0]>[0]
+/** A runtime whose calls have been sparse so far: its rule says park. */
+async function sparseFirst (t: Tap, cfg: string): Promise<Runtime> {
+  const { rt } = await withThreads(cfg)
   t.teardown(() => rt.unload())
   for (let i = 0; i < 20; i++) { await rt.call('x'); await sleep(2) }
   t.ok(rt.stats.callGapNs > BUDGET, 'parking while sparse')
+  return rt
+}
+
+t.test('calls coming close together bring the spinning back', async t => {
+  const rt = await sparseFirst(t, 'burst')
   // A burst (64 in flight): the gap per call is a fraction of a microsecond.
   await Promise.all(Array.from({ length: 64 }, async () => { for (let i = 0; i < 50; i++) await rt.call('y') }))
   const parks = rt.stats.parksAtOnce
@@ -111,10 +118,7 @@ t.test('a caller that waits for each answer is not sparse, however long each rou
   // from the last arrival, such a caller looked sparse; so did any
   // sequential caller once a parked poller's wake-ups made its round trips
   // longer than the budget, and it stayed slow.
-  const { rt } = await withThreads('sequential')
-  t.teardown(() => rt.unload())
-  for (let i = 0; i < 20; i++) { await rt.call('x'); await sleep(2) }
-  t.ok(rt.stats.callGapNs > BUDGET, 'sparse first')
+  const rt = await sparseFirst(t, 'sequential')
   for (let i = 0; i < 20; i++) await rt.call('sleep:1')
   const parks = rt.stats.parksAtOnce
   const js = rt.stats.jsParksAtOnce
