@@ -147,7 +147,10 @@ Napi::Value RuntimeWrap::Submit(const Napi::CallbackInfo &info) {
   if (!core_) return Napi::Number::New(env, double(kSubmitClosed));
   BatchCore *bc = nullptr;
   if (info[2].IsNumber()) {
-    bc = core_->Batch(info[2].As<Napi::Number>().Uint32Value());
+    // Each batch in flight holds a slot at least: no more handles than slots.
+    uint32_t h = info[2].As<Napi::Number>().Uint32Value();
+    if (h > core_->slots) throw Napi::RangeError::New(env, "submit: no such batch handle");
+    bc = core_->Batch(h);
     if (!bc->tasks.empty()) throw Napi::Error::New(env, "submit: that batch is in flight");
   }
   const uint64_t now = hist_.on() ? monotonic_ns() : 0;  // one clock read per batch
