@@ -56,6 +56,8 @@ void RuntimeWrap::SettleJs() {
     else
       backlog_ = fresh;
   }
+  DeliverInit();  // before anything that follows it
+  if (env_gone_ || !core_) return;
   // Taken after the answers: every chunk sent before one of them is here.
   SettleChunks();
   if (env_gone_ || !core_) return;

@@ -11,7 +11,10 @@
 namespace dlhost {
 
 void RuntimeWrap::SettleMessages() {
-  if (env_gone_ || !core_ || on_messages_.IsEmpty()) return;
+  // Held until the init event is out: a plugin may emit from init on, and a
+  // listener can only be attached once load() has resolved, which happens
+  // in that event's callback.
+  if (env_gone_ || !core_ || on_messages_.IsEmpty() || !init_reported_) return;
   Napi::Env env(env_);
   Message *tail = msg_backlog_;
   while (tail && tail->cq_next.load(std::memory_order_relaxed))

@@ -376,21 +376,30 @@ void RuntimeWrap::UpdateLoopRef() {
     uv_unref(reinterpret_cast<uv_handle_t *>(bell_));
 }
 
+// The init event, once the plugin's init is over. It goes out before any
+// message (SettleMessages holds them until then): load() resolves in this
+// callback, and only then can a listener be attached.
+void RuntimeWrap::DeliverInit() {
+  if (env_gone_ || !core_ || init_reported_ ||
+      core_->init_state.load() == RuntimeCore::kInitPending)
+    return;
+  Napi::Env env(env_);
+  init_reported_ = true;
+  Napi::HandleScope scope(env);
+  if (core_->init_state.load() == RuntimeCore::kInitFailed) {
+    unloading_ = true;
+    RuntimeCore::ReapNow(core_);
+  }
+  static const char *const kFailures[] = {"rc", "resource", "open-null"};
+  CallJs(on_event_, {Napi::String::New(env, "init"), Napi::Number::New(env, core_->init_rc.load()),
+                     Napi::String::New(env, kFailures[core_->init_failure.load()])});
+}
+
 void RuntimeWrap::DeliverLifecycle() {
   if (env_gone_) return;
+  DeliverInit();
+  if (env_gone_ || !core_) return;
   Napi::Env env(env_);
-  if (!init_reported_ && core_->init_state.load() != RuntimeCore::kInitPending) {
-    init_reported_ = true;
-    Napi::HandleScope scope(env);
-    if (core_->init_state.load() == RuntimeCore::kInitFailed) {
-      unloading_ = true;
-      RuntimeCore::ReapNow(core_);
-    }
-    static const char *const kFailures[] = {"rc", "resource", "open-null"};
-    CallJs(on_event_,
-           {Napi::String::New(env, "init"), Napi::Number::New(env, core_->init_rc.load()),
-            Napi::String::New(env, kFailures[core_->init_failure.load()])});
-  }
   if (!unload_reported_ && core_->unload_state.load() == RuntimeCore::kUnloaded && Pending() == 0) {
     // What the plugin said before it ended reaches JS before 'unloaded'.
     messages_paused_ = false;

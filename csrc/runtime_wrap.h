@@ -60,6 +60,7 @@ class RuntimeWrap : public Napi::ObjectWrap<RuntimeWrap> {
   void StartSpin();
   void StopHandles();
   void DeliverLifecycle();  // init / unloaded events
+  void DeliverInit();
   void DropJs();
   // Calls made and not settled, as counted by the TypeScript side (the one
   // count; it also enforces maxQueue). Read here for the loop ref.

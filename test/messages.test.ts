@@ -79,6 +79,23 @@ for (const abi of ['host', 'native']) {
   }
 }
 
+for (const isolate of [undefined, 'process'] as Isolate[]) {
+  t.test(`a message emitted during init reaches a listener attached when load() resolves${isolate !== undefined ? ' (isolated)' : ''}`, async t => {
+    // The init event goes out before any message: the listener below is
+    // attached in that event's callback, as load() resolves.
+    for (let i = 0; i < 20; i++) {
+      const rt = await load(emitter('native'), `say:hello ${i}`, isolate !== undefined ? { isolate } : {}) as Runtime
+      const it = rt.messages()
+      t.equal((await rt.call('one:after')).toString(), 'ok')
+      const first = (await it.next()).value?.toString()
+      const second = first === `hello ${i}` ? (await it.next()).value?.toString() : undefined
+      await rt.unload()
+      if (first !== `hello ${i}` || second !== 'after') { t.same([first, second], [`hello ${i}`, 'after'], `load ${i}`); return }
+    }
+    t.pass('20 loads: the first message always reached the listener')
+  })
+}
+
 t.test('dlhost_emit after the runtime ended returns DLHOST_ECLOSED (no freed memory touched)', async t => {
   // A pinned private copy: the lingering thread outlives its runtime, so
   // the library must stay mapped.

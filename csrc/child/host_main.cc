@@ -535,14 +535,18 @@ int main(int argc, char **argv) {
   ch.direct = core->abi == Abi::kHost && !core->attach_fn;
   bool init_sent = false;
   for (;;) {
-    bool progress = ReadRequests(ch);
-    progress = WriteCompletions(ch) || progress;
-    progress = WriteMessages(ch) || progress;
+    // The init event goes before any message: the host's load() resolves on
+    // it, and only then can a listener be attached. Messages emitted from
+    // init on wait in the core's queue until it is out.
+    bool progress = false;
     if (!init_sent && core->init_state.load() != RuntimeCore::kInitPending) {
       init_sent = true;
       InitEvent(core->init_rc.load(), core->init_failure.load(), "");
       progress = true;
     }
+    progress = ReadRequests(ch) || progress;
+    progress = WriteCompletions(ch) || progress;
+    if (init_sent) progress = WriteMessages(ch) || progress;
     if (core->unload_state.load() == RuntimeCore::kUnloaded && core->completions.empty_approx()) {
       WriteCompletions(ch);
       ch.messages_held = false;  // what the plugin said before it ended goes out first
