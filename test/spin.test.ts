@@ -123,7 +123,11 @@ t.test('a caller that waits for each answer is not sparse, however long each rou
   const parks = rt.stats.parksAtOnce
   const js = rt.stats.jsParksAtOnce
   for (let i = 0; i < 100; i++) await rt.call('sleep:1')
-  t.ok(rt.stats.callGapNs < BUDGET, `the gap estimate is the caller's own (${Math.round(rt.stats.callGapNs / 1000)} us)`)
-  t.ok(rt.stats.parksAtOnce - parks < 10, `the poll thread spins again: ${rt.stats.parksAtOnce - parks} of 100 waits parked at once`)
-  t.ok(rt.stats.jsParksAtOnce - js < 10, `so does the JS side: ${rt.stats.jsParksAtOnce - js} of 100 calls`)
+  // Counted from arrivals, every gap would be 1 ms (capped at 4 budgets,
+  // 200 us) and all 100 calls would park. From the settle, the gap is the
+  // caller's turn-around: microseconds (tens under ASan or a loaded CI,
+  // where some cross the budget).
+  t.ok(rt.stats.callGapNs < 2 * BUDGET, `the gap estimate is the caller's own (${Math.round(rt.stats.callGapNs / 1000)} us)`)
+  t.ok(rt.stats.parksAtOnce - parks < 50, `the poll thread spins again: ${rt.stats.parksAtOnce - parks} of 100 waits parked at once`)
+  t.ok(rt.stats.jsParksAtOnce - js < 50, `so does the JS side: ${rt.stats.jsParksAtOnce - js} of 100 calls`)
 })
