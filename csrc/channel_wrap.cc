@@ -236,37 +236,28 @@ Napi::Value ChannelWrap::Flush(const Napi::CallbackInfo &info) {
   return info.Env().Undefined();
 }
 
-// Hands the messages read in this round to JS: one callback, their bytes in
-// one ArrayBuffer, [offset, length] pairs.
-void ChannelWrap::DeliverMessages() {
-  if (msg_meta_.empty() || on_messages_.IsEmpty()) return;
-  Napi::Env env(env_);
-  Napi::HandleScope scope(env);
-  size_t n = msg_meta_.size() / 2;
-  Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, msg_bytes_.size() ? msg_bytes_.size() : 1);
-  memcpy(ab.Data(), msg_bytes_.data(), msg_bytes_.size());
-  Napi::ArrayBuffer mab = Napi::ArrayBuffer::New(env, msg_meta_.size() * sizeof(int32_t));
-  memcpy(mab.Data(), msg_meta_.data(), msg_meta_.size() * sizeof(int32_t));
-  msg_meta_.clear();
-  msg_bytes_.clear();
-  CallJs(on_messages_,
-         {Napi::Number::New(env, double(n)), Napi::Int32Array::New(env, n * 2, mab, 0), ab});
-}
+// Hands the messages read in this round to JS: [offset, length].
+void ChannelWrap::DeliverMessages() { Deliver(on_messages_, msg_meta_, msg_bytes_, 2); }
 
 // Hands the stream chunks read in this round to JS: [id, offset, length].
-void ChannelWrap::DeliverChunks() {
-  if (chunk_meta_.empty() || on_chunks_.IsEmpty()) return;
+void ChannelWrap::DeliverChunks() { Deliver(on_chunks_, chunk_meta_, chunk_bytes_, 3); }
+
+// One callback for what was gathered: meta (stride int32s an item) and the
+// bytes, each copied into an ArrayBuffer of its own; both emptied.
+void ChannelWrap::Deliver(Napi::FunctionReference &fn, std::vector<int32_t> &meta,
+                          std::string &bytes, size_t stride) {
+  if (meta.empty() || fn.IsEmpty()) return;
   Napi::Env env(env_);
   Napi::HandleScope scope(env);
-  size_t n = chunk_meta_.size() / 3;
-  Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, chunk_bytes_.size() ? chunk_bytes_.size() : 1);
-  memcpy(ab.Data(), chunk_bytes_.data(), chunk_bytes_.size());
-  Napi::ArrayBuffer mab = Napi::ArrayBuffer::New(env, chunk_meta_.size() * sizeof(int32_t));
-  memcpy(mab.Data(), chunk_meta_.data(), chunk_meta_.size() * sizeof(int32_t));
-  chunk_meta_.clear();
-  chunk_bytes_.clear();
-  CallJs(on_chunks_,
-         {Napi::Number::New(env, double(n)), Napi::Int32Array::New(env, n * 3, mab, 0), ab});
+  size_t n = meta.size() / stride;
+  Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, bytes.size() ? bytes.size() : 1);
+  memcpy(ab.Data(), bytes.data(), bytes.size());
+  Napi::ArrayBuffer mab = Napi::ArrayBuffer::New(env, meta.size() * sizeof(int32_t));
+  memcpy(mab.Data(), meta.data(), meta.size() * sizeof(int32_t));
+  meta.clear();
+  bytes.clear();
+  CallJs(fn,
+         {Napi::Number::New(env, double(n)), Napi::Int32Array::New(env, n * stride, mab, 0), ab});
 }
 
 // streamRead(id, n): the reader of stream id took n chunks (room for n more

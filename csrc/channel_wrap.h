@@ -37,6 +37,8 @@ class ChannelWrap : public Napi::ObjectWrap<ChannelWrap> {
   Napi::Value Histogram(const Napi::CallbackInfo &info);
   void DeliverChunks();
   void DeliverMessages();
+  void Deliver(Napi::FunctionReference &fn, std::vector<int32_t> &meta, std::string &bytes,
+               size_t stride);
   Napi::Value Counters(const Napi::CallbackInfo &info);
   Napi::Value Limit(const Napi::CallbackInfo &info);
   Napi::Value Close(const Napi::CallbackInfo &info);

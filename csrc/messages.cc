@@ -29,31 +29,8 @@ void RuntimeWrap::SettleMessages() {
     Napi::HandleScope scope(env);
     // A batch: up to kMessageChunk messages and kMessageChunkBytes (a
     // larger message goes alone).
-    Message *list = msg_backlog_;
-    size_t count = 0, bytes = 0;
-    Message *last = nullptr;
-    for (Message *m = list; m && count < kMessageChunk;
-         m = m->cq_next.load(std::memory_order_relaxed)) {
-      if (count && bytes + m->len > kMessageChunkBytes) break;
-      bytes += m->len;
-      last = m;
-      count++;
-    }
-    msg_backlog_ = last->cq_next.load(std::memory_order_relaxed);
-    last->cq_next.store(nullptr, std::memory_order_relaxed);
-    int32_t *meta = msg_meta_.Reserve(env, count * 2, kMessageChunk * 2);
-    size_t base = message_slab_.Reserve(env, bytes ? bytes : 1);
-    char *dst = message_slab_.Data() + base;
-    size_t i = 0, off = 0;
-    for (Message *m = list; m; i++) {
-      Message *next = m->cq_next.load(std::memory_order_relaxed);
-      if (m->len) memcpy(dst + off, m->data(), m->len);
-      meta[2 * i] = int32_t(base + off);
-      meta[2 * i + 1] = int32_t(m->len);
-      off += m->len;
-      Message::Free(m);
-      m = next;
-    }
+    size_t count = PackMessages(env, msg_backlog_, kMessageChunk, kMessageChunkBytes, message_slab_,
+                                msg_meta_, false);
     // Room again for the plugin before JS runs (a listener may take long).
     core_->messages.Consumed(count);
     CallJs(on_messages_,

@@ -216,12 +216,7 @@ Napi::Value RuntimeWrap::Grow(const Napi::CallbackInfo &info) {
 // caller may reuse its buffer as soon as call() returns) into a malloc.
 Napi::Value RuntimeWrap::SetBig(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
-  uint32_t id = info[0].As<Napi::Number>().Uint32Value();
-  if (!core_) ThrowCoded(env, "ERR_RUNTIME_UNLOADED", "the runtime is unloaded");
-  if (id >= core_->slots) throw Napi::RangeError::New(env, "setBig: no such slot");
-  Task *t = core_->Slot(id);
-  if (t->state.load(std::memory_order_relaxed) != Task::kFree)
-    throw Napi::Error::New(env, "setBig: slot in use");
+  Task *t = FreeSlot(env, info[0], "setBig");
   JsRequest r = ReadRequest(env, info[1]);
   char *req = static_cast<char *>(malloc(r.len + 1));
   if (!req) throw Napi::Error::New(env, "out of memory");
@@ -232,19 +227,25 @@ Napi::Value RuntimeWrap::SetBig(const Napi::CallbackInfo &info) {
   return env.Undefined();
 }
 
+// The free slot JS names in `id`, about to be staged; throws (coded, or a
+// bug of the JS side) for a runtime gone, no such slot, or a slot in use.
+Task *RuntimeWrap::FreeSlot(Napi::Env env, Napi::Value id, const char *what) {
+  uint32_t i = id.As<Napi::Number>().Uint32Value();
+  if (!core_) ThrowCoded(env, "ERR_RUNTIME_UNLOADED", "the runtime is unloaded");
+  if (i >= core_->slots) throw Napi::RangeError::New(env, std::string(what) + ": no such slot");
+  Task *t = core_->Slot(i);
+  if (t->state.load(std::memory_order_relaxed) != Task::kFree)
+    throw Napi::Error::New(env, std::string(what) + ": slot in use");
+  return t;
+}
+
 // setKind(slot, kind): the free slot's next task is a state step (TaskKind),
 // staged and submitted like a call, so it runs in queue order.
 Napi::Value RuntimeWrap::SetKind(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
-  uint32_t id = info[0].As<Napi::Number>().Uint32Value();
   uint32_t kind = info[1].As<Napi::Number>().Uint32Value();
-  if (!core_) ThrowCoded(env, "ERR_RUNTIME_UNLOADED", "the runtime is unloaded");
-  if (id >= core_->slots || kind > kTaskStateImport)
-    throw Napi::RangeError::New(env, "setKind: no such slot or kind");
-  Task *t = core_->Slot(id);
-  if (t->state.load(std::memory_order_relaxed) != Task::kFree)
-    throw Napi::Error::New(env, "setKind: slot in use");
-  t->kind = kind;
+  if (kind > kTaskStateImport) throw Napi::RangeError::New(env, "setKind: no such kind");
+  FreeSlot(env, info[0], "setKind")->kind = kind;
   return env.Undefined();
 }
 

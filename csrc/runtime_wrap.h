@@ -35,6 +35,7 @@ class RuntimeWrap : public Napi::ObjectWrap<RuntimeWrap> {
   Napi::Value Stats(const Napi::CallbackInfo &info);
   Napi::Value SetSpin(const Napi::CallbackInfo &info);
   Napi::Value SetKind(const Napi::CallbackInfo &info);
+  Task *FreeSlot(Napi::Env env, Napi::Value id, const char *what);
   Napi::Value Cancel(const Napi::CallbackInfo &info);
   Napi::Value Histogram(const Napi::CallbackInfo &info);
   // ---- messages.cc

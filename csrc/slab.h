@@ -8,6 +8,9 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
+
+#include "messages.h"
 
 namespace dlhost {
 
@@ -79,5 +82,40 @@ class MetaArray {
   int32_t *data_ = nullptr;
   size_t cap_ = 0;
 };
+
+// Packs the front of `list` into slab, one batch for one callback: at most
+// max_count messages and, past the first, max_bytes. meta gets, per message,
+// [id,] offset, length (the id with with_id). The packed messages are freed
+// and list becomes the rest. Returns how many. JS thread only.
+inline size_t PackMessages(Napi::Env env, Message *&list, size_t max_count, size_t max_bytes,
+                           Slab &slab, MetaArray &meta, bool with_id) {
+  const size_t stride = with_id ? 3 : 2;
+  size_t count = 0, bytes = 0;
+  Message *last = nullptr;
+  for (Message *m = list; m && count < max_count; m = m->cq_next.load(std::memory_order_relaxed)) {
+    if (count && bytes + m->len > max_bytes) break;
+    bytes += m->len;
+    last = m;
+    count++;
+  }
+  Message *m = list;
+  list = last->cq_next.load(std::memory_order_relaxed);
+  last->cq_next.store(nullptr, std::memory_order_relaxed);
+  int32_t *out = meta.Reserve(env, count * stride, max_count * stride);
+  size_t base = slab.Reserve(env, bytes ? bytes : 1);
+  char *dst = slab.Data() + base;
+  for (size_t i = 0, off = 0; m; i++) {
+    Message *next = m->cq_next.load(std::memory_order_relaxed);
+    if (m->len) memcpy(dst + off, m->data(), m->len);
+    int32_t *e = out + i * stride;
+    if (with_id) *e++ = int32_t(m->id);
+    e[0] = int32_t(base + off);
+    e[1] = int32_t(m->len);
+    off += m->len;
+    Message::Free(m);
+    m = next;
+  }
+  return count;
+}
 
 }  // namespace dlhost

@@ -18,32 +18,7 @@ void RuntimeWrap::SettleChunks() {
     // A batch: up to kSettleChunk chunks, copied into one slab (chunks are
     // at most kMaxMessageBytes). One copy of 64 KiB costs less than a
     // Buffer of its own, whose finalizer the GC must run.
-    size_t count = 0, bytes = 0;
-    Message *last = nullptr;
-    for (Message *m = list; m && count < kSettleChunk;
-         m = m->cq_next.load(std::memory_order_relaxed)) {
-      bytes += m->len;
-      last = m;
-      count++;
-    }
-    Message *rest = last->cq_next.load(std::memory_order_relaxed);
-    last->cq_next.store(nullptr, std::memory_order_relaxed);
-    int32_t *metas = chunk_meta_.Reserve(env, count * 3, kSettleChunk * 3);
-    size_t base = chunk_slab_.Reserve(env, bytes ? bytes : 1);
-    char *dst = chunk_slab_.Data() + base;
-    size_t i = 0, off = 0;
-    for (Message *m = list; m; i++) {
-      Message *next = m->cq_next.load(std::memory_order_relaxed);
-      int32_t *meta = metas + 3 * i;
-      memcpy(dst + off, m->data(), m->len);
-      meta[0] = int32_t(m->id);
-      meta[1] = int32_t(base + off);
-      meta[2] = int32_t(m->len);
-      off += m->len;
-      Message::Free(m);
-      m = next;
-    }
-    list = rest;
+    size_t count = PackMessages(env, list, kSettleChunk, SIZE_MAX, chunk_slab_, chunk_meta_, true);
     CallJs(on_chunks_,
            {Napi::Number::New(env, double(count)), chunk_meta_.Value(), chunk_slab_.Buffer(env)});
     if (env_gone_ || !core_) {
@@ -60,14 +35,9 @@ void RuntimeWrap::SettleChunks() {
 // setStream(slot, highWaterMark): the free slot's next call is a stream.
 Napi::Value RuntimeWrap::SetStream(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
-  uint32_t id = info[0].As<Napi::Number>().Uint32Value();
   int32_t hwm = info[1].As<Napi::Number>().Int32Value();
-  if (!core_) ThrowCoded(env, "ERR_RUNTIME_UNLOADED", "the runtime is unloaded");
-  if (id >= core_->slots || hwm < 1) throw Napi::RangeError::New(env, "setStream: no such slot");
-  Task *t = core_->Slot(id);
-  if (t->state.load(std::memory_order_relaxed) != Task::kFree)
-    throw Napi::Error::New(env, "setStream: slot in use");
-  t->stream_hwm = hwm;
+  if (hwm < 1) throw Napi::RangeError::New(env, "setStream: highWaterMark below 1");
+  FreeSlot(env, info[0], "setStream")->stream_hwm = hwm;
   return env.Undefined();
 }
 
